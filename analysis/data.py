@@ -1,0 +1,295 @@
+"""Data sources: sklearn digits (the zoo's split), the shipped text set, synthetic sets, uploads.
+
+``load(name, n=None, seed=0, split="test")`` returns a :class:`Dataset` whose rows are a
+reproducible subsample (by ``n`` and ``seed``) of one source split. ``Dataset.indices`` are the
+chosen rows of that split, so files aligned with the whole split (uploaded embeddings) can be
+aligned with any subsample.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import tabular
+from .errors import UserInputError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TEXT_FILE = ASSETS / "text" / "sentences.csv"
+
+DIGITS_TEST_SIZE = 597  # 1200 training rows, 597 test rows; stratified, random_state=0
+SPLITS = ("test", "train", "all")
+BUILTIN = ("digits", "text", "swiss_roll", "blobs")
+DESCRIPTIONS = {
+    "digits": "scikit-learn digits: 8x8 grey images of handwritten digits 0-9 (the zoo's split)",
+    "text": "RepLens text set: short sentences written for this project, 8 topics",
+    "swiss_roll": "Swiss roll: 3-D points on a rolled sheet, labelled by position along the roll (6 bins)",
+    "blobs": "Gaussian blobs: 16-D points around 6 centres, labelled by centre",
+}
+
+
+@dataclass
+class Dataset:
+    """Rows of one data source, aligned with labels and renderable for display."""
+
+    name: str  # the reference: "digits", "text", "upload:<sha>"
+    kind: str  # "image", "text" or "vector"
+    inputs: np.ndarray | list
+    labels: np.ndarray | None
+    label_names: list[str] | None
+    indices: np.ndarray  # rows of the source split, sorted
+    source_rows: int  # rows in the whole source split
+    split: str = "test"
+    seed: int = 0
+    image_shape: tuple[int, int] | None = None
+    description: str = ""
+    _sha: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def n_features(self) -> int | None:
+        return None if self.kind == "text" else int(np.asarray(self.inputs).shape[1])
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the rows (inputs, labels and which rows), used in cache keys."""
+        if self._sha is None:
+            h = hashlib.sha256()
+            h.update(f"{self.name}|{self.kind}|{self.split}".encode())
+            if self.kind == "text":
+                for t in self.inputs:
+                    h.update(t.encode("utf-8") + b"\x00")
+            else:
+                h.update(np.ascontiguousarray(self.inputs).tobytes())
+            if self.labels is not None:
+                h.update(np.ascontiguousarray(self.labels).tobytes())
+            h.update(np.ascontiguousarray(self.indices).tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def label_of(self, i: int) -> str | None:
+        if self.labels is None:
+            return None
+        code = int(self.labels[i])
+        return self.label_names[code] if self.label_names else str(code)
+
+    def render(self, i: int) -> dict:
+        """One sample for display: {"kind": "image", "image": HxW array in [0,1]} or text/vector."""
+        out = {"kind": self.kind, "label": self.label_of(i), "row": int(self.indices[i])}
+        if self.kind == "text":
+            out["text"] = self.inputs[i]
+        elif self.kind == "image":
+            out["image"] = np.asarray(self.inputs[i]).reshape(self.image_shape)
+        else:
+            out["vector"] = np.asarray(self.inputs[i])
+        return out
+
+    def hover_text(self, i: int) -> str:
+        """Short text for plot hovers."""
+        label = self.label_of(i)
+        if self.kind == "text":
+            body = self.inputs[i]
+        else:
+            body = f"row {int(self.indices[i])}"
+        return body if label is None else f"[{label}] {body}"
+
+    def describe(self) -> str:
+        what = self.description or self.name
+        labels = f", {len(self.label_names)} classes" if self.label_names else ", no labels"
+        return f"{what} — {len(self)} of {self.source_rows} rows ({self.split} split, seed {self.seed}){labels}"
+
+
+# --------------------------------------------------------------------------- sources
+@lru_cache(maxsize=1)
+def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The zoo's fixed split of sklearn digits: pixels scaled to [0, 1], float32, (n, 64)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0)
+    tr, te = np.sort(tr), np.sort(te)
+    return {"train": (x[tr], y[tr]), "test": (x[te], y[te]), "all": (x, y)}
+
+
+@lru_cache(maxsize=1)
+def _text_rows() -> tuple[list[str], np.ndarray, list[str]]:
+    import pandas as pd
+
+    df = pd.read_csv(TEXT_FILE)
+    names = sorted(df["label"].unique())
+    codes = df["label"].map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
+    return df["text"].astype(str).tolist(), codes, names
+
+
+def _swiss_roll():
+    from sklearn.datasets import make_swiss_roll
+
+    x, t = make_swiss_roll(n_samples=2000, noise=0.05, random_state=0)
+    edges = np.quantile(t, np.linspace(0, 1, 7)[1:-1])
+    return x.astype(np.float32), np.digitize(t, edges).astype(np.int64)
+
+
+def _blobs():
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=2000, n_features=16, centers=6, cluster_std=2.0, random_state=0)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _subsample(total: int, n: int | None, seed: int) -> np.ndarray:
+    if n is None or n >= total:
+        return np.arange(total)
+    if n < 1:
+        raise UserInputError(f"Number of samples must be at least 1 (got {n}).")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=n, replace=False))
+
+
+def names() -> list[str]:
+    return list(BUILTIN)
+
+
+def load(name: str, n: int | None = None, seed: int = 0, split: str = "test") -> Dataset:
+    """Load a dataset by reference, subsampled to ``n`` rows (all if None) reproducibly by ``seed``.
+
+    ``split`` ("test", "train", "all") selects digits rows; the other sources have one split.
+    """
+    if split not in SPLITS:
+        raise UserInputError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if n is not None:
+        n = int(n)
+    seed = int(seed)
+    if name == "digits":
+        x, y = digits_split()[split]
+        idx = _subsample(len(y), n, seed)
+        return Dataset(name, "image", x[idx], y[idx], [str(i) for i in range(10)], idx, len(y), split, seed,
+                       (8, 8), DESCRIPTIONS[name])
+    if name == "text":
+        texts, codes, label_names = _text_rows()
+        idx = _subsample(len(texts), n, seed)
+        return Dataset(name, "text", [texts[i] for i in idx], codes[idx], label_names, idx, len(texts), "all",
+                       seed, None, DESCRIPTIONS[name])
+    if name in ("swiss_roll", "blobs"):
+        x, y = _swiss_roll() if name == "swiss_roll" else _blobs()
+        idx = _subsample(len(y), n, seed)
+        return Dataset(name, "vector", x[idx], y[idx], [str(i) for i in range(int(y.max()) + 1)], idx, len(y),
+                       "all", seed, None, DESCRIPTIONS[name])
+    if isinstance(name, str) and name.startswith("upload:"):
+        return _load_upload(name, n, seed)
+    raise UserInputError(
+        f"Unknown dataset {name!r}. Use one of {', '.join(BUILTIN)} or an uploaded set 'upload:<id>'."
+    )
+
+
+# --------------------------------------------------------------------------- uploads
+def parse_upload(data: bytes, filename: str) -> tuple[str, object, np.ndarray | None, list[str] | None]:
+    """Parse an uploaded data file into (kind, inputs, label codes, label names). Never unpickles.
+
+    .npy: an (n x d) or (n x h x w) array. .npz: ``inputs`` (or ``X``/``x``) and optional ``labels``
+    (or ``y``). .csv/.parquet: numeric feature columns, an optional ``label`` column and, for text,
+    a ``text`` column.
+    """
+    tabular.check_size(data, filename)
+    suffix = tabular.suffix_of(filename)
+    labels = None
+    if suffix == ".npy":
+        inputs = tabular.load_npy(data, filename)
+    elif suffix == ".npz":
+        arrays = tabular.load_npz(data, filename)
+        in_key = next((k for k in ("inputs", "X", "x", "data") if k in arrays), None)
+        if in_key is None:
+            if len(arrays) != 1:
+                raise UserInputError(
+                    f"{filename} has arrays {sorted(arrays)}; name the inputs 'inputs' (or 'X') "
+                    "and the labels 'labels' (or 'y')."
+                )
+            in_key = next(iter(arrays))
+        inputs = arrays[in_key]
+        lab_key = next((k for k in ("labels", "y", "label", "target") if k in arrays), None)
+        labels = arrays[lab_key] if lab_key else None
+    elif suffix in (".csv", ".parquet"):
+        df = tabular.load_frame(data, filename)
+        label_col = next((c for c in df.columns if str(c).lower() in ("label", "labels", "y", "target")), None)
+        labels = df[label_col].to_numpy() if label_col is not None else None
+        rest = df.drop(columns=[label_col]) if label_col is not None else df
+        text_col = next((c for c in rest.columns if str(c).lower() == "text"), None)
+        if text_col is not None:
+            texts = rest[text_col]
+            if texts.isna().any():
+                raise UserInputError(f"{filename}: column 'text' has {int(texts.isna().sum())} empty row(s).")
+            inputs = texts.astype(str).tolist()
+        else:
+            non_num = [str(c) for c in rest.columns if rest[c].dtype.kind not in "biuf"]
+            if non_num:
+                raise UserInputError(
+                    f"{filename}: column(s) {', '.join(non_num[:5])} are not numeric. Keep numeric features, "
+                    "one optional 'label' column, or a 'text' column for sentences."
+                )
+            inputs = rest.to_numpy()
+    else:
+        raise UserInputError(
+            f"{filename}: unsupported file type {suffix or '(none)'}; upload .npy, .npz, .csv or .parquet."
+        )
+
+    if isinstance(inputs, list):
+        kind = "text"
+        if len(inputs) < 2:
+            raise UserInputError(f"{filename} has {len(inputs)} row(s); at least 2 are needed.")
+        n_rows = len(inputs)
+    else:
+        arr = np.asarray(inputs)
+        kind = "image" if arr.ndim == 3 else "vector"
+        inputs = tabular.numeric_matrix(arr, f"{filename} (inputs)")
+        n_rows = inputs.shape[0]
+        if kind == "image":
+            inputs = (inputs, arr.shape[1:])
+    codes, names_ = None, None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != n_rows:
+            raise UserInputError(
+                f"{filename}: labels have shape {labels.shape} but there are {n_rows} input rows; "
+                "give one label per row."
+            )
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+            raise UserInputError(f"{filename}: labels contain NaN; give every row a label or drop the labels.")
+        uniq, codes = np.unique(labels.astype(str) if labels.dtype.kind not in "biu" else labels,
+                                return_inverse=True)
+        names_ = [str(u) for u in uniq]
+        codes = codes.astype(np.int64)
+    return kind, inputs, codes, names_
+
+
+def upload(data: bytes, filename: str, store=None) -> str:
+    """Validate and store an uploaded data file; returns its reference ``upload:<sha16>``."""
+    from .store import default_store
+
+    kind, inputs, codes, names_ = parse_upload(data, filename)  # validates before anything is written
+    store = store or default_store()
+    rows = len(inputs) if kind == "text" else (inputs[0] if kind == "image" else inputs).shape[0]
+    sha = store.put_blob(data, filename, "data", {"rows": rows, "kind": kind})
+    return f"upload:{sha[:16]}"
+
+
+def _load_upload(ref: str, n: int | None, seed: int) -> Dataset:
+    from .store import default_store
+
+    data, info = default_store().read_blob(ref.split(":", 1)[1], kind="data")
+    kind, inputs, codes, names_ = parse_upload(data, info["name"])
+    image_shape = None
+    if kind == "image":
+        inputs, image_shape = inputs
+    total = len(inputs) if kind == "text" else inputs.shape[0]
+    idx = _subsample(total, n, seed)
+    rows = [inputs[i] for i in idx] if kind == "text" else inputs[idx]
+    return Dataset(ref, kind, rows, None if codes is None else codes[idx], names_, idx, total, "all", seed,
+                   tuple(image_shape) if image_shape else None, f"uploaded {info['name']}")

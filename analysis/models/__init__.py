@@ -1,0 +1,118 @@
+"""Model sources behind one reference string fit for a URL.
+
+- ``zoo:NAME``: a checkpoint shipped in assets/zoo (see :mod:`analysis.zoo`)
+- ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:org/name``: transformers encoders
+- ``upload:SHA``: a file stored by :func:`upload` (TorchScript, zoo-architecture safetensors, embeddings)
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import UserInputError
+from .base import Batch, Model, layer_table
+from .embeddings import EmbeddingsModel, parse_embeddings
+from .hf import HFTextModel
+from .torch_models import TorchModel, manifest, zoo_entry, zoo_names
+
+__all__ = ["load", "upload", "zoo_names", "zoo_entry", "manifest", "builtin_refs", "Model", "Batch",
+           "TorchModel", "HFTextModel", "EmbeddingsModel", "parse_ref", "layer_table"]
+
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".safetensors", ".npy", ".npz", ".csv", ".parquet")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*")
+LOCAL_PATHS_ENV = "REPLENS_ALLOW_LOCAL_PATHS"
+
+
+def builtin_refs() -> list[str]:
+    """Every model reference that works on a fresh install: the zoo plus the bundled MiniLM pair."""
+    return [f"zoo:{n}" for n in zoo_names()] + ["hf:minilm", "hf:minilm-random"]
+
+
+def parse_ref(ref: str, allow_local: bool = True) -> tuple[str, str]:
+    """Split and validate a reference; raises UserInputError for malformed or forged ones.
+
+    ``allow_local=False`` (the web app, unless $REPLENS_ALLOW_LOCAL_PATHS=1) refuses filesystem
+    paths, so a link cannot make the server read folders outside the store.
+    """
+    if not isinstance(ref, str) or ":" not in ref:
+        raise UserInputError(f"Not a model reference: {ref!r}. Use zoo:NAME, hf:NAME-OR-PATH or upload:ID.")
+    source, rest = ref.split(":", 1)
+    if source == "zoo":
+        if not _SAFE_NAME.fullmatch(rest):
+            raise UserInputError(f"Not a zoo model name: {rest!r}.")
+    elif source == "upload":
+        if not re.fullmatch(r"[0-9a-f]{8,64}", rest):
+            raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
+    elif source == "hf":
+        is_named = rest in ("minilm", "minilm-random") or _HUB_ID.fullmatch(rest)
+        if not is_named:
+            if not allow_local:
+                raise UserInputError(f"Local model paths are disabled on this server ({rest!r}). "
+                                     f"Set {LOCAL_PATHS_ENV}=1 where the server runs to allow them.")
+            if not os.path.isdir(os.path.expanduser(rest)):
+                raise UserInputError(f"No transformers model folder at {rest!r}.")
+    else:
+        raise UserInputError(f"Unknown model source {source!r} in {ref!r}; use zoo:, hf: or upload:.")
+    return source, rest
+
+
+def load(ref: str, allow_local: bool = True) -> Model:
+    """Load a model by reference. Raises :class:`UserInputError` for anything a user can get wrong."""
+    source, rest = parse_ref(ref, allow_local)
+    if source == "zoo":
+        from .torch_models import load_zoo
+
+        return load_zoo(rest)
+    if source == "hf":
+        from .hf import load_hf
+
+        return load_hf(rest)
+    return _load_upload(rest)
+
+
+def _classify(data: bytes, filename: str) -> str:
+    suffix = os.path.splitext(filename.lower())[1]
+    if suffix not in MODEL_SUFFIXES:
+        raise UserInputError(f"{filename}: unsupported model file type {suffix or '(none)'}. Upload TorchScript "
+                             "(.pt/.pth/.ts), safetensors weights of a zoo architecture, or embeddings "
+                             "(.npy/.npz/.csv/.parquet).")
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".npy", ".npz", ".csv", ".parquet"):
+        return "embeddings"
+    return "torchscript"
+
+
+def _build(data: bytes, filename: str, ref: str, sha: str) -> Model:
+    from .torch_models import from_safetensors, from_torchscript
+
+    kind = _classify(data, filename)
+    if kind == "safetensors":
+        return from_safetensors(data, ref, filename, sha)
+    if kind == "embeddings":
+        return EmbeddingsModel(parse_embeddings(data, filename), ref, filename, sha)
+    return from_torchscript(data, ref, filename, sha)
+
+
+def upload(data: bytes, filename: str, store=None) -> str:
+    """Validate and store an uploaded model file; returns ``upload:<sha16>``.
+
+    The file is fully loaded (and so validated) before anything is written to the store.
+    """
+    from .. import tabular
+    from ..store import default_store, sha256_bytes
+
+    tabular.check_size(data, filename)
+    sha = sha256_bytes(data)
+    ref = f"upload:{sha[:16]}"
+    _build(data, filename, ref, sha)
+    (store or default_store()).put_blob(data, filename, "model")
+    return ref
+
+
+def _load_upload(prefix: str) -> Model:
+    from ..store import default_store
+
+    data, info = default_store().read_blob(prefix, kind="model")
+    return _build(data, info["name"], f"upload:{prefix}", info["sha256"])

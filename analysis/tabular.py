@@ -1,0 +1,137 @@
+"""Safe parsing of uploaded array files (.npy, .npz, .csv, .parquet). Never unpickles.
+
+Shared by data uploads (inputs + labels) and embeddings uploads (one array per layer).
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+
+from .errors import UserInputError
+
+ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+MAX_UPLOAD_ENV = "REPLENS_MAX_UPLOAD_MB"
+
+
+def max_upload_bytes() -> int:
+    """Upload size limit in bytes (``$REPLENS_MAX_UPLOAD_MB``, default 200 MB)."""
+    try:
+        mb = float(os.environ.get(MAX_UPLOAD_ENV, "200"))
+    except ValueError:
+        mb = 200.0
+    return int(mb * 1024 * 1024)
+
+
+def check_size(data: bytes, filename: str) -> None:
+    limit = max_upload_bytes()
+    if len(data) > limit:
+        raise UserInputError(
+            f"{filename} is {len(data) / 2**20:.1f} MB; the upload limit on this server is "
+            f"{limit / 2**20:.0f} MB (set {MAX_UPLOAD_ENV} to change it)."
+        )
+    if len(data) == 0:
+        raise UserInputError(f"{filename} is empty.")
+
+
+def suffix_of(filename: str) -> str:
+    name = os.path.basename(filename).lower()
+    return os.path.splitext(name)[1]
+
+
+def load_npy(data: bytes, filename: str) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise UserInputError(
+                f"{filename} holds Python objects (pickled); RepLens never unpickles uploads. "
+                "Save a plain numeric array with np.save."
+            ) from exc
+        raise UserInputError(f"{filename} is not a valid .npy file: {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise UserInputError(f"{filename} is not a valid .npy file ({exc}).") from exc
+    return arr
+
+
+def load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz, refusing pickled members and archives that inflate past the limit."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            inflated = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise UserInputError(f"{filename} is not a valid .npz file (not a zip archive).") from exc
+    limit = 4 * max_upload_bytes()
+    if inflated > limit:
+        raise UserInputError(
+            f"{filename} would inflate to {inflated / 2**20:.0f} MB, over this server's limit of "
+            f"{limit / 2**20:.0f} MB for unpacked uploads."
+        )
+    out: dict[str, np.ndarray] = {}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            for name in npz.files:
+                out[name] = npz[name]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise UserInputError(
+                f"{filename} holds Python objects (pickled); RepLens never unpickles uploads. "
+                "Save plain numeric arrays with np.savez."
+            ) from exc
+        raise UserInputError(f"{filename} is not a valid .npz file: {exc}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserInputError(f"{filename} is not a valid .npz file ({exc}).") from exc
+    if not out:
+        raise UserInputError(f"{filename} contains no arrays.")
+    return out
+
+
+def load_frame(data: bytes, filename: str):
+    """A pandas DataFrame from .csv or .parquet bytes."""
+    import pandas as pd
+
+    suffix = suffix_of(filename)
+    try:
+        if suffix == ".csv":
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise UserInputError(
+                    f"{filename} is not UTF-8 text (byte {exc.start} is invalid). Save the CSV as UTF-8."
+                ) from exc
+            return pd.read_csv(io.StringIO(text))
+        return pd.read_parquet(io.BytesIO(data))
+    except UserInputError:
+        raise
+    except Exception as exc:  # pandas raises many parser error types
+        kind = "CSV" if suffix == ".csv" else "Parquet"
+        raise UserInputError(f"{filename} could not be read as {kind}: {exc}".strip()) from exc
+
+
+def numeric_matrix(arr, what: str, min_rows: int = 2) -> np.ndarray:
+    """Validate a 2-D (n x d) finite numeric array; returns float32.
+
+    ``what`` names the array in messages (a file and layer name).
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise UserInputError(f"{what} is not numeric (dtype {arr.dtype}); upload numbers only.")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        arr = arr.reshape(arr.shape[0], -1) if arr.ndim > 2 else arr
+    if arr.shape[1] == 0:
+        raise UserInputError(f"{what} has zero columns.")
+    if arr.shape[0] < min_rows:
+        raise UserInputError(f"{what} has {arr.shape[0]} row(s); at least {min_rows} are needed.")
+    arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise UserInputError(
+            f"{what} contains {int(bad.sum())} NaN/inf value(s) in {rows.size} row(s) "
+            f"(first row {int(rows[0])}); remove or impute them and upload again."
+        )
+    return arr

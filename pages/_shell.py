@@ -1,0 +1,185 @@
+"""The app shell shared by every page: the sidebar pickers (state in the URL), cached loaders,
+upload handling and the error display. Pages import from here; no numerics live here."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import streamlit as st
+
+from analysis import data as data_mod
+from analysis import models as models_mod
+from analysis.errors import UserInputError
+
+DEFAULT_A, DEFAULT_B, DEFAULT_DATA = "zoo:mlp-s0", "zoo:mlp-s1", "digits"
+DEFAULT_N, DEFAULT_SEED = 500, 0
+MODEL_FILE_TYPES = ["pt", "pth", "ts", "torchscript", "safetensors", "npy", "npz", "csv", "parquet"]
+DATA_FILE_TYPES = ["npy", "npz", "csv", "parquet"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    model_a: str
+    model_b: str
+    dataset: str
+    n: int
+    seed: int
+    split: str
+
+
+def allow_local_paths() -> bool:
+    return os.environ.get(models_mod.LOCAL_PATHS_ENV, "") == "1"
+
+
+# ------------------------------------------------------------------ cached loaders
+@st.cache_resource(show_spinner=False, max_entries=16)
+def load_model(ref: str):
+    """Loaded models are shared by all sessions: never mutate one (each holds a lock for hooks)."""
+    return models_mod.load(ref, allow_local=allow_local_paths())
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def load_dataset(name: str, n: int, seed: int, split: str):
+    return data_mod.load(name, n=n, seed=seed, split=split)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def model_label(ref: str) -> str:
+    """A readable option label: 'zoo:mlp-s0 · MLP classifier (width=128) · seed 0'."""
+    if ref.startswith("zoo:"):
+        try:
+            e = models_mod.zoo_entry(ref[4:])
+        except UserInputError:
+            return ref
+        return f"{ref} · {e['description']} · seed {e['seed']}"
+    if ref == "hf:minilm":
+        return "hf:minilm · all-MiniLM-L6-v2 (pretrained text encoder)"
+    if ref == "hf:minilm-random":
+        return "hf:minilm-random · MiniLM architecture, random weights"
+    if ref.startswith("upload:"):
+        from analysis.store import default_store
+
+        info = default_store().find_blob(ref[7:])
+        return f"{ref[:15]}… · uploaded {info['name']}" if info else f"{ref} · (missing on this server)"
+    return ref
+
+
+def _uploaded(kind: str) -> list[str]:
+    from analysis.store import default_store
+
+    return [f"upload:{b['sha256'][:16]}" for b in default_store().blobs(kind)]
+
+
+def _with_url_value(options: list[str], key: str, valid) -> list[str]:
+    """Options plus a value arriving in the URL (a shared link) that is well-formed but not listed,
+    so a bound selectbox accepts it instead of silently dropping it."""
+    value = st.query_params.get(key)
+    if value and value not in options and key not in st.session_state:
+        try:
+            valid(value)
+            options = options + [value]
+        except UserInputError as exc:
+            st.sidebar.warning(f"Ignored '{key}' from the link: {exc}")
+    return options
+
+
+# ------------------------------------------------------------------ sidebar
+def sidebar() -> Selection:
+    """Model A, Model B, dataset, n, seed, split: bound to the URL query parameters."""
+    sb = st.sidebar
+    sb.markdown("### Models and data")
+    model_options = models_mod.builtin_refs() + _uploaded("model")
+    check_model = lambda v: models_mod.parse_ref(v, allow_local=allow_local_paths())
+    for key in ("a", "b"):
+        opts = _with_url_value(model_options, key, check_model)
+        pending = st.session_state.pop(f"_set_{key}", None)
+        if pending:
+            opts = opts if pending in opts else opts + [pending]
+            st.session_state[key] = pending
+        default = DEFAULT_A if key == "a" else DEFAULT_B
+        # Options are the bare references (the URL holds the selected option's text), described below.
+        sb.selectbox(f"Model {key.upper()}", opts, index=opts.index(default), key=key, bind="query-params")
+        sb.caption(model_label(st.session_state[key]).split(" · ", 1)[-1])
+    data_options = data_mod.names() + _uploaded("data")
+    opts = _with_url_value(data_options, "data", _check_data_ref)
+    pending = st.session_state.pop("_set_data", None)
+    if pending:
+        opts = opts if pending in opts else opts + [pending]
+        st.session_state["data"] = pending
+    sb.selectbox("Dataset", opts, index=opts.index(DEFAULT_DATA), key="data", bind="query-params")
+    c1, c2 = sb.columns(2)
+    c1.number_input("Samples", min_value=10, max_value=20000, value=DEFAULT_N, step=50, key="n",
+                    bind="query-params", help="Rows drawn from the dataset (all rows if fewer are available).")
+    c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed",
+                    bind="query-params", help="Seed of the subsample: the same seed gives the same rows.")
+    sb.selectbox("Split", list(data_mod.SPLITS), index=0, key="split", bind="query-params",
+                 help="Digits rows: the zoo's test split (default), its training split, or all. "
+                      "Other datasets have one split.")
+    _upload_panel()
+    return Selection(st.session_state["a"], st.session_state["b"], st.session_state["data"],
+                     int(st.session_state["n"]), int(st.session_state["seed"]), st.session_state["split"])
+
+
+def _check_data_ref(v: str) -> None:
+    if v in data_mod.names():
+        return
+    if not (v.startswith("upload:") and len(v) > 15 and all(c in "0123456789abcdef" for c in v[7:])):
+        raise UserInputError(f"Unknown dataset {v!r}.")
+
+
+def _upload_panel() -> None:
+    from analysis import tabular
+
+    limit_mb = tabular.max_upload_bytes() // 2**20
+    with st.sidebar.expander("Upload a model or data"):
+        st.caption(f"TorchScript (.pt), safetensors weights of a zoo architecture, or embeddings "
+                   f"(.npy/.npz/.csv/.parquet, rows aligned with the dataset). Up to {limit_mb} MB. "
+                   "Files are stored by content hash and never unpickled.")
+        f = st.file_uploader("Model file", type=MODEL_FILE_TYPES, key="upload_model", max_upload_size=limit_mb)
+        target = st.radio("Use it as", ["Model A", "Model B"], horizontal=True, key="upload_target")
+        if f is not None and st.session_state.get("_uploaded_model") != f.file_id:
+            try:
+                ref = models_mod.upload(f.getvalue(), f.name)
+            except UserInputError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["_uploaded_model"] = f.file_id
+                st.session_state["_set_a" if target == "Model A" else "_set_b"] = ref
+                st.rerun()
+        g = st.file_uploader("Data file", type=DATA_FILE_TYPES, key="upload_data", max_upload_size=limit_mb)
+        if g is not None and st.session_state.get("_uploaded_data") != g.file_id:
+            try:
+                ref = data_mod.upload(g.getvalue(), g.name)
+            except UserInputError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["_uploaded_data"] = g.file_id
+                st.session_state["_set_data"] = ref
+                st.rerun()
+
+
+def selection() -> Selection:
+    return st.session_state["_selection"]
+
+
+@contextlib.contextmanager
+def user_errors(where: str = ""):
+    """Show a UserInputError as a clear message instead of a traceback."""
+    try:
+        yield
+    except UserInputError as exc:
+        st.error(f"{where}: {exc}" if where else str(exc))
+
+
+class Progress:
+    """An analysis progress callback drawn as st.progress."""
+
+    def __init__(self, text: str):
+        self.bar = st.progress(0.0, text=text)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+
+    def done(self) -> None:
+        self.bar.empty()

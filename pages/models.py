@@ -1,0 +1,138 @@
+"""Models page: both models side by side — summary, layer table, score on the chosen data,
+and sample inputs with each model's prediction (or reconstruction)."""
+import numpy as np
+import streamlit as st
+
+from analysis import evaluate as evaluate_mod
+from analysis import figures
+from analysis import models as models_mod
+from analysis.errors import UserInputError
+from pages._shell import Progress, load_dataset, load_model, selection, user_errors
+
+N_SAMPLES_SHOWN = 12
+METRIC_NAMES = {"accuracy": "Accuracy", "mse": "Recon. MSE", "knn_accuracy": "k-NN probe"}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_evaluation(ref: str, data_key: tuple, _model, _ds):
+    return evaluate_mod.evaluate(_model, _ds)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_layer_table(ref: str, data_key: tuple, _model, _ds):
+    return models_mod.layer_table(_model, _ds)
+
+
+def compact(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+sel = selection()
+st.title("Models")
+ds = None
+with user_errors("Dataset"):
+    ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
+if ds is None:
+    st.stop()
+st.caption(ds.describe())
+data_key = (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
+
+loaded: dict[str, tuple] = {}
+cols = st.columns(2, gap="large")
+for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1])):
+    with col:
+        st.subheader(f"Model {slot}")
+        st.markdown(f"`{ref}`")
+        try:
+            with st.spinner(f"Loading {ref}…"):
+                model = load_model(ref)
+            model.check_data(ds)
+        except UserInputError as exc:
+            st.error(str(exc))
+            continue
+        bar = Progress(f"Running {ref} on {len(ds)} samples…")
+        with user_errors(f"Model {slot}"):
+            ev = cached_evaluation(ref, data_key, model, ds)
+            table = cached_layer_table(ref, data_key, model, ds)
+            bar.done()
+            loaded[slot] = (model, ev)
+            m2, m3 = st.columns(2)
+            m2.metric("Parameters", compact(model.num_parameters()), help=f"{model.num_parameters():,} parameters")
+            label = METRIC_NAMES[ev.metric]
+            if ev.value is None:
+                m3.metric(label, "n/a", help=ev.explanation)
+            elif ev.metric == "mse":
+                m3.metric(label, f"{ev.value:.4f}", help=ev.explanation)
+            else:
+                m3.metric(label, f"{100 * ev.value:.1f}%", help=ev.explanation)
+            st.markdown(f"**{model.kind.capitalize()}** · {model.architecture}")
+            facts = [f"sha256 `{model.sha256[:12]}`"]
+            for k, name in (("seed", "seed"), ("epochs", "epochs"), ("train_samples", "training samples")):
+                if model.info.get(k) is not None:
+                    facts.append(f"{name} {model.info[k]}")
+            if model.info.get("note"):
+                facts.append(model.info["note"])
+            st.caption(" · ".join(facts))
+            if getattr(model, "scripted", False):
+                st.info("TorchScript modules cannot take forward hooks, so only the model's output is "
+                        "available as a layer. For per-layer analyses upload safetensors weights of a zoo "
+                        "architecture or an embeddings file.")
+            st.dataframe(table, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3,
+                         column_config={"parameters": st.column_config.NumberColumn(format="localized")})
+
+if not loaded:
+    st.stop()
+
+st.divider()
+st.subheader("Samples")
+rng = np.random.default_rng(sel.seed)
+show = np.sort(rng.choice(len(ds), size=min(N_SAMPLES_SHOWN, len(ds)), replace=False))
+
+
+def pred_name(ev, i):
+    if ev.predictions is None:
+        return "–"
+    code = int(ev.predictions[i])
+    return ds.label_names[code] if ds.label_names and code < len(ds.label_names) else str(code)
+
+
+if ds.kind == "image":
+    titles = []
+    for i in show:
+        parts = [f"label {ds.label_of(i)}" if ds.labels is not None else f"row {int(ds.indices[i])}"]
+        for slot, (model, ev) in loaded.items():
+            if ev.predictions is not None:
+                mark = "" if ds.labels is None else (" ✓" if int(ev.predictions[i]) == int(ds.labels[i]) else " ✗")
+                parts.append(f"{slot}: {pred_name(ev, i)}{mark}")
+        titles.append("<br>".join(parts))
+    rows = [("input", [ds.render(i)["image"] for i in show])]
+    for slot, (model, ev) in loaded.items():
+        if ev.reconstructions is not None:
+            rows.append((f"{slot} output", [ev.reconstructions[i].reshape(ds.image_shape) for i in show]))
+    fig = figures.image_grid(rows, titles, height_per_row=130 if len(titles[0]) > 20 else 110)
+    st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key="samples")
+    st.caption("Each column is one sample: its label and each classifier's prediction (✓ correct, ✗ wrong); "
+               "autoencoders add a row with their reconstruction.")
+else:
+    import pandas as pd
+
+    table = {"row": [int(ds.indices[i]) for i in show]}
+    table["sample"] = [ds.hover_text(i) if ds.kind == "text" else np.array2string(
+        np.asarray(ds.inputs[i]), precision=2, threshold=8) for i in show]
+    if ds.labels is not None:
+        table["label"] = [ds.label_of(i) for i in show]
+    for slot, (model, ev) in loaded.items():
+        if ev.predictions is not None:
+            table[f"{slot} prediction"] = [pred_name(ev, i) for i in show]
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    if any(ev.metric == "knn_accuracy" for _, ev in loaded.values()):
+        st.caption("Text encoders have no classifier head: their prediction is the majority label of the "
+                   "5 nearest other sentences in the last layer (cosine), a probe of how the layer groups topics.")
+
+both = [ev for _, ev in loaded.values() if ev.predictions is not None]
+if len(both) == 2:
+    agree = float(np.mean(both[0].predictions == both[1].predictions))
+    st.metric("A and B predict the same label", f"{100 * agree:.1f}% of samples")
