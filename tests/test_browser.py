@@ -1,0 +1,117 @@
+"""End-to-end checks of the app in a real browser: sidebar picks, share links, forged links.
+
+Needs the playwright Python package and Debian's Chromium at /usr/bin/chromium (never
+`playwright install`); skipped otherwise. One Streamlit server (with its own empty result store)
+serves the whole module. Run with `python -m pytest tests/test_browser.py -v`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so `tests.browser` imports under plain `pytest`
+from tests import browser as B  # noqa: E402
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(sync_playwright is None,
+                       reason="playwright is not installed (pip install playwright; never `playwright install`)"),
+    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK),
+                       reason=f"no Chromium at {B.CHROMIUM} (apt-get install -y chromium)"),
+]
+
+RENDER_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
+    yield base_url, proc
+    B.stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = B.launch_browser(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A page in a fresh browser context (no cookies, no session shared with other tests)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(RENDER_MS)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def _open(page, server, path="/"):
+    base_url, proc = server
+    page.goto(base_url + path)
+    try:
+        B.wait_rendered(page, RENDER_MS)
+    except Exception as exc:
+        raise AssertionError(f"{path} did not finish rendering: {exc}\nserver log:\n{B.server_log(proc)}")
+
+
+def _assert_no_exception(page):
+    exc = page.get_by_test_id("stException")
+    if exc.count():
+        pytest.fail("the app shows an exception:\n" + "\n---\n".join(e.inner_text() for e in exc.all()))
+
+
+def _query(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
+def test_pick_models_in_sidebar(page, server):
+    _open(page, server)
+    _assert_no_exception(page)
+    B.pick_selectbox(page, "Model A", "zoo:cnn-s0")
+    B.wait_rendered(page, RENDER_MS)
+    B.pick_selectbox(page, "Model B", "zoo:mlp-ae-b8")
+    B.wait_rendered(page, RENDER_MS)
+    _assert_no_exception(page)
+
+    main = page.get_by_test_id("stMain")
+    expect(main).to_contain_text("zoo:cnn-s0")
+    expect(main).to_contain_text("zoo:mlp-ae-b8")
+    # The bound selectboxes write their values into the address (shareable links).
+    expect(page).to_have_url(re.compile(r"[?&]a=zoo(%3A|:)cnn-s0(&|$)"))
+    assert _query(page).get("a") == "zoo:cnn-s0" and _query(page).get("b") == "zoo:mlp-ae-b8", page.url
+    expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()  # the samples grid
+
+
+def test_share_link_restores_view(page, server):
+    _open(page, server, "/?a=hf%3Aminilm&b=hf%3Aminilm-random&data=text&n=120")
+    _assert_no_exception(page)
+    assert B.selectbox_value(page, "Model A") == "hf:minilm"
+    assert B.selectbox_value(page, "Model B") == "hf:minilm-random"
+    assert B.selectbox_value(page, "Dataset") == "text"
+    samples = page.get_by_test_id("stSidebar").get_by_test_id("stNumberInput").filter(has_text="Samples")
+    expect(samples.locator("input")).to_have_value("120")
+    expect(page.get_by_test_id("stMetricLabel").filter(has_text="k-NN probe").first).to_be_visible()
+    assert _query(page).get("a") == "hf:minilm", page.url
+
+
+def test_forged_link_is_ignored_with_warning(page, server):
+    _open(page, server, "/?a=zoo%3A..%2F..%2Fetc%2Fpasswd&b=hf%3A%2Fetc")
+    _assert_no_exception(page)
+    warning = page.get_by_test_id("stSidebar").get_by_test_id("stAlert").filter(has_text="Ignored")
+    expect(warning.first).to_be_visible()
+    expect(page.get_by_test_id("stMain")).to_contain_text("Models")
+    assert "passwd" not in B.selectbox_value(page, "Model A")
+    assert B.selectbox_value(page, "Model B") != "hf:/etc"
