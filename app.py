@@ -2,6 +2,11 @@
 
 Run with ``streamlit run app.py``. The sidebar (model A, model B, dataset) lives in the URL, so the
 address reproduces the view. Pages are listed explicitly; a page appears once it works.
+
+This file plays two roles. ``streamlit run`` imports it as a module to find ``app`` (an ``st.App``),
+whose lifespan starts importing torch and the model code in the background as soon as the server
+starts, while the browser is still loading: the first page then renders without waiting ~2 s for
+those imports. Each browser session runs the file as the Streamlit script (``__main__``).
 """
 from pathlib import Path
 
@@ -9,13 +14,42 @@ import streamlit as st
 
 HERE = Path(__file__).resolve().parent
 LOGO = str(HERE / "assets" / "logo.svg")
-st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
-from pages._shell import sidebar  # noqa: E402  (after set_page_config)
 
-st.logo(LOGO)
-st.session_state["_selection"] = sidebar()
-pages = [
-    st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models", default=True),
-]
-st.navigation(pages).run()
+def _warm_up() -> None:
+    """Import the heavy modules (torch, the model code) once per server process, and run the
+    default view's models once (first forward passes are slow; results land in the store)."""
+    from analysis import data, evaluate, models
+    from pages._defaults import DEFAULT_A, DEFAULT_B, DEFAULT_DATA, DEFAULT_N, DEFAULT_SEED
+
+    try:
+        ds = data.load(DEFAULT_DATA, n=DEFAULT_N, seed=DEFAULT_SEED)
+        for ref in (DEFAULT_A, DEFAULT_B):
+            evaluate.evaluate(models.load(ref), ds)
+    except Exception:  # a warm-up must never take the server down; the page reports real errors
+        pass
+
+
+if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find the ASGI app
+    import contextlib
+    import threading
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(_app):
+        threading.Thread(target=_warm_up, name="replens-warm-up", daemon=True).start()
+        yield
+
+    app = st.App(__file__, lifespan=_lifespan)
+
+else:  # a browser session: the Streamlit script
+    st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
+
+    from pages._shell import sidebar
+
+    st.logo(LOGO)
+    st.session_state["_selection"] = sidebar()
+    pages = [
+        st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
+                default=True),
+    ]
+    st.navigation(pages).run()

@@ -128,44 +128,60 @@ def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", d
 
 
 def _forward(model, ds, layers, pooling, device, progress, batch_size):
-    import torch
-
-    tokens = model.input_kind == "text"
     collected: dict[str, list] = {l: [] for l in layers}
     rules: dict[str, str] = {}
-    state = {"mask": None}
-    if getattr(model, "scripted", False):
-        if layers != ["output"]:
-            raise UserInputError(f"{model.ref} is TorchScript: its submodules cannot take hooks, so only "
-                                 "'output' is available.")
+    for rows, batch, batch_rules in iter_batches(model, ds, layers, pooling, batch_size, device, progress):
+        for l in layers:
+            collected[l].append(batch[l])
+        rules.update(batch_rules)
+    return {l: np.concatenate(collected[l], 0) for l in layers}, rules
+
+
+def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None):
+    """Yield (rows slice, {layer: pooled float32 batch}, {layer: rule}) one batch at a time, so a caller
+    can reduce activations as they are produced (memory independent of the dataset size)."""
+    import torch
+
+    from .device import pick
+
+    if pooling not in POOLINGS:
+        raise UserInputError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
+    device = pick(device) if not hasattr(device, "type") else device
+    tokens = model.input_kind == "text"
+    scripted = getattr(model, "scripted", False)
+    if scripted and list(layers) != ["output"]:
+        raise UserInputError(f"{model.ref} is TorchScript: its submodules cannot take hooks, so only "
+                             "'output' is available.")
+    state: dict = {"mask": None, "out": {}, "rules": {}}
 
     def hook_for(name):
-        def hook(module, inputs, out):
+        def hook(module, inputs, out):  # returns None, so the module's output is untouched
             pooled, rule = pool(_first(out).detach(), pooling, state["mask"], tokens)
-            collected[name].append(pooled.cpu().numpy().astype(np.float32, copy=False))
-            rules[name] = rule
+            state["out"][name] = pooled.cpu().numpy().astype(np.float32, copy=False)
+            state["rules"][name] = rule
         return hook
 
     mods = model.hookable()
     n = len(ds)
+    # The lock, the hooks and the device move last for the whole pass; grad mode is switched off
+    # per batch only, never across a yield (it is thread-local and would leak into the caller).
     with model.lock:  # the model object may be shared between sessions
         model.to(device)
-        handles = [] if getattr(model, "scripted", False) else \
-            [mods[l].register_forward_hook(hook_for(l)) for l in layers]
+        handles = [] if scripted else [mods[l].register_forward_hook(hook_for(l)) for l in layers]
         try:
-            with torch.no_grad():
-                for batch in model.batches(ds, batch_size, device):
-                    state["mask"] = batch.mask
+            for batch in model.batches(ds, batch_size, device):
+                state["mask"], state["out"] = batch.mask, {}
+                with torch.no_grad():
                     out = model.run(batch)
-                    if getattr(model, "scripted", False):
-                        hook_for("output")(None, None, out)
-                    if progress:
-                        progress(batch.rows.stop / n, f"{model.name}: {batch.rows.stop}/{n} samples")
+                if scripted:
+                    hook_for("output")(None, None, out)
+                if progress:
+                    progress(batch.rows.stop / n, f"{model.name}: {batch.rows.stop}/{n} samples")
+                yield batch.rows, dict(state["out"]), dict(state["rules"])
         finally:
             for h in handles:
                 h.remove()
             model.to("cpu")
-    return {l: np.concatenate(collected[l], 0) for l in layers}, rules
 
 
 def output_shapes(model, ds, layers: list[str] | None = None, device=None) -> dict[str, tuple]:

@@ -22,12 +22,14 @@ TEXT_FILE = ASSETS / "text" / "sentences.csv"
 
 DIGITS_TEST_SIZE = 597  # 1200 training rows, 597 test rows; stratified, random_state=0
 SPLITS = ("test", "train", "all")
-BUILTIN = ("digits", "text", "swiss_roll", "blobs")
+BUILTIN = ("digits", "text", "swiss_roll", "blobs", "digits_noisy")
+NOISY_ROWS = 100_000
 DESCRIPTIONS = {
     "digits": "scikit-learn digits: 8x8 grey images of handwritten digits 0-9 (the zoo's split)",
     "text": "RepLens text set: short sentences written for this project, 8 topics",
     "swiss_roll": "Swiss roll: 3-D points on a rolled sheet, labelled by position along the roll (6 bins)",
     "blobs": "Gaussian blobs: 16-D points around 6 centres, labelled by centre",
+    "digits_noisy": "digits test images with Gaussian pixel noise (sigma 0.1): 100,000 rows for large-n runs",
 }
 
 
@@ -105,18 +107,44 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- sources
-@lru_cache(maxsize=1)
-def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The zoo's fixed split of sklearn digits: pixels scaled to [0, 1], float32, (n, 64)."""
+SPLIT_FILE = ASSETS / "digits_split.json"
+
+
+def digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's digits (1797 x 64 pixels in 0..16, labels), read from the CSV that scikit-learn ships
+    without importing scikit-learn (its import costs ~2 s of app start-up)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.exists():
+        raw = np.loadtxt(path, delimiter=",")
+        return raw[:, :-1], raw[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0)
-    tr, te = np.sort(tr), np.sort(te)
+    return d.data, d.target.astype(np.int64)
+
+
+def compute_digits_split() -> dict[str, list[int]]:
+    """The zoo's split, from scikit-learn (stratified, test_size=597, random_state=0)."""
+    from sklearn.model_selection import train_test_split
+
+    _, y = digits_raw()
+    tr, te = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0)
+    return {"train": sorted(int(i) for i in tr), "test": sorted(int(i) for i in te)}
+
+
+@lru_cache(maxsize=1)
+def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The zoo's fixed split of digits: pixels scaled to [0, 1], float32, (n, 64). Row indices are
+    shipped in assets/digits_split.json (a test checks them against scikit-learn)."""
+    import json
+
+    pixels, y = digits_raw()
+    x = (pixels / 16.0).astype(np.float32)
+    split = json.loads(SPLIT_FILE.read_text()) if SPLIT_FILE.exists() else compute_digits_split()
+    tr, te = np.asarray(split["train"]), np.asarray(split["test"])
     return {"train": (x[tr], y[tr]), "test": (x[te], y[te]), "all": (x, y)}
 
 
@@ -143,6 +171,16 @@ def _blobs():
 
     x, y = make_blobs(n_samples=2000, n_features=16, centers=6, cluster_std=2.0, random_state=0)
     return x.astype(np.float32), y.astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _digits_noisy():
+    """Rows cycle through the digits test split; row i gets its own fixed noise."""
+    x, y = digits_split()["test"]
+    reps = -(-NOISY_ROWS // len(y))
+    base = np.tile(x, (reps, 1))[:NOISY_ROWS]
+    noise = np.random.default_rng(12345).normal(0, 0.1, size=base.shape).astype(np.float32)
+    return np.clip(base + noise, 0, 1), np.tile(y, reps)[:NOISY_ROWS]
 
 
 def _subsample(total: int, n: int | None, seed: int) -> np.ndarray:
@@ -178,6 +216,11 @@ def load(name: str, n: int | None = None, seed: int = 0, split: str = "test") ->
         idx = _subsample(len(texts), n, seed)
         return Dataset(name, "text", [texts[i] for i in idx], codes[idx], label_names, idx, len(texts), "all",
                        seed, None, DESCRIPTIONS[name])
+    if name == "digits_noisy":
+        x, y = _digits_noisy()
+        idx = _subsample(len(y), n, seed)
+        return Dataset(name, "image", x[idx], y[idx], [str(i) for i in range(10)], idx, len(y), "all", seed,
+                       (8, 8), DESCRIPTIONS[name])
     if name in ("swiss_roll", "blobs"):
         x, y = _swiss_roll() if name == "swiss_roll" else _blobs()
         idx = _subsample(len(y), n, seed)

@@ -12,8 +12,7 @@ from analysis import data as data_mod
 from analysis import models as models_mod
 from analysis.errors import UserInputError
 
-DEFAULT_A, DEFAULT_B, DEFAULT_DATA = "zoo:mlp-s0", "zoo:mlp-s1", "digits"
-DEFAULT_N, DEFAULT_SEED = 500, 0
+from pages._defaults import DEFAULT_A, DEFAULT_B, DEFAULT_DATA, DEFAULT_N, DEFAULT_SEED  # noqa: F401
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "torchscript", "safetensors", "npy", "npz", "csv", "parquet"]
 DATA_FILE_TYPES = ["npy", "npz", "csv", "parquet"]
 

@@ -80,8 +80,8 @@ for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1]))
                 st.info("TorchScript modules cannot take forward hooks, so only the model's output is "
                         "available as a layer. For per-layer analyses upload safetensors weights of a zoo "
                         "architecture or an embeddings file.")
-            st.dataframe(table, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3,
-                         column_config={"parameters": st.column_config.NumberColumn(format="localized")})
+            # A static table: a handful of rows, and it draws faster than the interactive grid.
+            st.table(table.assign(parameters=table["parameters"].map("{:,}".format)).set_index("layer"))
 
 if not loaded:
     st.stop()
@@ -100,22 +100,23 @@ def pred_name(ev, i):
 
 
 if ds.kind == "image":
-    titles = []
+    # Plain images, not a Plotly figure: the page loads faster and the gallery needs no interaction.
+    captions = []
     for i in show:
         parts = [f"label {ds.label_of(i)}" if ds.labels is not None else f"row {int(ds.indices[i])}"]
         for slot, (model, ev) in loaded.items():
             if ev.predictions is not None:
                 mark = "" if ds.labels is None else (" ✓" if int(ev.predictions[i]) == int(ds.labels[i]) else " ✗")
                 parts.append(f"{slot}: {pred_name(ev, i)}{mark}")
-        titles.append("<br>".join(parts))
-    rows = [("input", [ds.render(i)["image"] for i in show])]
+        captions.append(" · ".join(parts))
+    st.caption("Inputs (label, and each classifier's prediction: ✓ correct, ✗ wrong)")
+    st.image([figures.pixel_tile(ds.render(i)["image"]) for i in show], caption=captions, width=88)
     for slot, (model, ev) in loaded.items():
         if ev.reconstructions is not None:
-            rows.append((f"{slot} output", [ev.reconstructions[i].reshape(ds.image_shape) for i in show]))
-    fig = figures.image_grid(rows, titles, height_per_row=130 if len(titles[0]) > 20 else 110)
-    st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key="samples")
-    st.caption("Each column is one sample: its label and each classifier's prediction (✓ correct, ✗ wrong); "
-               "autoencoders add a row with their reconstruction.")
+            errs = [f"error {ev.per_row_error[i]:.3f}" for i in show]
+            st.caption(f"Model {slot} reconstructions (per-pixel squared error)")
+            st.image([figures.pixel_tile(ev.reconstructions[i].reshape(ds.image_shape)) for i in show],
+                     caption=errs, width=88)
 else:
     import pandas as pd
 

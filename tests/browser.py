@@ -122,15 +122,16 @@ _BUSY_JS = """() => {
 }"""
 
 
-def wait_rendered(page, timeout_ms: float = 60_000, settle_ms: float = 500) -> None:
+def wait_rendered(page, timeout_ms: float = 60_000, settle_ms: float = 500) -> float:
     """Wait until the app's script is done and nothing is running, steadily for ``settle_ms``.
 
     Streamlit flips ``data-test-script-state`` several times during a run (and a bound widget's
     URL update can trigger one more rerun), and lazily loaded elements (dataframes, Plotly charts)
     show ``stSkeleton`` placeholders for a while after the script is done. So one sighting of
     ``notRunning`` is not enough: the app must look idle (state notRunning, no running status
-    widget, no spinner, no skeleton) for ``settle_ms`` in a row. Raises playwright's TimeoutError
-    (naming what was still busy) after ``timeout_ms``.
+    widget, no spinner, no skeleton) for ``settle_ms`` in a row. Returns the ``time.monotonic()``
+    at which that idle stretch began (when the page was done, for timings). Raises playwright's
+    TimeoutError (naming what was still busy) after ``timeout_ms``.
     """
     from playwright.sync_api import TimeoutError as PwTimeout
 
@@ -146,7 +147,7 @@ def wait_rendered(page, timeout_ms: float = 60_000, settle_ms: float = 500) -> N
         elif idle_since is None:
             idle_since = now
         elif (now - idle_since) * 1000 >= settle_ms:
-            return
+            return idle_since
         if now > deadline:
             raise PwTimeout(f"app not idle after {timeout_ms / 1000:.0f} s ({reason or 'settling'})")
         page.wait_for_timeout(50)
@@ -169,14 +170,15 @@ def selectbox_value(page, label: str) -> str:
     return sidebar_selectbox(page, label).get_by_role("combobox").input_value()
 
 
-def pick_selectbox(page, label: str, option_text: str, timeout_ms: float = 15_000) -> None:
+def pick_selectbox(page, label: str, option_text: str, timeout_ms: float = 15_000) -> float:
     """Open the sidebar selectbox labelled ``label`` and click the option whose text is ``option_text``.
 
     In Streamlit 1.67 a selectbox is a react-aria ComboBox: an ``input[role=combobox]`` plus an
     "Open" button; the options (``[role='option']``) live in a virtualized listbox
     (``stSelectboxVirtualDropdown``) rendered in a popover outside the sidebar. Only the options in
     view are in the DOM, so if the wanted one is not there we type its text to filter the list.
-    Returns once the listbox has closed and the input shows the new value.
+    Returns once the listbox has closed and the input shows the new value; the return value is
+    the ``time.monotonic()`` just before the option was clicked (the user's "select" moment).
     """
     box = sidebar_selectbox(page, label)
     box.wait_for(state="visible", timeout=timeout_ms)
@@ -188,6 +190,7 @@ def pick_selectbox(page, label: str, option_text: str, timeout_ms: float = 15_00
     if option.count() == 0:
         box.get_by_role("combobox").fill(option_text)
     option.first.wait_for(state="visible", timeout=timeout_ms)
+    clicked_at = time.monotonic()
     option.first.click()
     listbox.wait_for(state="hidden", timeout=timeout_ms)
     deadline = time.monotonic() + timeout_ms / 1000
@@ -196,3 +199,4 @@ def pick_selectbox(page, label: str, option_text: str, timeout_ms: float = 15_00
             raise AssertionError(f"selectbox {label!r} shows {selectbox_value(page, label)!r}, "
                                  f"not {option_text!r}")
         page.wait_for_timeout(50)
+    return clicked_at

@@ -136,3 +136,13 @@ def test_device_choice():
             pick("cuda")
     with pytest.raises(UserInputError, match="Unknown device"):
         pick("tpu9")
+
+
+def test_batch_stream_leaves_grad_mode_and_lock_alone():
+    m = models.load("zoo:mlp-s0")
+    stream = activations.iter_batches(m, data.load("digits", n=64), ["net.fc1"], batch_size=16)
+    next(stream)
+    assert torch.is_grad_enabled()  # a suspended stream must not switch gradients off for its caller
+    stream.close()
+    assert m.lock.acquire(blocking=False)  # closing the stream released the model
+    m.lock.release()

@@ -44,14 +44,13 @@ def test_default_view_shows_two_zoo_models_side_by_side():
     assert [s.value for s in at.subheader][:2] == ["Model A", "Model B"]
     text = main_text(at)
     assert "`zoo:mlp-s0`" in text and "`zoo:mlp-s1`" in text
-    assert len(at.dataframe) >= 2  # the two layer tables
-    layers = at.dataframe[0].value
-    assert list(layers.columns) == ["layer", "type", "output shape", "parameters"]
-    assert layers["layer"].tolist()[0] == "net.fc1"
+    assert len(at.table) >= 2  # the two layer tables
+    layers = at.table[0].value
+    assert list(layers.columns) == ["type", "output shape", "parameters"]
+    assert layers.index.tolist()[0] == "net.fc1" and layers["parameters"].tolist()[0] == "8,320"
     accuracy = [m for m in at.metric if m.label == "Accuracy"]
     assert len(accuracy) == 2 and all(float(m.value.rstrip("%")) > 90 for m in accuracy)
-    charts = at.get("plotly_chart")
-    assert charts, "the samples grid is missing"
+    assert at.get("image"), "the samples gallery is missing"
     assert not at.error
 
 

@@ -92,7 +92,7 @@ def test_pick_models_in_sidebar(page, server):
     # The bound selectboxes write their values into the address (shareable links).
     expect(page).to_have_url(re.compile(r"[?&]a=zoo(%3A|:)cnn-s0(&|$)"))
     assert _query(page).get("a") == "zoo:cnn-s0" and _query(page).get("b") == "zoo:mlp-ae-b8", page.url
-    expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()  # the samples grid
+    expect(page.get_by_test_id("stImage").first).to_be_visible()  # the samples gallery
 
 
 def test_share_link_restores_view(page, server):
@@ -115,3 +115,4 @@ def test_forged_link_is_ignored_with_warning(page, server):
     expect(page.get_by_test_id("stMain")).to_contain_text("Models")
     assert "passwd" not in B.selectbox_value(page, "Model A")
     assert B.selectbox_value(page, "Model B") != "hf:/etc"
+    assert "passwd" not in page.url and "%2Fetc" not in page.url, page.url

@@ -159,3 +159,15 @@ def test_upload_size_limit(monkeypatch):
     monkeypatch.setenv("REPLENS_MAX_UPLOAD_MB", "0.001")
     with pytest.raises(UserInputError, match="upload limit"):
         data.upload(b"a\n" + b"1\n" * 2000, "big.csv")
+
+
+def test_shipped_split_is_sklearns_split():
+    import json
+
+    from sklearn.datasets import load_digits
+
+    assert json.loads(data.SPLIT_FILE.read_text()) == data.compute_digits_split()
+    pixels, y = data.digits_raw()
+    d = load_digits()
+    np.testing.assert_array_equal(pixels, d.data)
+    np.testing.assert_array_equal(y, d.target)

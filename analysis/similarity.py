@@ -1,0 +1,741 @@
+"""Representational similarity: the CKA family and related measures, one pair or layer by layer.
+
+Notation: X (n x p1) and Y (n x p2) hold the same n samples in the same row order.
+
+Estimators that subtract large terms (HSIC, Gram centering) run in float64. The layer-by-layer
+matrix computes each layer's statistics once (a centred or U-centred Gram matrix, an orthonormal
+basis, a ranked RDM, a neighbour list) and every pair from those, the cross terms of the CKA
+family as one matrix product of stacked Gram matrices (as in Google's efficient_CKA).
+
+References: Kornblith et al. 2019 (CKA), Song et al. 2012 (unbiased HSIC), Nguyen, Raghu &
+Kornblith 2021 (minibatch CKA), Raghu et al. 2017 (SVCCA), Morcos et al. 2018 (PWCCA),
+Ding et al. 2021 (Procrustes), Kriegeskorte et al. 2008 (RSA), Huh et al. 2024 (mutual k-NN).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .errors import UserInputError
+from .validation import as_matrix, check_aligned
+
+INVARIANCES = ("orthogonal", "isotropic scaling", "invertible linear", "translation")
+GRAM_MEMORY_BYTES = 1.5e9  # stacked Gram matrices above this switch to the feature form
+
+
+class SimilarityWarning(UserWarning):
+    """Degenerate input: a constant layer, or n <= p for a measure that then reads ~1."""
+
+
+# =========================================================================== kernels and HSIC
+def _t(x, device=None):
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=device)
+
+
+def linear_gram(x):
+    """K = X X^T (float64 torch tensor)."""
+    x = _t(x) if isinstance(x, np.ndarray) else x
+    return x @ x.T
+
+
+def rbf_gram(x, threshold: float = 1.0):
+    """RBF kernel with sigma^2 = threshold^2 * median squared distance (Kornblith's reference code:
+    the median over the full n x n squared-distance matrix, zero diagonal included)."""
+    import torch
+
+    x = _t(x) if isinstance(x, np.ndarray) else x
+    g = x @ x.T
+    sq = torch.diagonal(g)
+    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+    med = torch.median(d2.flatten())
+    if med <= 0:
+        return torch.ones_like(d2)  # every point identical: a constant kernel (CKA reads NaN)
+    return torch.exp(-d2 / (2 * threshold ** 2 * med))
+
+
+def center_gram(k):
+    """H K H with H = I - 11^T/n."""
+    k = k - k.mean(0, keepdim=True)
+    return k - k.mean(1, keepdim=True)
+
+
+def u_center_gram(k):
+    """U-centring (Song et al. 2012): <u(K), u(L)>_F / (n (n-3)) is the unbiased HSIC_1."""
+    import torch
+
+    n = k.shape[0]
+    if n < 4:
+        raise UserInputError(f"The unbiased HSIC needs at least 4 samples (got {n}).")
+    k = k.clone()
+    k.fill_diagonal_(0)
+    m = k.sum(0) / (n - 2)
+    m = m - m.sum() / (2 * (n - 1))
+    k = k - m[:, None] - m[None, :]
+    k.fill_diagonal_(0)
+    return k
+
+
+def hsic_biased(k, l):
+    """tr(K H L H) / (n-1)^2 (Gretton et al. 2005)."""
+    n = k.shape[0]
+    return float((center_gram(k) * center_gram(l)).sum() / (n - 1) ** 2)
+
+
+def hsic_unbiased(k, l):
+    """HSIC_1 of Song et al. 2012, written out term by term (the reference formula)."""
+    import torch
+
+    n = k.shape[0]
+    if n < 4:
+        raise UserInputError(f"The unbiased HSIC needs at least 4 samples (got {n}).")
+    kt, lt = k.clone(), l.clone()
+    kt.fill_diagonal_(0)
+    lt.fill_diagonal_(0)
+    ones = torch.ones(n, dtype=kt.dtype, device=kt.device)
+    term = (kt * lt).sum() + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * (ones @ kt @ lt @ ones)
+    return float(term / (n * (n - 3)))
+
+
+def _ratio(cross, self_x, self_y):
+    if not (self_x > 0 and self_y > 0):
+        return float("nan")
+    return float(cross / math.sqrt(self_x * self_y))
+
+
+# =========================================================================== single-pair measures
+def cka(x, y, kernel: str = "linear", threshold: float = 1.0, debiased: bool = False) -> float:
+    """Centered kernel alignment. ``kernel`` "linear" or "rbf" (sigma = threshold x median distance).
+
+    ``debiased=True`` uses the unbiased HSIC_1 estimator in numerator and denominator (can be
+    negative; reads ~0 for independent data where the biased estimator is inflated at small n).
+    Returns NaN when a representation is constant.
+    """
+    x, y = _pair(x, y)
+    if kernel == "linear":
+        if not debiased:
+            return _linear_cka_features(x, y)
+        k, l = linear_gram(x), linear_gram(y)
+    elif kernel == "rbf":
+        k, l = rbf_gram(x, threshold), rbf_gram(y, threshold)
+    else:
+        raise UserInputError(f"Unknown kernel {kernel!r}; use 'linear' or 'rbf'.")
+    c = u_center_gram if debiased else center_gram
+    kc, lc = c(k), c(l)
+    return _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
+
+
+def _linear_cka_features(x: np.ndarray, y: np.ndarray) -> float:
+    """Feature form: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred X, Y."""
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    if x.shape[0] < max(x.shape[1], y.shape[1]):  # Gram form is cheaper when n < p
+        kx, ly = x @ x.T, y @ y.T
+        return _ratio((kx * ly).sum(), (kx * kx).sum(), (ly * ly).sum())
+    xy = x.T @ y
+    return _ratio((xy * xy).sum(), _fro2(x.T @ x), _fro2(y.T @ y))
+
+
+def _fro2(a) -> float:
+    return float((a * a).sum())
+
+
+def linear_cka(x, y) -> float:
+    return cka(x, y, "linear")
+
+
+def rbf_cka(x, y, threshold: float = 1.0) -> float:
+    return cka(x, y, "rbf", threshold=threshold)
+
+
+def debiased_linear_cka(x, y) -> float:
+    return cka(x, y, "linear", debiased=True)
+
+
+def _orthonormal_basis(x: np.ndarray, variance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal basis of the centred column space (rank-truncated); with ``variance`` keep the top
+    singular directions explaining that fraction of the variance (SVCCA)."""
+    x = x - x.mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    if s.size == 0 or s[0] <= 0:
+        return u[:, :0], s[:0]
+    keep = int((s > s[0] * max(x.shape) * np.finfo(float).eps).sum())
+    if variance is not None:
+        frac = np.cumsum(s[:keep] ** 2) / np.sum(s[:keep] ** 2)
+        keep = int(np.searchsorted(frac, variance - 1e-12) + 1)  # variance fraction, not singular values
+    return u[:, :keep], s[:keep]
+
+
+def _canonical_correlations(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+    if qx.shape[1] == 0 or qy.shape[1] == 0:
+        return np.array([])
+    return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0.0, 1.0)
+
+
+def cca(x, y) -> float:
+    """Mean squared canonical correlation R^2_CCA over min(rank X, rank Y) pairs (reads 1 if n <= p)."""
+    x, y = _pair(x, y)
+    rho = _canonical_correlations(_orthonormal_basis(x)[0], _orthonormal_basis(y)[0])
+    return float(np.mean(rho ** 2)) if rho.size else float("nan")
+
+
+def svcca(x, y, variance: float = 0.99) -> float:
+    """SVCCA (Raghu et al. 2017): keep the directions explaining ``variance`` of each, then mean rho."""
+    x, y = _pair(x, y)
+    rho = _canonical_correlations(_orthonormal_basis(x, variance)[0], _orthonormal_basis(y, variance)[0])
+    return float(np.mean(rho)) if rho.size else float("nan")
+
+
+def pwcca(x, y) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018), weights from X's neurons: asymmetric."""
+    x, y = _pair(x, y)
+    return _pwcca_from(x - x.mean(0), _orthonormal_basis(x)[0], _orthonormal_basis(y)[0])
+
+
+def _pwcca_from(xc: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> float:
+    if qx.shape[1] == 0 or qy.shape[1] == 0:
+        return float("nan")
+    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    rho = np.clip(rho, 0, 1)
+    h = qx @ u[:, : rho.size]  # canonical variates of X, unit norm
+    alpha = np.abs(h.T @ xc).sum(1)
+    return float((alpha * rho).sum() / alpha.sum()) if alpha.sum() > 0 else float("nan")
+
+
+def procrustes(x, y) -> float:
+    """Orthogonal Procrustes similarity ||X^T Y||_* of centred, unit-Frobenius X, Y; in [0, 1].
+    The Procrustes distance of Ding et al. 2021 is 2 - 2 s; the angular one of Williams et al. arccos s."""
+    x, y = _pair(x, y)
+    xn, yn = _unit_centered(x), _unit_centered(y)
+    if xn is None or yn is None:
+        return float("nan")
+    return float(np.linalg.svd(xn.T @ yn, compute_uv=False).sum())
+
+
+def _unit_centered(x: np.ndarray):
+    x = x - x.mean(0)
+    norm = np.linalg.norm(x)
+    return None if norm <= 0 else x / norm
+
+
+def rsa(x, y, rdm: str = "correlation") -> float:
+    """Spearman correlation of the two RDMs' upper triangles (``rdm``: "correlation" or "euclidean")."""
+    x, y = _pair(x, y)
+    a, b = _ranked_rdm(x, rdm), _ranked_rdm(y, rdm)
+    if a is None or b is None:
+        return float("nan")
+    return float(a @ b)
+
+
+def _ranked_rdm(x: np.ndarray, rdm: str):
+    """Standardised ranks of the RDM's upper triangle (so Spearman = dot product / m)."""
+    from scipy.stats import rankdata
+
+    if rdm == "correlation":
+        xc = x - x.mean(1, keepdims=True)
+        norms = np.linalg.norm(xc, axis=1)
+        if np.any(norms <= 0):
+            return None  # a sample with all features equal has no correlation
+        xc = xc / norms[:, None]
+        d = 1 - xc @ xc.T
+    elif rdm == "euclidean":
+        sq = (x * x).sum(1)
+        d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0))
+    else:
+        raise UserInputError(f"Unknown RDM {rdm!r}; use 'correlation' or 'euclidean'.")
+    iu = np.triu_indices(len(x), 1)
+    r = rankdata(d[iu])
+    r = r - r.mean()
+    norm = np.linalg.norm(r)
+    return None if norm <= 0 else r / norm
+
+
+def mutual_knn(x, y, k: int = 10) -> float:
+    """Mutual k-NN alignment (Huh et al. 2024): mean |N_k^X(i) & N_k^Y(i)| / k, cosine neighbours,
+    self excluded. Chance level is k / (n - 1)."""
+    x, y = _pair(x, y)
+    nx, ny = _knn(x, k), _knn(y, k)
+    return _knn_overlap(nx, ny)
+
+
+def _knn(x: np.ndarray, k: int):
+    """Sorted indices of each row's k nearest rows (cosine, self excluded); None for a constant layer."""
+    n = x.shape[0]
+    if not 1 <= k < n:
+        raise UserInputError(f"mutual_knn needs 1 <= k < n (k={k}, n={n}).")
+    if np.all(x == x[:1]):
+        return None  # every sample identical: neighbours are arbitrary
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    xn = x / np.where(norms > 0, norms, 1)
+    sim = xn @ xn.T
+    np.fill_diagonal(sim, -np.inf)
+    idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return np.sort(idx, axis=1)
+
+
+def _knn_overlap(nx, ny) -> float:
+    if nx is None or ny is None:
+        return float("nan")
+    k = nx.shape[1]
+    hits = (nx[:, :, None] == ny[:, None, :]).sum((1, 2))
+    return float(hits.mean() / k)
+
+
+def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = as_matrix(x, "X"), as_matrix(y, "Y")
+    check_aligned(x, y)
+    return x, y
+
+
+# =========================================================================== registry
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    label: str
+    fn: Callable
+    family: str  # "cka", "cca", "procrustes", "rsa", "knn"
+    value_range: tuple[float, float]
+    higher_is_more_similar: bool
+    symmetric: bool
+    invariances: Mapping[str, bool]
+    description: str
+    params: Mapping[str, object] = field(default_factory=dict)
+    needs_n_greater_than_p: bool = False
+
+
+def _inv(orthogonal, isotropic, linear, translation):
+    return dict(zip(INVARIANCES, (orthogonal, isotropic, linear, translation)))
+
+
+MEASURES: dict[str, Measure] = {m.name: m for m in [
+    Measure("linear_cka", "Linear CKA", linear_cka, "cka", (0, 1), True, True, _inv(True, True, False, True),
+            "Centered kernel alignment with a linear kernel (Kornblith et al. 2019)."),
+    Measure("rbf_cka", "RBF CKA", rbf_cka, "cka", (0, 1), True, True, _inv(True, True, False, True),
+            "CKA with a Gaussian kernel, sigma = threshold x median distance.", {"threshold": 1.0}),
+    Measure("debiased_linear_cka", "Debiased linear CKA", debiased_linear_cka, "cka", (-1, 1), True, True,
+            _inv(True, True, False, True),
+            "Linear CKA from the unbiased HSIC_1 estimator: ~0 for independent data at any n."),
+    Measure("cca", "CCA (mean R²)", cca, "cca", (0, 1), True, True, _inv(True, True, True, True),
+            "Mean squared canonical correlation; reads 1 whenever n <= p.", needs_n_greater_than_p=True),
+    Measure("svcca", "SVCCA", svcca, "cca", (0, 1), True, True, _inv(True, True, False, True),
+            "CCA on the top singular directions explaining 99% of the variance (Raghu et al. 2017).",
+            {"variance": 0.99}, needs_n_greater_than_p=True),
+    Measure("pwcca", "PWCCA", pwcca, "cca", (0, 1), True, False, _inv(False, True, False, True),
+            "Canonical correlations weighted by how much of X each explains (Morcos et al. 2018).",
+            needs_n_greater_than_p=True),
+    Measure("procrustes", "Procrustes", procrustes, "procrustes", (0, 1), True, True,
+            _inv(True, True, False, True),
+            "Orthogonal Procrustes similarity ||X^T Y||_* of centred, normalised X, Y (distance 2 - 2s)."),
+    Measure("rsa", "RSA", rsa, "rsa", (-1, 1), True, True, _inv(False, True, False, False),
+            "Spearman correlation of correlation-distance RDMs (Kriegeskorte et al. 2008).",
+            {"rdm": "correlation"}),
+    Measure("mutual_knn", "Mutual k-NN", mutual_knn, "knn", (0, 1), True, True, _inv(True, True, False, False),
+            "Fraction of shared cosine k-nearest neighbours (Huh et al. 2024); chance is k/(n-1).", {"k": 10}),
+]}
+
+
+def measure_info(name: str) -> Measure:
+    if name not in MEASURES:
+        raise UserInputError(f"Unknown measure {name!r}; use one of {', '.join(MEASURES)}.")
+    return MEASURES[name]
+
+
+def compute(name: str, x, y, **params) -> float:
+    """One measure on one pair of representations."""
+    m = measure_info(name)
+    return m.fn(x, y, **{**m.params, **params})
+
+
+# =========================================================================== layer-by-layer matrix
+def _check_layers(acts: Mapping[str, np.ndarray], which: str) -> dict[str, np.ndarray]:
+    if not acts:
+        raise UserInputError(f"No layers selected for model {which}.")
+    return {name: as_matrix(a, f"model {which}, layer '{name}'") for name, a in acts.items()}
+
+
+def _constant_layers(acts: Mapping[str, np.ndarray]) -> list[str]:
+    return [name for name, a in acts.items() if np.allclose(a, a[:1], atol=0, rtol=0)]
+
+
+def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.ndarray],
+                      measure: str = "linear_cka", batch_size: int | None = None, device=None,
+                      progress: Callable[[float, str], None] | None = None, **params):
+    """Similarity of every layer of A (rows) with every layer of B (columns), as a DataFrame.
+
+    With ``batch_size`` the CKA measures use the minibatch estimator of Nguyen et al. 2021
+    (unbiased HSIC per batch, averaged). ``df.attrs["warnings"]`` lists degenerate layers.
+    """
+    import pandas as pd
+
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    a, b = _check_layers(acts_a, "A"), _check_layers(acts_b, "B")
+    n = next(iter(a.values())).shape[0]
+    for name, arr in {**{f"A:{k}": v for k, v in a.items()}, **{f"B:{k}": v for k, v in b.items()}}.items():
+        if arr.shape[0] != n:
+            raise UserInputError(f"Layer {name} has {arr.shape[0]} rows but others have {n}: rows must align.")
+    notes = []
+    const = [f"A:{l}" for l in _constant_layers(a)] + [f"B:{l}" for l in _constant_layers(b)]
+    if const:
+        notes.append(f"Constant layer(s) {', '.join(const)}: similarity is undefined (NaN).")
+    if m.needs_n_greater_than_p:
+        wide = [f"{k} ({v.shape[1]} dims)" for k, v in {**a, **b}.items() if v.shape[1] >= n]
+        if wide:
+            notes.append(f"n = {n} samples <= dimensions for {', '.join(wide)}: {m.label} reads ~1 for any "
+                         "representations there (Kornblith et al. 2019, Thm 1). Use more samples or CKA.")
+    for note in notes:
+        warnings.warn(note, SimilarityWarning, stacklevel=2)
+
+    if m.family == "cka":
+        if batch_size is not None:
+            if measure == "rbf_cka":
+                raise UserInputError("The minibatch estimator is defined for linear CKA; use linear_cka or "
+                                     "debiased_linear_cka with a batch size, or RBF CKA without one.")
+            values = _minibatch_matrix(a, b, int(batch_size), device, progress)
+        else:
+            values = _cka_matrix(a, b, measure, params, device, progress)
+    else:
+        values = _pairwise_matrix(a, b, m, params, progress)
+    df = pd.DataFrame(values, index=list(a), columns=list(b))
+    df.index.name, df.columns.name = "model A layer", "model B layer"
+    df.attrs.update({"measure": measure, "n": n, "batch_size": batch_size, "warnings": notes, "params": params})
+    if progress:
+        progress(1.0, "done")
+    return df
+
+
+def _cka_matrix(a, b, measure, params, device, progress) -> np.ndarray:
+    """Every CKA pair from per-layer statistics: stacked (U-)centred Gram matrices and one product,
+    or, when those would not fit in memory, the feature form for linear kernels."""
+    from .device import pick
+
+    dev = pick(device)
+    n = next(iter(a.values())).shape[0]
+    debiased = measure == "debiased_linear_cka"
+    kernel = "rbf" if measure == "rbf_cka" else "linear"
+    if debiased and n < 4:
+        raise UserInputError(f"Debiased CKA needs at least 4 samples (got {n}).")
+    gram_bytes = 8.0 * n * n * (len(a) + len(b))
+    if kernel == "linear" and gram_bytes > GRAM_MEMORY_BYTES:
+        return _linear_cka_feature_matrix(a, b, debiased, dev, progress)
+    if gram_bytes > GRAM_MEMORY_BYTES:
+        raise UserInputError(f"RBF CKA on n = {n} samples needs {gram_bytes / 1e9:.1f} GB of Gram matrices; "
+                             "use fewer samples or linear CKA with a minibatch size.")
+    center = u_center_gram if debiased else center_gram
+    total = len(a) + len(b)
+
+    def stacked(acts, offset):
+        rows = []
+        for i, x in enumerate(acts.values()):
+            xt = _t(x, dev)
+            k = rbf_gram(xt, params.get("threshold", 1.0)) if kernel == "rbf" else xt @ xt.T
+            rows.append(center(k).flatten())
+            if progress:
+                progress(0.9 * (offset + i + 1) / total, "Gram matrices")
+        return _stack(rows)
+
+    ga, gb = stacked(a, 0), stacked(b, len(a))
+    cross = (ga @ gb.T).cpu().numpy()
+    self_a = (ga * ga).sum(1).cpu().numpy()
+    self_b = (gb * gb).sum(1).cpu().numpy()
+    return _normalise(cross, self_a, self_b)
+
+
+def _stack(rows):
+    import torch
+
+    return torch.stack(rows)
+
+
+def _normalise(cross, self_a, self_b) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = np.sqrt(np.outer(self_a, self_b))
+        out = np.where(denom > 0, cross / np.where(denom > 0, denom, 1), np.nan)
+    return out
+
+
+def _linear_hsic_terms(x):
+    """Per-layer pieces of the feature-space HSIC formulas (float64 torch)."""
+    n = x.shape[0]
+    row_sq = (x * x).sum(1)  # diag(K)
+    col_sum = x.sum(0)  # X^T 1
+    k1 = x @ col_sum - row_sq  # K~ 1 (zero-diagonal K times ones)
+    return {"x": x, "row_sq": row_sq, "k1": k1, "sum": float(col_sum @ col_sum - row_sq.sum()), "n": n}
+
+
+def _hsic1_features(p, q) -> float:
+    """n(n-3) HSIC_1 for linear kernels without forming n x n matrices (O(n p q))."""
+    n = p["n"]
+    xy = p["x"].T @ q["x"]
+    tr = float((xy * xy).sum() - (p["row_sq"] * q["row_sq"]).sum())  # tr(K~ L~)
+    return tr + p["sum"] * q["sum"] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(p["k1"] @ q["k1"])
+
+
+def _linear_cka_feature_matrix(a, b, debiased, dev, progress) -> np.ndarray:
+    def prep(x):
+        xt = _t(x, dev)
+        return _linear_hsic_terms(xt) if debiased else xt - xt.mean(0)
+
+    pa = [prep(x) for x in a.values()]
+    pb = [prep(x) for x in b.values()]
+    if debiased:
+        self_a = np.array([_hsic1_features(p, p) for p in pa])
+        self_b = np.array([_hsic1_features(q, q) for q in pb])
+        cross = np.array([[_hsic1_features(p, q) for q in pb] for p in pa])
+    else:
+        self_a = np.array([_fro2(x.T @ x) for x in pa])
+        self_b = np.array([_fro2(y.T @ y) for y in pb])
+        cross = np.array([[_fro2(x.T @ y) for y in pb] for x in pa])
+    return _normalise(cross, self_a, self_b)
+
+
+def _pairwise_matrix(a, b, m: Measure, params, progress) -> np.ndarray:
+    """Non-CKA measures: per-layer statistics once, then each pair from them."""
+    if m.family == "rsa":
+        stat = lambda x: _ranked_rdm(x, params.get("rdm", "correlation"))
+        pair = lambda s, t: float("nan") if s is None or t is None else float(s @ t)
+    elif m.family == "knn":
+        stat = lambda x: _knn(x, int(params.get("k", 10)))
+        pair = _knn_overlap
+    elif m.family == "procrustes":
+        stat = _unit_centered
+        pair = lambda s, t: float("nan") if s is None or t is None else float(
+            np.linalg.svd(s.T @ t, compute_uv=False).sum())
+    elif m.name == "pwcca":
+        stat = lambda x: (x - x.mean(0), _orthonormal_basis(x)[0])
+        pair = lambda s, t: _pwcca_from(s[0], s[1], t[1])
+    else:
+        variance = params.get("variance") if m.name == "svcca" else None
+        stat = lambda x: _orthonormal_basis(x, variance)[0]
+        agg = (lambda r: float(np.mean(r))) if m.name == "svcca" else (lambda r: float(np.mean(r ** 2)))
+        pair = lambda s, t: (lambda r: agg(r) if r.size else float("nan"))(_canonical_correlations(s, t))
+    sa = [stat(x) for x in a.values()]
+    sb = [stat(y) for y in b.values()]
+    out = np.empty((len(sa), len(sb)))
+    for i, s in enumerate(sa):
+        for j, t in enumerate(sb):
+            out[i, j] = pair(s, t)
+        if progress:
+            progress(0.1 + 0.9 * (i + 1) / len(sa), f"{m.label}: row {i + 1}/{len(sa)}")
+    return out
+
+
+# =========================================================================== minibatch CKA
+class MinibatchCKA:
+    """Streaming minibatch CKA (Nguyen, Raghu & Kornblith 2021): HSIC_1 of each batch for the cross
+    term and both self terms, averaged over batches, then the ratio. Memory does not grow with n.
+
+    >>> acc = MinibatchCKA(["a1", "a2"], ["b1"])
+    >>> for xa, xb in batches:            # dicts layer -> (batch x p) arrays, same rows
+    ...     acc.update(xa, xb)
+    >>> acc.result()                      # DataFrame, A layers x B layers
+    """
+
+    def __init__(self, layers_a, layers_b, device=None):
+        from .device import pick
+
+        self.layers_a, self.layers_b = list(layers_a), list(layers_b)
+        self.device = pick(device)
+        self.cross = np.zeros((len(self.layers_a), len(self.layers_b)))
+        self.self_a = np.zeros(len(self.layers_a))
+        self.self_b = np.zeros(len(self.layers_b))
+        self.batches = 0
+        self.samples = 0
+        self._buffers: dict = {}
+
+    def _u_grams(self, acts, layers, which):
+        """Flattened U-centred Gram matrices of one batch, written into a buffer reused across
+        batches of the same size (no per-batch allocation of the stacked matrix)."""
+        import torch
+
+        sizes = {as_matrix(acts[name], f"model {which}, layer '{name}'", min_rows=4).shape[0] for name in layers}
+        if len(sizes) != 1:
+            raise UserInputError(f"Model {which}: layers of one batch have different numbers of rows {sizes}.")
+        b = sizes.pop()
+        buf = self._buffers.get(which)
+        if buf is None or buf.shape[1] != b * b:
+            buf = torch.empty((len(layers), b * b), dtype=torch.float64, device=self.device)
+            self._buffers[which] = buf
+        for i, name in enumerate(layers):
+            xt = _t(as_matrix(acts[name], f"model {which}, layer '{name}'"), self.device)
+            buf[i].copy_(u_center_gram(xt @ xt.T).flatten())
+        return buf, b
+
+    def update(self, acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.ndarray]) -> None:
+        ga, b = self._u_grams(acts_a, self.layers_a, "A")
+        gb, b_b = self._u_grams(acts_b, self.layers_b, "B")
+        if b != b_b:
+            raise UserInputError(f"Batch rows differ between the models ({b} vs {b_b}).")
+        scale = 1.0 / (b * (b - 3))
+        self.cross += (ga @ gb.T).cpu().numpy() * scale
+        self.self_a += (ga * ga).sum(1).cpu().numpy() * scale
+        self.self_b += (gb * gb).sum(1).cpu().numpy() * scale
+        self.batches += 1
+        self.samples += b
+
+    def values(self) -> np.ndarray:
+        if self.batches == 0:
+            raise UserInputError("No batches were given to the minibatch CKA estimator.")
+        return _normalise(self.cross, self.self_a, self.self_b)
+
+    def result(self):
+        import pandas as pd
+
+        df = pd.DataFrame(self.values(), index=self.layers_a, columns=self.layers_b)
+        df.index.name, df.columns.name = "model A layer", "model B layer"
+        df.attrs.update({"measure": "minibatch_cka", "n": self.samples, "batches": self.batches})
+        return df
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches; a last batch of fewer than 4 rows (HSIC_1 needs 4) joins the previous one."""
+    if batch_size < 4:
+        raise UserInputError(f"Minibatch size must be at least 4 (got {batch_size}).")
+    starts = list(range(0, n, batch_size))
+    slices = [slice(s, min(s + batch_size, n)) for s in starts]
+    if len(slices) > 1 and slices[-1].stop - slices[-1].start < 4:
+        slices[-2] = slice(slices[-2].start, n)
+        slices.pop()
+    if not slices or slices[-1].stop - slices[-1].start < 4:
+        raise UserInputError(f"Minibatch CKA needs at least 4 samples (got {n}).")
+    return slices
+
+
+def _minibatch_matrix(a, b, batch_size, device, progress) -> np.ndarray:
+    n = next(iter(a.values())).shape[0]
+    acc = MinibatchCKA(list(a), list(b), device)
+    slices = batch_slices(n, batch_size)
+    for i, sl in enumerate(slices):
+        acc.update({k: v[sl] for k, v in a.items()}, {k: v[sl] for k, v in b.items()})
+        if progress:
+            progress((i + 1) / len(slices), f"minibatch {i + 1}/{len(slices)}")
+    return acc.values()
+
+
+# =========================================================================== statistics for one cell
+@dataclass
+class CellStatistics:
+    value: float
+    ci_low: float
+    ci_high: float
+    level: float
+    p_value: float
+    n_boot: int
+    n_perm: int
+    null_mean: float
+
+
+def bootstrap_ci(x, y, measure: str = "linear_cka", n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                 **params) -> tuple[float, float]:
+    """Percentile bootstrap interval over samples (rows resampled jointly, with replacement)."""
+    x, y = _pair(x, y)
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        vals.append(compute(measure, x[idx], y[idx], **params))
+    vals = np.array(vals)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def permutation_test(x, y, measure: str = "linear_cka", n_perm: int = 200, seed: int = 0,
+                     **params) -> tuple[float, np.ndarray]:
+    """p-value of the observed similarity against rows of Y shuffled (pairing destroyed):
+    (1 + #{null >= observed}) / (1 + n_perm), for measures where higher is more similar."""
+    x, y = _pair(x, y)
+    observed = compute(measure, x, y, **params)
+    rng = np.random.default_rng(seed)
+    null = np.array([compute(measure, x, y[rng.permutation(len(y))], **params) for _ in range(n_perm)])
+    p = (1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm)
+    return float(p), null
+
+
+def cell_statistics(x, y, measure: str = "linear_cka", n_boot: int = 200, n_perm: int = 200,
+                    level: float = 0.95, seed: int = 0, **params) -> CellStatistics:
+    value = compute(measure, x, y, **params)
+    lo, hi = bootstrap_ci(x, y, measure, n_boot, level, seed, **params)
+    p, null = permutation_test(x, y, measure, n_perm, seed + 1, **params)
+    return CellStatistics(value, lo, hi, level, p, n_boot, n_perm, float(np.mean(null)))
+
+
+def stability_curve(x, y, measure: str = "linear_cka", sizes=None, repeats: int = 5, seed: int = 0,
+                    **params):
+    """The measure on random subsets of growing size: mean and spread per size (estimator stability)."""
+    import pandas as pd
+
+    x, y = _pair(x, y)
+    n = x.shape[0]
+    if sizes is None:
+        sizes = sorted({int(s) for s in np.unique(np.geomspace(min(10, n), n, 8).astype(int)) if s >= 4})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in sizes:
+        reps = 1 if s == n else repeats
+        vals = [compute(measure, x[idx], y[idx], **params)
+                for idx in (rng.choice(n, s, replace=False) for _ in range(reps))]
+        rows.append({"n": s, "mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)), "repeats": reps})
+    return pd.DataFrame(rows)
+
+
+def best_matches(df) -> list[tuple[str, str, float]]:
+    """For each row layer (model A), the column layer (model B) with the highest similarity."""
+    out = []
+    for layer, row in df.iterrows():
+        if row.notna().any():
+            j = row.idxmax()
+            out.append((layer, j, float(row[j])))
+    return out
+
+
+def per_class_similarity(x, y, labels, measure: str = "linear_cka", min_samples: int = 5, **params):
+    """The measure restricted to each class's samples (classes with too few samples are skipped)."""
+    import pandas as pd
+
+    x, y = _pair(x, y)
+    labels = np.asarray(labels)
+    rows = []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        if idx.size >= max(min_samples, 4):
+            rows.append({"class": c, "n": int(idx.size), "value": compute(measure, x[idx], y[idx], **params)})
+    return pd.DataFrame(rows)
+
+
+def streaming_cka(model_a, model_b, ds, layers_a=None, layers_b=None, batch_size: int = 256,
+                  pooling: str = "mean", device=None, progress=None):
+    """Minibatch CKA computed while both models run, one batch at a time: activations are never
+    held for the whole dataset, so memory does not grow with n. Batches are the dataset's row order;
+    a last batch under 4 rows is dropped (HSIC_1 needs 4) and the count recorded."""
+    from .activations import iter_batches
+
+    layers_a = list(model_a.layers if layers_a is None else layers_a)
+    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    model_a.check_data(ds)
+    model_b.check_data(ds)
+    if batch_size < 4:
+        raise UserInputError(f"Minibatch size must be at least 4 (got {batch_size}).")
+    acc = MinibatchCKA(layers_a, layers_b, device)
+    dropped = 0
+    from contextlib import closing
+
+    # closing(): a stream left unfinished still releases its model lock and hooks at once
+    with closing(iter_batches(model_a, ds, layers_a, pooling, batch_size, device)) as stream_a, \
+            closing(iter_batches(model_b, ds, layers_b, pooling, batch_size, device, progress)) as stream_b:
+        for (rows, xa, _), (_, xb, _) in zip(stream_a, stream_b):
+            if rows.stop - rows.start < 4:
+                dropped += rows.stop - rows.start
+                continue
+            acc.update(xa, xb)
+    df = acc.result()
+    df.attrs["dropped_samples"] = dropped
+    return df
