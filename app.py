@@ -36,6 +36,12 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 
     @contextlib.asynccontextmanager
     async def _lifespan(_app):
+        # Streamlit treats an app with a pages/ folder as a legacy multipage app until st.navigation
+        # first runs; until then a deep link (/similarity) would run pages/similarity.py without this
+        # shell. st.navigation clears this process-wide flag on its first call: clear it at start-up.
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
         threading.Thread(target=_warm_up, name="replens-warm-up", daemon=True).start()
         yield
 
@@ -51,5 +57,7 @@ else:  # a browser session: the Streamlit script
     pages = [
         st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
                 default=True),
+        st.Page(HERE / "pages" / "similarity.py", title="Similarity", icon=":material/grid_on:",
+                url_path="similarity"),
     ]
     st.navigation(pages).run()

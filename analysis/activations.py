@@ -229,3 +229,19 @@ def _head(ds, k: int):
     small.labels = None if ds.labels is None else ds.labels[:k]
     small._sha = None
     return small
+
+
+def pooled_dims(model, ds, layers: list[str], pooling: str = "mean") -> list[int]:
+    """Width of each layer after pooling (as :func:`pool` would produce), without a full pass."""
+    tokens = model.input_kind == "text"
+    dims = []
+    for shape in output_shapes(model, ds, layers).values():
+        if len(shape) <= 1:
+            dims.append(int(shape[0]) if shape else 1)
+        elif tokens and len(shape) == 2:
+            dims.append(int(shape[-1]))
+        elif pooling == "flatten":
+            dims.append(int(np.prod(shape)))
+        else:
+            dims.append(int(shape[0]))
+    return dims

@@ -14,3 +14,106 @@ def pixel_tile(image: np.ndarray, size: int = 64, invert: bool = True) -> np.nda
         img = 1 - img
     factor = max(1, size // max(img.shape))
     return (np.kron(img, np.ones((factor, factor))) * 255).astype(np.uint8)
+
+
+def similarity_heatmap(df, title: str = "", zmin: float = 0.0, zmax: float = 1.0, best=None, ci=None,
+                       x_title: str = "model B layer", y_title: str = "model A layer", colorbar_title: str = ""):
+    """Layer-by-layer similarity. Every cell also carries an invisible marker, because Streamlit's
+    selection events ignore heatmap traces: clicking a cell selects its marker (x = B layer,
+    y = A layer). ``best``: (A layer, B layer, value) triples drawn as open circles. ``ci``: a dict
+    (A layer, B layer) -> (low, high) shown in the hover."""
+    import plotly.graph_objects as go
+
+    z = df.to_numpy(dtype=float)
+    xs, ys = [str(c) for c in df.columns], [str(i) for i in df.index]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, zmin=zmin, zmax=zmax, colorscale="Viridis",
+                               colorbar=dict(title=colorbar_title, thickness=14), hoverinfo="skip",
+                               xgap=1, ygap=1))
+    cx, cy, text = [], [], []
+    for i, a in enumerate(ys):
+        for j, b in enumerate(xs):
+            cx.append(b)
+            cy.append(a)
+            v = z[i, j]
+            line = f"A: {a}<br>B: {b}<br>value: {'NaN' if np.isnan(v) else f'{v:.4f}'}"
+            if ci and (a, b) in ci:
+                lo, hi = ci[(a, b)]
+                line += f"<br>95% CI: [{lo:.3f}, {hi:.3f}]"
+            text.append(line)
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", text=text, hovertemplate="%{text}<extra></extra>",
+                             marker=dict(symbol="square", size=_cell_marker_size(len(xs), len(ys)),
+                                         color="rgba(0,0,0,0)"),
+                             selected=dict(marker=dict(color="rgba(255,255,255,0.35)")),
+                             unselected=dict(marker=dict(opacity=1)), showlegend=False, name="cells"))
+    if best:
+        fig.add_trace(go.Scatter(x=[b for _, b, _ in best], y=[a for a, _, _ in best], mode="markers",
+                                 marker=dict(symbol="circle-open", size=14, color="white", line=dict(width=2.5)),
+                                 name="best match in B", hoverinfo="skip", showlegend=True))
+    n_rows = len(ys)
+    fig.update_layout(title=dict(text=title, x=0.01), font=FONT, plot_bgcolor="white",
+                      height=max(320, min(900, 120 + 34 * n_rows)), margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+                      clickmode="event+select", dragmode=False)
+    fig.update_xaxes(title=x_title, tickangle=-40, type="category", automargin=True, showticklabels=True,
+                     tickfont=dict(size=11))
+    fig.update_yaxes(title=y_title, autorange="reversed", type="category", automargin=True, showticklabels=True,
+                     tickfont=dict(size=11))
+    return fig
+
+
+def _cell_marker_size(n_cols: int, n_rows: int) -> int:
+    return int(max(8, min(40, 520 / max(n_cols, n_rows, 1))))
+
+
+def paired_scatter(coords_a, coords_b, labels, hover: list[str], title_a: str, title_b: str,
+                   label_names=None):
+    """Two 2-D projections side by side, coloured by label, hover showing the sample."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[title_a, title_b], horizontal_spacing=0.08)
+    palette = qualitative.D3 + qualitative.Set2
+    groups = [(None, np.arange(len(hover)))] if labels is None else \
+        [(c, np.nonzero(labels == c)[0]) for c in np.unique(labels)]
+    for k, (c, idx) in enumerate(groups):
+        name = "samples" if c is None else (label_names[int(c)] if label_names else str(c))
+        for col, coords in ((1, coords_a), (2, coords_b)):
+            fig.add_trace(go.Scattergl(x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=name,
+                                       legendgroup=name, showlegend=col == 1,
+                                       marker=dict(size=5, color=palette[k % len(palette)], opacity=0.8),
+                                       text=[hover[i] for i in idx], hovertemplate="%{text}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_layout(height=430, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+                      legend=dict(title="label", itemsizing="constant"))
+    fig.update_xaxes(showgrid=True, gridcolor="#eee", zeroline=False)
+    fig.update_yaxes(showgrid=True, gridcolor="#eee", zeroline=False)
+    return fig
+
+
+def stability_figure(curve, measure_label: str, full_value: float, ci=None):
+    """The measure on random subsets of growing size (mean ± sd), with the full-data value and CI."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=curve["n"], y=curve["mean"], mode="lines+markers", name="subset mean",
+                               error_y=dict(type="data", array=curve["std"], visible=True),
+                               hovertemplate="n=%{x}<br>%{y:.4f}<extra></extra>"))
+    fig.add_hline(y=full_value, line_dash="dot", annotation_text="all samples", line_color="#555")
+    if ci is not None:
+        fig.add_hrect(y0=ci[0], y1=ci[1], fillcolor="#4c78a8", opacity=0.12, line_width=0,
+                      annotation_text="95% bootstrap CI", annotation_position="bottom right")
+    fig.update_layout(height=330, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                      xaxis=dict(title="samples", type="log", gridcolor="#eee"),
+                      yaxis=dict(title=measure_label, gridcolor="#eee"), showlegend=False)
+    return fig
+
+
+def per_class_figure(table, measure_label: str, overall: float):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=[str(c) for c in table["class"]], y=table["value"], marker_color="#4c78a8",
+                           customdata=table["n"], hovertemplate="class %{x}<br>%{y:.4f} (n=%{customdata})<extra></extra>"))
+    fig.add_hline(y=overall, line_dash="dot", annotation_text="all classes", line_color="#555")
+    fig.update_layout(height=330, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                      xaxis=dict(title="class", type="category"), yaxis=dict(title=measure_label, gridcolor="#eee"))
+    return fig

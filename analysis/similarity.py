@@ -630,16 +630,62 @@ class CellStatistics:
     null_mean: float
 
 
+def _center_np(k: np.ndarray) -> np.ndarray:
+    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+
+
+def _u_center_np(k: np.ndarray) -> np.ndarray:
+    n = k.shape[0]
+    k = k.copy()
+    np.fill_diagonal(k, 0)
+    m = k.sum(0) / (n - 2)
+    m = m - m.sum() / (2 * (n - 1))
+    k = k - m[:, None] - m[None, :]
+    np.fill_diagonal(k, 0)
+    return k
+
+
+class _GramResampler:
+    """Linear (debiased) CKA under row resampling from the two Gram matrices, computed once.
+
+    Permuting the rows of Y permutes its (U-)centred Gram matrix, so a permutation costs one n^2
+    product. ``resampled`` (a bootstrap sample) re-centres the resampled Gram matrices; it is exact
+    but slower than the feature form for p << n, so the bootstrap does not use it.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, debiased: bool):
+        self.k, self.l = x @ x.T, y @ y.T
+        self.center = _u_center_np if debiased else _center_np
+        self.kc, self.lc = self.center(self.k), self.center(self.l)
+        self.kk, self.ll = float((self.kc * self.kc).sum()), float((self.lc * self.lc).sum())
+
+    def value(self) -> float:
+        return _ratio((self.kc * self.lc).sum(), self.kk, self.ll)
+
+    def permuted(self, perm: np.ndarray) -> float:
+        return _ratio((self.kc * self.lc[np.ix_(perm, perm)]).sum(), self.kk, self.ll)
+
+    def resampled(self, idx: np.ndarray) -> float:
+        kc = self.center(self.k[np.ix_(idx, idx)])
+        lc = self.center(self.l[np.ix_(idx, idx)])
+        return _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
+
+
+def _resampler(x, y, measure: str):
+    if measure in ("linear_cka", "debiased_linear_cka") and x.shape[0] <= 5000:
+        return _GramResampler(x, y, debiased=measure == "debiased_linear_cka")
+    return None
+
+
 def bootstrap_ci(x, y, measure: str = "linear_cka", n_boot: int = 200, level: float = 0.95, seed: int = 0,
                  **params) -> tuple[float, float]:
     """Percentile bootstrap interval over samples (rows resampled jointly, with replacement)."""
     x, y = _pair(x, y)
     rng = np.random.default_rng(seed)
     n = x.shape[0]
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        vals.append(compute(measure, x[idx], y[idx], **params))
+    # Re-centring resampled n x n Gram matrices costs more than the feature form (n p^2) here, so
+    # the bootstrap evaluates the measure itself; permutations use the Gram shortcut.
+    vals = [compute(measure, x[idx], y[idx], **params) for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
     vals = np.array(vals)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
@@ -653,11 +699,33 @@ def permutation_test(x, y, measure: str = "linear_cka", n_perm: int = 200, seed:
     """p-value of the observed similarity against rows of Y shuffled (pairing destroyed):
     (1 + #{null >= observed}) / (1 + n_perm), for measures where higher is more similar."""
     x, y = _pair(x, y)
-    observed = compute(measure, x, y, **params)
+    fast = _resampler(x, y, measure)
+    observed = fast.value() if fast else compute(measure, x, y, **params)
     rng = np.random.default_rng(seed)
-    null = np.array([compute(measure, x, y[rng.permutation(len(y))], **params) for _ in range(n_perm)])
+    perms = (rng.permutation(len(y)) for _ in range(n_perm))
+    null = np.array([fast.permuted(p) if fast else compute(measure, x, y[p], **params) for p in perms])
     p = (1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm)
     return float(p), null
+
+
+def statistics_seconds(x, y, measure: str = "linear_cka", n_boot: int = 200, n_perm: int = 200,
+                       **params) -> float:
+    """Expected wall time of :func:`cell_statistics` plus :func:`stability_curve` on this pair, from
+    timing one evaluation (after a warm-up call) of the path each will take."""
+    import time
+
+    x, y = _pair(x, y)
+    compute(measure, x[:64], y[:64], **params)  # imports and BLAS start-up are not the estimate
+    t0 = time.perf_counter()
+    compute(measure, x, y, **params)
+    one = time.perf_counter() - t0
+    fast = _resampler(x, y, measure)
+    per_permutation = one
+    if fast is not None:
+        t0 = time.perf_counter()
+        fast.permuted(np.arange(len(x)))
+        per_permutation = time.perf_counter() - t0
+    return n_boot * one + n_perm * per_permutation + 40 * 0.5 * one
 
 
 def cell_statistics(x, y, measure: str = "linear_cka", n_boot: int = 200, n_perm: int = 200,
@@ -739,3 +807,73 @@ def streaming_cka(model_a, model_b, ds, layers_a=None, layers_b=None, batch_size
     df = acc.result()
     df.attrs["dropped_samples"] = dropped
     return df
+
+
+# =========================================================================== models -> matrix, cached
+CACHE_VERSION = 1
+FLOPS_PER_SECOND = 3e9  # a conservative CPU rate for the estimate shown before a run
+
+
+def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a=None, layers_b=None,
+                     pooling: str = "mean", batch_size: int | None = None, device=None, progress=None,
+                     store=None, **params):
+    """The A-layers x B-layers matrix for two models on a dataset, cached in the result store by
+    (model hashes, data hash, measure and parameters, layers, pooling, batch size)."""
+    import pandas as pd
+
+    from .activations import extract
+    from .store import default_store, make_key
+
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    layers_a = list(model_a.layers if layers_a is None else layers_a)
+    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    store = store or default_store()
+    key = make_key("similarity", a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure,
+                   params=params, layers_a=layers_a, layers_b=layers_b, pooling=pooling, batch_size=batch_size,
+                   v=CACHE_VERSION)
+    hit = store.get(key)
+    if hit is not None:
+        meta = store.meta(key) or {}
+        df = pd.DataFrame(hit["values"], index=layers_a, columns=layers_b)
+        df.index.name, df.columns.name = "model A layer", "model B layer"
+        df.attrs.update({"measure": measure, "n": len(ds), "batch_size": batch_size,
+                         "warnings": meta.get("warnings", []), "params": params, "cached": True})
+        if progress:
+            progress(1.0, "loaded from the result store")
+        return df
+    stage = (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
+    acts_a = extract(model_a, ds, layers_a, pooling, device, stage(0.0, 0.3))
+    acts_b = extract(model_b, ds, layers_b, pooling, device, stage(0.3, 0.6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimilarityWarning)  # reported through df.attrs["warnings"]
+        df = similarity_matrix(acts_a, acts_b, measure, batch_size, device, stage(0.6, 1.0), **params)
+    store.put(key, {"values": df.to_numpy()}, {"warnings": df.attrs["warnings"], "measure": measure,
+                                               "a": model_a.ref, "b": model_b.ref, "data": ds.name},
+              kind="similarity")
+    df.attrs["cached"] = False
+    return df
+
+
+def estimate_seconds(n: int, dims_a: list[int], dims_b: list[int], measure: str,
+                     batch_size: int | None = None) -> float:
+    """Rough wall time of ``similarity_matrix`` from a flop count (shown before a long run starts)."""
+    m = measure_info(measure)
+    la, lb = len(dims_a), len(dims_b)
+    dims = list(dims_a) + list(dims_b)
+    if m.family == "cka":
+        b = min(batch_size or n, n)
+        batches = max(1, n // b)
+        flops = batches * (sum(2 * b * b * p for p in dims) + 2 * la * lb * b * b + 10 * (la + lb) * b * b)
+        if m.name == "rbf_cka":
+            flops += (la + lb) * 20 * n * n  # exp and the median
+    elif m.family == "cca":
+        flops = sum(4 * n * min(n, p) ** 2 for p in dims) + la * lb * 2 * n * min(dims) ** 2
+    elif m.family == "procrustes":
+        flops = la * lb * (2 * n * max(dims) ** 2 + 10 * max(dims) ** 3)
+    elif m.family == "rsa":
+        flops = sum(2 * n * n * p for p in dims) + (la + lb) * 40 * n * n + la * lb * n * n
+    else:
+        k = int(m.params.get("k", 10))
+        flops = sum(2 * n * n * p for p in dims) + la * lb * n * k * k
+    return 0.05 + flops / FLOPS_PER_SECOND

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -22,11 +23,12 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sync_playwright = None
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # CI installs both: never skip there
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None,
+    pytest.mark.skipif(sync_playwright is None and not IN_CI,
                        reason="playwright is not installed (pip install playwright; never `playwright install`)"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK),
+    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI,
                        reason=f"no Chromium at {B.CHROMIUM} (apt-get install -y chromium)"),
 ]
 
@@ -116,3 +118,34 @@ def test_forged_link_is_ignored_with_warning(page, server):
     assert "passwd" not in B.selectbox_value(page, "Model A")
     assert B.selectbox_value(page, "Model B") != "hf:/etc"
     assert "passwd" not in page.url and "%2Fetc" not in page.url, page.url
+
+
+def _main_selectbox_value(page, label: str) -> str:
+    box = (page.locator("[data-testid='stMain'] [data-testid='stSelectbox']"
+                        ":not([data-stale='true'] [data-testid='stSelectbox'])")
+           .filter(has=page.get_by_test_id("stWidgetLabel").filter(has_text=re.compile(rf"^\s*{label}\s*$"))))
+    return box.get_by_role("combobox").input_value()
+
+
+def test_click_on_a_similarity_cell_drills_down(page, server):
+    """A click on the A-vs-B heatmap selects that cell: the drill-down shows those two layers."""
+    _open(page, server, "/similarity")
+    _assert_no_exception(page)
+    chart = page.get_by_test_id("stPlotlyChart").first
+    chart.scroll_into_view_if_needed()
+    area = chart.locator(".nsewdrag").first.bounding_box()
+    layers = ["net.fc1", "net.relu1", "net.fc2", "net.relu2", "net.fc3", "net.relu3", "net.logits"]
+    row, col = 4, 1  # A: net.fc3, B: net.relu1 (not the default drill-down cell)
+    page.mouse.click(area["x"] + (col + 0.5) * area["width"] / 7, area["y"] + (row + 0.5) * area["height"] / 7)
+    deadline = time.monotonic() + 30
+    while (_main_selectbox_value(page, "Layer of A"), _main_selectbox_value(page, "Layer of B")) != \
+            (layers[row], layers[col]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"drill-down shows {_main_selectbox_value(page, 'Layer of A')} / "
+                        f"{_main_selectbox_value(page, 'Layer of B')}, not {layers[row]} / {layers[col]}")
+        page.wait_for_timeout(100)
+    B.wait_rendered(page, RENDER_MS)
+    _assert_no_exception(page)
+    metrics = page.get_by_test_id("stMetric").all_inner_texts()
+    assert any("Permutation p-value" in t for t in metrics)
+    assert any("95% bootstrap CI" in t for t in metrics)
