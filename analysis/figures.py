@@ -7,6 +7,14 @@ FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 DOWNLOAD_CONFIG = {"toImageButtonOptions": {"format": "svg", "scale": 2}, "displaylogo": False}
 
 
+def _finish(fig):
+    """House style shared by every figure. Axes get automargin explicitly: Streamlit draws with
+    theme=None, where tick labels were otherwise clipped by tight margins."""
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
 def pixel_tile(image: np.ndarray, size: int = 64, invert: bool = True) -> np.ndarray:
     """An image in [0, 1] as a uint8 tile upscaled by nearest neighbour (crisp pixels), ink dark."""
     img = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
@@ -54,11 +62,9 @@ def similarity_heatmap(df, title: str = "", zmin: float = 0.0, zmax: float = 1.0
                       height=max(320, min(900, 120 + 34 * n_rows)), margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
                       clickmode="event+select", dragmode=False)
-    fig.update_xaxes(title=x_title, tickangle=-40, type="category", automargin=True, showticklabels=True,
-                     tickfont=dict(size=11))
-    fig.update_yaxes(title=y_title, autorange="reversed", type="category", automargin=True, showticklabels=True,
-                     tickfont=dict(size=11))
-    return fig
+    fig.update_xaxes(title=x_title, tickangle=-40, type="category", tickfont=dict(size=11))
+    fig.update_yaxes(title=y_title, autorange="reversed", type="category", tickfont=dict(size=11))
+    return _finish(fig)
 
 
 def _cell_marker_size(n_cols: int, n_rows: int) -> int:
@@ -88,7 +94,7 @@ def paired_scatter(coords_a, coords_b, labels, hover: list[str], title_a: str, t
                       legend=dict(title="label", itemsizing="constant"))
     fig.update_xaxes(showgrid=True, gridcolor="#eee", zeroline=False)
     fig.update_yaxes(showgrid=True, gridcolor="#eee", zeroline=False)
-    return fig
+    return _finish(fig)
 
 
 def stability_figure(curve, measure_label: str, full_value: float, ci=None):
@@ -103,9 +109,9 @@ def stability_figure(curve, measure_label: str, full_value: float, ci=None):
         fig.add_hrect(y0=ci[0], y1=ci[1], fillcolor="#4c78a8", opacity=0.12, line_width=0,
                       annotation_text="95% bootstrap CI", annotation_position="bottom right")
     fig.update_layout(height=330, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
-                      xaxis=dict(title="samples", type="log", gridcolor="#eee"),
+                      xaxis=dict(title="samples", type="log", gridcolor="#eee", tickvals=list(curve["n"])),
                       yaxis=dict(title=measure_label, gridcolor="#eee"), showlegend=False)
-    return fig
+    return _finish(fig)
 
 
 def per_class_figure(table, measure_label: str, overall: float):
@@ -116,4 +122,4 @@ def per_class_figure(table, measure_label: str, overall: float):
     fig.add_hline(y=overall, line_dash="dot", annotation_text="all classes", line_color="#555")
     fig.update_layout(height=330, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                       xaxis=dict(title="class", type="category"), yaxis=dict(title=measure_label, gridcolor="#eee"))
-    return fig
+    return _finish(fig)

@@ -120,6 +120,11 @@ def cka(x, y, kernel: str = "linear", threshold: float = 1.0, debiased: bool = F
     if kernel == "linear":
         if not debiased:
             return _linear_cka_features(x, y)
+        if x.shape[0] < 4:
+            raise UserInputError(f"Debiased CKA needs at least 4 samples (got {x.shape[0]}).")
+        if x.shape[0] >= max(x.shape[1], y.shape[1]):  # feature form of HSIC_1: O(n p q), no n x n matrix
+            px, py = _linear_hsic_terms(_t(x)), _linear_hsic_terms(_t(y))
+            return _ratio(_hsic1_features(px, py), _hsic1_features(px, px), _hsic1_features(py, py))
         k, l = linear_gram(x), linear_gram(y)
     elif kernel == "rbf":
         k, l = rbf_gram(x, threshold), rbf_gram(y, threshold)

@@ -2,7 +2,8 @@
 
     pip install -r requirements-bench.txt
     python benchmarks/cka_vs_torch_cka.py [--n 5000] [--batch-size 256] [--train-epochs 20]
-                                          [--repeats 3] [--stream-n 100000] [--no-untrained]
+                                          [--repeats 3] [--threads T] [--stream-n 100000]
+                                          [--no-untrained]
 
 Models: two analysis.zoo.MLPClassifier(width=128, depth=6), initialised with torch.manual_seed(0)
 and (1) and trained --train-epochs epochs on the digits training split with the zoo's own recipe
@@ -26,7 +27,12 @@ pools, kernels); --repeats interleaved runs, the fastest of each reported (the C
   in-memory : analysis.activations.extract(..., use_cache=False) for both models
               + analysis.similarity.similarity_matrix(acts_a, acts_b, "linear_cka", batch_size=B)
 Nothing is cached: $REPLENS_STORE points at an empty temporary folder, extract runs with
-use_cache=False and streaming_cka never caches.
+use_cache=False and streaming_cka never caches. Threads: torch's default unless --threads. On a
+small shared machine runs vary a lot (other work, CPU steal; a two-thread OpenMP region waits for
+its slowest thread, and torch-cka launches ~100x more small kernels than RepLens): the printout
+shows every run and warns when they spread by more than 1.5x. The speed-up grows with B (torch-cka
+costs O(L^2 B^3) per batch, RepLens O(L B^2 (p + L))): roughly 6-7x at B = 256, 9-10x at B = 512,
+13x at B = 1024 on the 2-core development machine.
 
 torch-cka 0.21 pitfalls, accounted for:
   (a) its matrix rows / columns are labelled (export()["model1_layers"]) in named_modules order of

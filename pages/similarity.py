@@ -67,7 +67,8 @@ st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
 # ------------------------------------------------------------------ controls
 c1, c2, c3, c4 = st.columns([2, 1.2, 1.2, 2])
 with c1:
-    measure = st.selectbox("Measure", MEASURES, format_func=label, key="measure", bind="query-params",
+    # Plain names as options: a bound selectbox puts the option's displayed text in the URL.
+    measure = st.selectbox("Measure", MEASURES, key="measure", bind="query-params",
                            help="\n\n".join(f"**{m.label}**: {m.description}" for m in sim.MEASURES.values()))
 with c2:
     pooling = st.selectbox("Pooling", POOLINGS, key="pooling", bind="query-params",

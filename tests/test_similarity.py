@@ -308,3 +308,12 @@ def test_fast_resampling_equals_recomputing(name):
     assert fast.permuted(perm) == pytest.approx(S.compute(name, X, Y[perm]), abs=1e-12)
     idx = rng.integers(0, len(X), len(X))
     assert fast.resampled(idx) == pytest.approx(S.compute(name, X[idx], Y[idx]), abs=1e-12)
+
+
+def test_debiased_feature_form_equals_u_centred_gram_form():
+    k, l = S.linear_gram(X), S.linear_gram(Y)
+    ku, lu = S.u_center_gram(k), S.u_center_gram(l)
+    gram = float((ku * lu).sum() / np.sqrt(float((ku * ku).sum()) * float((lu * lu).sum())))
+    assert S.debiased_linear_cka(X, Y) == pytest.approx(gram, abs=1e-12)  # n > p: feature form
+    wide = RNG.normal(size=(10, 30))  # n < p: Gram form
+    assert np.isfinite(S.debiased_linear_cka(wide, wide[:, :20]))
