@@ -13,6 +13,7 @@ Ding et al. 2021 (Procrustes), Kriegeskorte et al. 2008 (RSA), Huh et al. 2024 (
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -297,6 +298,25 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _is_constant(x: np.ndarray) -> bool:
+    """Every sample identical: any similarity is 0/0 (rounding would leave a meaningless residue)."""
+    return bool((x == x[:1]).all())
+
+
+def _undefined_for_constant(fn):
+    """Wrap a measure so a constant representation gives NaN instead of a rounding residue."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, y, *args, **kwargs):
+        xa, ya = _pair(x, y)
+        if _is_constant(xa) or _is_constant(ya):
+            return float("nan")
+        return fn(xa, ya, *args, **kwargs)
+
+    return wrapper
+
+
 # =========================================================================== registry
 @dataclass(frozen=True)
 class Measure:
@@ -317,7 +337,7 @@ def _inv(orthogonal, isotropic, linear, translation):
     return dict(zip(INVARIANCES, (orthogonal, isotropic, linear, translation)))
 
 
-MEASURES: dict[str, Measure] = {m.name: m for m in [
+MEASURES: dict[str, Measure] = {m.name: dataclasses.replace(m, fn=_undefined_for_constant(m.fn)) for m in [
     Measure("linear_cka", "Linear CKA", linear_cka, "cka", (0, 1), True, True, _inv(True, True, False, True),
             "Centered kernel alignment with a linear kernel (Kornblith et al. 2019)."),
     Measure("rbf_cka", "RBF CKA", rbf_cka, "cka", (0, 1), True, True, _inv(True, True, False, True),
@@ -364,7 +384,7 @@ def _check_layers(acts: Mapping[str, np.ndarray], which: str) -> dict[str, np.nd
 
 
 def _constant_layers(acts: Mapping[str, np.ndarray]) -> list[str]:
-    return [name for name, a in acts.items() if np.allclose(a, a[:1], atol=0, rtol=0)]
+    return [name for name, a in acts.items() if _is_constant(a)]
 
 
 def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.ndarray],
@@ -385,7 +405,8 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
         if arr.shape[0] != n:
             raise UserInputError(f"Layer {name} has {arr.shape[0]} rows but others have {n}: rows must align.")
     notes = []
-    const = [f"A:{l}" for l in _constant_layers(a)] + [f"B:{l}" for l in _constant_layers(b)]
+    const_a, const_b = set(_constant_layers(a)), set(_constant_layers(b))
+    const = [f"A:{l}" for l in a if l in const_a] + [f"B:{l}" for l in b if l in const_b]
     if const:
         notes.append(f"Constant layer(s) {', '.join(const)}: similarity is undefined (NaN).")
     if m.needs_n_greater_than_p:
@@ -406,6 +427,13 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
             values = _cka_matrix(a, b, measure, params, device, progress)
     else:
         values = _pairwise_matrix(a, b, m, params, progress)
+    values = np.array(values, dtype=float)
+    for i, name in enumerate(a):
+        if name in const_a:
+            values[i, :] = np.nan
+    for j, name in enumerate(b):
+        if name in const_b:
+            values[:, j] = np.nan
     df = pd.DataFrame(values, index=list(a), columns=list(b))
     df.index.name, df.columns.name = "model A layer", "model B layer"
     df.attrs.update({"measure": measure, "n": n, "batch_size": batch_size, "warnings": notes, "params": params})
@@ -465,7 +493,10 @@ def _normalise(cross, self_a, self_b) -> np.ndarray:
 
 
 def _linear_hsic_terms(x):
-    """Per-layer pieces of the feature-space HSIC formulas (float64 torch)."""
+    """Per-layer pieces of the feature-space HSIC formulas (float64 torch). The columns are centred
+    first: HSIC_1 of a linear kernel is translation invariant, and uncentred features would make
+    the formula a small difference of huge terms (catastrophic cancellation for large means)."""
+    x = x - x.mean(0, keepdim=True)
     n = x.shape[0]
     row_sq = (x * x).sum(1)  # diag(K)
     col_sum = x.sum(0)  # X^T 1
@@ -787,8 +818,8 @@ def per_class_similarity(x, y, labels, measure: str = "linear_cka", min_samples:
 def streaming_cka(model_a, model_b, ds, layers_a=None, layers_b=None, batch_size: int = 256,
                   pooling: str = "mean", device=None, progress=None):
     """Minibatch CKA computed while both models run, one batch at a time: activations are never
-    held for the whole dataset, so memory does not grow with n. Batches are the dataset's row order;
-    a last batch under 4 rows is dropped (HSIC_1 needs 4) and the count recorded."""
+    held for the whole dataset, so memory does not grow with n. Batches follow the dataset's row
+    order, exactly as :func:`batch_slices` cuts them (a last batch under 4 rows joins the previous)."""
     from .activations import iter_batches
 
     layers_a = list(model_a.layers if layers_a is None else layers_a)
@@ -798,20 +829,25 @@ def streaming_cka(model_a, model_b, ds, layers_a=None, layers_b=None, batch_size
     if batch_size < 4:
         raise UserInputError(f"Minibatch size must be at least 4 (got {batch_size}).")
     acc = MinibatchCKA(layers_a, layers_b, device)
-    dropped = 0
     from contextlib import closing
 
     # closing(): a stream left unfinished still releases its model lock and hooks at once
     with closing(iter_batches(model_a, ds, layers_a, pooling, batch_size, device)) as stream_a, \
             closing(iter_batches(model_b, ds, layers_b, pooling, batch_size, device, progress)) as stream_b:
+        # One batch is held back so that a last batch under 4 rows (HSIC_1 needs 4) joins it, as
+        # batch_slices does for the in-memory estimator: both paths see the same batches.
+        held = None
         for (rows, xa, _), (_, xb, _) in zip(stream_a, stream_b):
-            if rows.stop - rows.start < 4:
-                dropped += rows.stop - rows.start
+            if held is not None and rows.stop - rows.start < 4:
+                held = ({k: np.concatenate([held[0][k], v]) for k, v in xa.items()},
+                        {k: np.concatenate([held[1][k], v]) for k, v in xb.items()})
                 continue
-            acc.update(xa, xb)
-    df = acc.result()
-    df.attrs["dropped_samples"] = dropped
-    return df
+            if held is not None:
+                acc.update(*held)
+            held = (xa, xb)
+        if held is not None:
+            acc.update(*held)
+    return acc.result()
 
 
 # =========================================================================== models -> matrix, cached

@@ -317,3 +317,32 @@ def test_debiased_feature_form_equals_u_centred_gram_form():
     assert S.debiased_linear_cka(X, Y) == pytest.approx(gram, abs=1e-12)  # n > p: feature form
     wide = RNG.normal(size=(10, 30))  # n < p: Gram form
     assert np.isfinite(S.debiased_linear_cka(wide, wide[:, :20]))
+
+
+def test_feature_form_survives_a_large_mean():
+    """Features far from the origin (mean/spread 1e4): the feature form must match the U-centred Gram
+    form, which centring makes immune to the offset (translation invariance)."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(300, 8))
+    y = x @ rng.normal(size=(8, 6)) + rng.normal(size=(300, 6))
+    shifted = x + 1e4
+    ref = S.debiased_linear_cka(x, y)
+    assert S.debiased_linear_cka(shifted, y) == pytest.approx(ref, abs=1e-9)
+    k, l = S.linear_gram(shifted), S.linear_gram(y)
+    ku, lu = S.u_center_gram(k), S.u_center_gram(l)
+    assert float((ku * lu).sum() / np.sqrt(float((ku * ku).sum() * (lu * lu).sum()))) == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_constant_layer_is_nan_for_single_pairs(name):
+    assert np.isnan(S.compute(name, np.full((50, 3), 7.0), Y[:50]))
+
+
+def test_streaming_merges_a_short_last_batch_like_batch_slices():
+    ds = data.load("digits", n=130)  # 130 = 2 x 64 + 2: the last 2 rows join the second batch
+    ma, mb = models.load("zoo:mlp-s0"), models.load("zoo:mlp-s2")
+    streamed = S.streaming_cka(ma, mb, ds, batch_size=64)
+    a, b = activations.extract(ma, ds), activations.extract(mb, ds)
+    in_memory = S.similarity_matrix(a, b, "linear_cka", batch_size=64)
+    np.testing.assert_allclose(streamed.to_numpy(), in_memory.to_numpy(), atol=1e-6)
+    assert streamed.attrs["n"] == 130 and streamed.attrs["batches"] == 2
