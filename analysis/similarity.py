@@ -82,6 +82,18 @@ def u_center_gram(k):
     return k
 
 
+def _u_center_stack_(g) -> None:
+    """U-centre a stack of Gram matrices (layers x n x n) in place; same result as u_center_gram."""
+    n = g.shape[-1]
+    diag = g.diagonal(dim1=-2, dim2=-1)
+    diag.zero_()
+    m = g.sum(-2) / (n - 2)
+    m -= m.sum(-1, keepdim=True) / (2 * (n - 1))
+    g -= m[..., :, None]
+    g -= m[..., None, :]
+    diag.zero_()
+
+
 def hsic_biased(k, l):
     """tr(K H L H) / (n-1)^2 (Gretton et al. 2005)."""
     n = k.shape[0]
@@ -584,33 +596,59 @@ class MinibatchCKA:
         self.samples = 0
         self._buffers: dict = {}
 
-    def _u_grams(self, acts, layers, which):
-        """Flattened U-centred Gram matrices of one batch, written into a buffer reused across
-        batches of the same size (no per-batch allocation of the stacked matrix)."""
+    def _grams(self, acts, layers, which):
+        """One batch's zero-diagonal Gram matrices (layers x b^2, in a buffer reused across batches),
+        their row sums (layers x b) and totals (layers): the pieces of Song et al.'s HSIC_1 formula.
+
+        Columns are centred first (in float64): HSIC_1 of a linear kernel is translation invariant,
+        and centring keeps the formula from subtracting huge terms when features have large means."""
         import torch
 
-        sizes = {as_matrix(acts[name], f"model {which}, layer '{name}'", min_rows=4).shape[0] for name in layers}
+        xs = []
+        for name in layers:
+            x = np.asarray(acts[name])
+            if x.ndim != 2 or x.shape[0] < 4:
+                raise UserInputError(f"Model {which}, layer '{name}': a batch needs shape (rows >= 4, features), "
+                                     f"got {x.shape}.")
+            xs.append(x)
+        sizes = {x.shape[0] for x in xs}
         if len(sizes) != 1:
             raise UserInputError(f"Model {which}: layers of one batch have different numbers of rows {sizes}.")
         b = sizes.pop()
         buf = self._buffers.get(which)
-        if buf is None or buf.shape[1] != b * b:
-            buf = torch.empty((len(layers), b * b), dtype=torch.float64, device=self.device)
+        if buf is None or buf.shape[1:] != (b, b):
+            buf = torch.empty((len(layers), b, b), dtype=torch.float64, device=self.device)
             self._buffers[which] = buf
-        for i, name in enumerate(layers):
-            xt = _t(as_matrix(acts[name], f"model {which}, layer '{name}'"), self.device)
-            buf[i].copy_(u_center_gram(xt @ xt.T).flatten())
-        return buf, b
+        for i, x in enumerate(xs):
+            xt = torch.as_tensor(x, device=self.device).to(torch.float64)
+            xt = xt - xt.mean(0, keepdim=True)
+            torch.matmul(xt, xt.T, out=buf[i])
+        buf.diagonal(dim1=-2, dim2=-1).zero_()
+        flat = buf.view(len(layers), b * b)
+        rows = buf.sum(-1)
+        totals = rows.sum(-1)
+        finite = torch.isfinite(totals) & torch.isfinite(rows).all(-1)
+        if not bool(finite.all()):
+            bad = [layers[i] for i in range(len(layers)) if not bool(finite[i])]
+            raise UserInputError(f"Model {which}, layer '{bad[0]}': NaN/inf values in this batch. Drop those "
+                                 "samples or check the model for overflow.")
+        return flat, rows, totals, b
 
     def update(self, acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.ndarray]) -> None:
-        ga, b = self._u_grams(acts_a, self.layers_a, "A")
-        gb, b_b = self._u_grams(acts_b, self.layers_b, "B")
+        import torch
+
+        ga, ra, sa, b = self._grams(acts_a, self.layers_a, "A")
+        gb, rb, sb, b_b = self._grams(acts_b, self.layers_b, "B")
         if b != b_b:
             raise UserInputError(f"Batch rows differ between the models ({b} vs {b_b}).")
         scale = 1.0 / (b * (b - 3))
-        self.cross += (ga @ gb.T).cpu().numpy() * scale
-        self.self_a += (ga * ga).sum(1).cpu().numpy() * scale
-        self.self_b += (gb * gb).sum(1).cpu().numpy() * scale
+        sa_, sb_ = sa.cpu().numpy(), sb.cpu().numpy()
+        self.cross += (ga @ gb.T + torch.as_tensor(np.outer(sa_, sb_) / ((b - 1) * (b - 2)), device=ga.device)
+                       - 2.0 / (b - 2) * (ra @ rb.T)).cpu().numpy() * scale
+        for g, r, tot, acc in ((ga, ra, sa_, self.self_a), (gb, rb, sb_, self.self_b)):
+            sq = torch.linalg.vector_norm(g, dim=1).cpu().numpy() ** 2
+            rr = (torch.linalg.vector_norm(r, dim=1).cpu().numpy()) ** 2
+            acc += (sq + tot ** 2 / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * rr) * scale
         self.batches += 1
         self.samples += b
 

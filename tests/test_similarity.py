@@ -346,3 +346,12 @@ def test_streaming_merges_a_short_last_batch_like_batch_slices():
     in_memory = S.similarity_matrix(a, b, "linear_cka", batch_size=64)
     np.testing.assert_allclose(streamed.to_numpy(), in_memory.to_numpy(), atol=1e-6)
     assert streamed.attrs["n"] == 130 and streamed.attrs["batches"] == 2
+
+
+def test_stacked_u_centring_equals_one_by_one():
+    import torch
+
+    grams = torch.stack([S.linear_gram(X), S.linear_gram(Y)])
+    ref = torch.stack([S.u_center_gram(g) for g in grams])
+    S._u_center_stack_(grams)
+    torch.testing.assert_close(grams, ref, rtol=0, atol=1e-9)
