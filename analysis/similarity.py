@@ -389,10 +389,10 @@ def compute(name: str, x, y, **params) -> float:
 
 
 # =========================================================================== layer-by-layer matrix
-def _check_layers(acts: Mapping[str, np.ndarray], which: str) -> dict[str, np.ndarray]:
+def _check_layers(acts: Mapping[str, np.ndarray], which: str, dtype=np.float64) -> dict[str, np.ndarray]:
     if not acts:
         raise UserInputError(f"No layers selected for model {which}.")
-    return {name: as_matrix(a, f"model {which}, layer '{name}'") for name, a in acts.items()}
+    return {name: as_matrix(a, f"model {which}, layer '{name}'", dtype=dtype) for name, a in acts.items()}
 
 
 def _constant_layers(acts: Mapping[str, np.ndarray]) -> list[str]:
@@ -411,7 +411,9 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
 
     m = measure_info(measure)
     params = {**m.params, **params}
-    a, b = _check_layers(acts_a, "A"), _check_layers(acts_b, "B")
+    # The minibatch estimator converts each batch itself: validate without a float64 copy of everything.
+    dtype = None if (batch_size is not None and m.family == "cka") else np.float64
+    a, b = _check_layers(acts_a, "A", dtype), _check_layers(acts_b, "B", dtype)
     n = next(iter(a.values())).shape[0]
     for name, arr in {**{f"A:{k}": v for k, v in a.items()}, **{f"B:{k}": v for k, v in b.items()}}.items():
         if arr.shape[0] != n:

@@ -7,7 +7,8 @@ from .errors import UserInputError
 
 
 def as_matrix(x, name: str = "activations", dtype=np.float64, min_rows: int = 2) -> np.ndarray:
-    """A finite 2-D array (n x p) in ``dtype``; 1-D becomes a column, >2-D is flattened per row.
+    """A finite 2-D array (n x p) in ``dtype`` (None keeps a float input's dtype: no copy); 1-D becomes
+    a column, >2-D is flattened per row.
 
     Raises UserInputError naming ``name`` for NaN/inf, too few rows or zero columns.
     """
@@ -29,7 +30,10 @@ def as_matrix(x, name: str = "activations", dtype=np.float64, min_rows: int = 2)
         raise UserInputError(f"{name}: has zero columns.")
     if arr.shape[0] < min_rows:
         raise UserInputError(f"{name}: has {arr.shape[0]} samples; at least {min_rows} are needed.")
-    arr = arr.astype(dtype, copy=False)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    elif arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = int(bad.any(1).sum())
