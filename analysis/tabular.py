@@ -41,19 +41,19 @@ def suffix_of(filename: str) -> str:
     return os.path.splitext(name)[1]
 
 
+def _numpy_load_error(exc: Exception, filename: str, kind: str, saver: str) -> UserInputError:
+    """The message for an np.load failure; pickled content (refused by allow_pickle=False) gets its own."""
+    if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
+        return UserInputError(f"{filename} holds Python objects (pickled); RepLens never unpickles uploads. "
+                              f"Save plain numeric arrays with {saver}.")
+    return UserInputError(f"{filename} is not a valid {kind} file ({exc}).")
+
+
 def load_npy(data: bytes, filename: str) -> np.ndarray:
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise UserInputError(
-                f"{filename} holds Python objects (pickled); RepLens never unpickles uploads. "
-                "Save a plain numeric array with np.save."
-            ) from exc
-        raise UserInputError(f"{filename} is not a valid .npy file: {exc}") from exc
-    except (OSError, EOFError) as exc:
-        raise UserInputError(f"{filename} is not a valid .npy file ({exc}).") from exc
-    return arr
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _numpy_load_error(exc, filename, ".npy", "np.save") from exc
 
 
 def load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
@@ -74,15 +74,8 @@ def load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             for name in npz.files:
                 out[name] = npz[name]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise UserInputError(
-                f"{filename} holds Python objects (pickled); RepLens never unpickles uploads. "
-                "Save plain numeric arrays with np.savez."
-            ) from exc
-        raise UserInputError(f"{filename} is not a valid .npz file: {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserInputError(f"{filename} is not a valid .npz file ({exc}).") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _numpy_load_error(exc, filename, ".npz", "np.savez") from exc
     if not out:
         raise UserInputError(f"{filename} contains no arrays.")
     return out

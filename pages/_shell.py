@@ -137,25 +137,23 @@ def _upload_panel() -> None:
                    "Files are stored by content hash and never unpickled.")
         f = st.file_uploader("Model file", type=MODEL_FILE_TYPES, key="upload_model", max_upload_size=limit_mb)
         target = st.radio("Use it as", ["Model A", "Model B"], horizontal=True, key="upload_target")
-        if f is not None and st.session_state.get("_uploaded_model") != f.file_id:
-            try:
-                ref = models_mod.upload(f.getvalue(), f.name)
-            except UserInputError as exc:
-                st.error(str(exc))
-            else:
-                st.session_state["_uploaded_model"] = f.file_id
-                st.session_state["_set_a" if target == "Model A" else "_set_b"] = ref
-                st.rerun()
+        _take_upload(f, models_mod.upload, "_set_a" if target == "Model A" else "_set_b")
         g = st.file_uploader("Data file", type=DATA_FILE_TYPES, key="upload_data", max_upload_size=limit_mb)
-        if g is not None and st.session_state.get("_uploaded_data") != g.file_id:
-            try:
-                ref = data_mod.upload(g.getvalue(), g.name)
-            except UserInputError as exc:
-                st.error(str(exc))
-            else:
-                st.session_state["_uploaded_data"] = g.file_id
-                st.session_state["_set_data"] = ref
-                st.rerun()
+        _take_upload(g, data_mod.upload, "_set_data")
+
+
+def _take_upload(file, upload, select_key: str) -> None:
+    """Store a new upload (validated first: nothing is written for a bad file) and select it."""
+    if file is None or st.session_state.get(f"_done{select_key}") == file.file_id:
+        return
+    try:
+        ref = upload(file.getvalue(), file.name)
+    except UserInputError as exc:
+        st.error(str(exc))
+        return
+    st.session_state[f"_done{select_key}"] = file.file_id
+    st.session_state[select_key] = ref
+    st.rerun()
 
 
 def selection() -> Selection:

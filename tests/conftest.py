@@ -35,3 +35,29 @@ def tiny_bert_dir(tmp_path_factory):
     BertModel(cfg).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)
     return folder
+
+
+class PickleExploit:
+    """An object whose unpickling would create a file: loading it must never happen."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def apptest_navigation(monkeypatch):
+    """AppTest resets Streamlit's legacy 'pages/ directory' flag before every run, so from the
+    second run on it would execute a page file alone (MPA v1). The real server clears the flag at
+    start-up (app.py's lifespan) and on st.navigation; do the same here."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *a, **k):
+        original(self, *a, **k)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

@@ -7,20 +7,7 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """AppTest resets Streamlit's legacy 'pages/ directory' flag before every run, so from the
-    second run on it would execute pages/models.py alone (MPA v1). The real server clears the flag
-    for good once app.py calls st.navigation; do the same here."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *a, **k):
-        original(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+pytestmark = pytest.mark.usefixtures("apptest_navigation")
 
 
 def run_app(**params) -> AppTest:

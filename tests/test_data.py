@@ -7,6 +7,7 @@ import pytest
 
 from analysis import data
 from analysis.errors import UserInputError
+from conftest import PickleExploit
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -141,18 +142,10 @@ def test_mismatched_labels():
 def test_pickled_npy_is_refused_without_running(tmp_path):
     marker = tmp_path / "ran"
     buf = io.BytesIO()
-    np.save(buf, np.array([Evil(str(marker))], dtype=object), allow_pickle=True)
+    np.save(buf, np.array([PickleExploit(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(UserInputError, match="never unpickles"):
         data.upload(buf.getvalue(), "evil.npy")
     assert not marker.exists()
-
-
-class Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_upload_size_limit(monkeypatch):

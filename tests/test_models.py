@@ -9,6 +9,7 @@ import torch
 
 from analysis import activations, data, models
 from analysis.errors import UserInputError
+from conftest import PickleExploit
 
 
 def test_zoo_model_layers_in_forward_order():
@@ -155,19 +156,11 @@ def test_embeddings_with_ragged_layers_refused():
         models.upload(buf.getvalue(), "ragged.npz")
 
 
-class Exploit:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 @pytest.mark.parametrize("name", ["model.pt", "model.pth"])
 def test_malicious_pickle_is_refused_without_executing(tmp_path, name, isolated_store):
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save({"x": Exploit(str(marker))}, buf)  # a torch.save pickle whose loading would create a file
+    torch.save({"x": PickleExploit(marker)}, buf)  # a torch.save pickle whose loading would create a file
     with pytest.raises(UserInputError, match="not a TorchScript file"):
         models.upload(buf.getvalue(), name)
     assert not marker.exists()
@@ -177,7 +170,7 @@ def test_malicious_pickle_is_refused_without_executing(tmp_path, name, isolated_
 def test_pickled_npy_embeddings_refused(tmp_path):
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    np.save(buf, np.array([Exploit(str(marker))], dtype=object), allow_pickle=True)
+    np.save(buf, np.array([PickleExploit(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(UserInputError, match="never unpickles"):
         models.upload(buf.getvalue(), "emb.npy")
     assert not marker.exists()
@@ -186,3 +179,22 @@ def test_pickled_npy_embeddings_refused(tmp_path):
 def test_wrong_model_file_type():
     with pytest.raises(UserInputError, match="unsupported model file type"):
         models.upload(b"hello", "model.onnx")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".parquet"])
+def test_single_layer_embeddings_formats(suffix):
+    import pandas as pd
+
+    ds = data.load("text")
+    emb = np.random.default_rng(1).normal(size=(len(ds), 5)).astype(np.float32)
+    buf = io.BytesIO()
+    if suffix == ".npy":
+        np.save(buf, emb)
+    elif suffix == ".csv":
+        buf.write(pd.DataFrame(emb, columns=[f"d{i}" for i in range(5)]).to_csv(index=False).encode())
+    else:
+        pd.DataFrame(emb, columns=[f"d{i}" for i in range(5)]).to_parquet(buf)
+    m = models.load(models.upload(buf.getvalue(), f"sentences{suffix}"))
+    assert m.layers == ["sentences"]
+    sub = data.load("text", n=40, seed=2)
+    np.testing.assert_allclose(activations.extract(m, sub)["sentences"], emb[sub.indices], rtol=1e-6)

@@ -11,18 +11,7 @@ from analysis import similarity as sim
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def navigation_mode(monkeypatch):
-    """See test_app.py: keep AppTest on st.navigation, as the real server is."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *a, **k):
-        original(self, *a, **k)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+pytestmark = pytest.mark.usefixtures("apptest_navigation")
 
 
 def open_page(**widgets) -> AppTest:
