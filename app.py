@@ -59,5 +59,7 @@ else:  # a browser session: the Streamlit script
                 default=True),
         st.Page(HERE / "pages" / "similarity.py", title="Similarity", icon=":material/grid_on:",
                 url_path="similarity"),
+        st.Page(HERE / "pages" / "projections.py", title="Projections", icon=":material/scatter_plot:",
+                url_path="projections"),
     ]
     st.navigation(pages).run()

@@ -123,3 +123,58 @@ def per_class_figure(table, measure_label: str, overall: float):
     fig.update_layout(height=330, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                       xaxis=dict(title="class", type="category"), yaxis=dict(title=measure_label, gridcolor="#eee"))
     return _finish(fig)
+
+
+def projection_scatter(coords, values, kind: str, hover: list[str], title: str, axis_titles: list[str],
+                       names=None, selected=()):
+    """A 2-D or 3-D scatter of a projection. ``values``: class codes (kind "category", one trace and
+    legend entry per class) or numbers ("continuous", one trace with a colour bar). Every point
+    carries its sample index in customdata, so a selection maps back to samples; ``selected``
+    samples are highlighted (the rest faded) in every trace."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    coords = np.asarray(coords)
+    three_d = coords.shape[1] == 3
+    n = len(coords)
+    selected = set(int(i) for i in selected)
+    palette = qualitative.D3 + qualitative.Set2
+    if values is None:
+        groups = [("samples", np.arange(n), None)]
+    elif kind == "continuous":
+        groups = [("value", np.arange(n), np.asarray(values, dtype=float))]
+    else:
+        codes = np.asarray(values)
+        groups = [((names[int(c)] if names and int(c) < len(names) else str(c)), np.nonzero(codes == c)[0], None)
+                  for c in np.unique(codes)]
+    fig = go.Figure()
+    for k, (name, idx, cont) in enumerate(groups):
+        marker = dict(size=3 if three_d else 6, opacity=0.85)
+        if cont is not None:
+            marker.update(color=cont[idx], colorscale="Viridis", cmin=0, cmax=1, showscale=True,
+                          colorbar=dict(title="agreement", thickness=12))
+        else:
+            marker.update(color=palette[k % len(palette)])
+        # customdata as plain ints: numpy arrays travel as typed arrays and come back from a
+        # Streamlit selection as dicts instead of numbers
+        common = dict(mode="markers", name=str(name), marker=marker, customdata=[int(i) for i in idx],
+                      text=[hover[i] for i in idx], hovertemplate="%{text}<extra></extra>",
+                      showlegend=cont is None and values is not None)
+        if three_d:
+            fig.add_trace(go.Scatter3d(x=coords[idx, 0], y=coords[idx, 1], z=coords[idx, 2], **common))
+        else:
+            trace = go.Scattergl(x=coords[idx, 0], y=coords[idx, 1], **common)
+            if selected:
+                trace.selectedpoints = [j for j, i in enumerate(idx) if int(i) in selected]
+                trace.unselected = dict(marker=dict(opacity=0.12))
+                trace.selected = dict(marker=dict(size=9))
+            fig.add_trace(trace)
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=480, font=FONT,
+                      margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white",
+                      legend=dict(itemsizing="constant"), dragmode="lasso" if not three_d else "orbit")
+    if three_d:
+        fig.update_scenes(xaxis_title=axis_titles[0], yaxis_title=axis_titles[1], zaxis_title=axis_titles[2])
+        return fig
+    fig.update_xaxes(title=axis_titles[0], gridcolor="#eee", zeroline=False)
+    fig.update_yaxes(title=axis_titles[1], gridcolor="#eee", zeroline=False)
+    return _finish(fig)

@@ -146,6 +146,37 @@ def test_click_on_a_similarity_cell_drills_down(page, server):
         page.wait_for_timeout(100)
     B.wait_rendered(page, RENDER_MS)
     _assert_no_exception(page)
+    stats_toggle = page.get_by_test_id("stCheckbox").filter(has_text=re.compile("Bootstrap CI"))
+    if not stats_toggle.locator("input").is_checked():  # off when the machine is slow enough that they'd take > 6 s
+        stats_toggle.locator("label").click()
+        page.wait_for_timeout(300)
+        B.wait_rendered(page, RENDER_MS)
     metrics = page.get_by_test_id("stMetric").all_inner_texts()
     assert any("Permutation p-value" in t for t in metrics)
     assert any("95% bootstrap CI" in t for t in metrics)
+
+
+def test_lasso_in_one_projection_highlights_the_same_samples_in_the_other(page, server):
+    _open(page, server, "/projections")
+    _assert_no_exception(page)
+    chart = page.get_by_test_id("stPlotlyChart").first
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    x0, y0 = box["x"] + 0.05 * box["width"], box["y"] + 0.05 * box["height"]
+    x1, y1 = box["x"] + 0.55 * box["width"], box["y"] + 0.6 * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)):  # a lasso around the upper-left region
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"\d+ samples selected"))).to_be_visible(timeout=RENDER_MS)
+    B.wait_rendered(page, RENDER_MS)
+    _assert_no_exception(page)
+    count = int(re.search(r"(\d+) samples selected", page.get_by_text(re.compile(r"samples selected")).inner_text())[1])
+    assert count > 0
+    highlighted = page.evaluate("""() => {
+        const plots = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot');
+        const b = plots[1];
+        return b.data.reduce((s, t) => s + (t.selectedpoints ? t.selectedpoints.length : 0), 0);
+    }""")
+    assert highlighted == count  # the same samples are highlighted in B's view
