@@ -139,7 +139,8 @@ if pa.explained is not None:
     m3.metric("Variance shown (A, B)", f"{100 * pa.explained.sum():.0f}% · {shown_b:.0f}%")
 
 if selected:
-    st.markdown(f"**{len(selected)} samples selected** (highlighted in both views)")
+    st.markdown(f"**{len(selected)} samples selected** (highlighted in both views)"
+                + (f"; the first {min(24, len(selected))} are shown below" if len(selected) > 24 else ""))
     if st.button("Clear selection"):
         st.session_state["_proj_selected"] = []
         st.rerun()
