@@ -43,8 +43,6 @@ def _first(out):
 
 def pool(out, pooling: str, mask=None, tokens: bool = False):
     """Pool one batch of a layer's output to (b, d); returns (tensor, rule description)."""
-    import torch
-
     out = out.float()
     if out.ndim == 2:
         return out, "as is"

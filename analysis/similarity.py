@@ -68,8 +68,6 @@ def center_gram(k):
 
 def u_center_gram(k):
     """U-centring (Song et al. 2012): <u(K), u(L)>_F / (n (n-3)) is the unbiased HSIC_1."""
-    import torch
-
     n = k.shape[0]
     if n < 4:
         raise UserInputError(f"The unbiased HSIC needs at least 4 samples (got {n}).")

@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 

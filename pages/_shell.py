@@ -160,6 +160,21 @@ def selection() -> Selection:
     return st.session_state["_selection"]
 
 
+def pair_or_stop(sel: Selection):
+    """Dataset and both models for a comparison page, checked against each other; on a problem the
+    page shows the message and stops. Returns (dataset, model A, model B, a cache key of the data)."""
+    try:
+        ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
+        model_a, model_b = load_model(sel.model_a), load_model(sel.model_b)
+        model_a.check_data(ds)
+        model_b.check_data(ds)
+    except UserInputError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
+    return ds, model_a, model_b, (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
+
+
 @contextlib.contextmanager
 def user_errors(where: str = ""):
     """Show a UserInputError as a clear message instead of a traceback."""

@@ -7,7 +7,7 @@ import streamlit as st
 from analysis import activations, evaluate, figures
 from analysis import projection as proj
 from analysis.errors import UserInputError
-from pages._shell import Progress, load_dataset, load_model, selection, user_errors
+from pages._shell import Progress, pair_or_stop, selection, user_errors
 
 COLOUR_BY = ["label", "prediction of A", "prediction of B", "A correct", "B correct", "neighbourhood agreement"]
 
@@ -36,16 +36,7 @@ def method_params(method: str) -> dict:
 
 sel = selection()
 st.title("Projections")
-try:
-    ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
-    model_a, model_b = load_model(sel.model_a), load_model(sel.model_b)
-    model_a.check_data(ds)
-    model_b.check_data(ds)
-except UserInputError as exc:
-    st.error(str(exc))
-    st.stop()
-data_key = (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
-st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
+ds, model_a, model_b, data_key = pair_or_stop(sel)
 
 c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1.6, 1.6, 1.6])
 method = c1.selectbox("Method", list(proj.METHODS), key="method", bind="query-params",

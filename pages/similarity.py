@@ -6,8 +6,7 @@ import streamlit as st
 
 from analysis import activations, figures, projection
 from analysis import similarity as sim
-from analysis.errors import UserInputError
-from pages._shell import Progress, load_dataset, load_model, selection, user_errors
+from pages._shell import Progress, pair_or_stop, selection, user_errors
 
 AUTO_RUN_S = 4.0  # runs estimated faster than this start at once; longer ones wait for the button
 STATS_AUTO_S = 6.0  # drill-down statistics expected to take longer wait for the user to ask
@@ -53,16 +52,7 @@ def measure_params(measure: str) -> dict:
 
 sel = selection()
 st.title("Similarity")
-try:
-    ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
-    model_a, model_b = load_model(sel.model_a), load_model(sel.model_b)
-    model_a.check_data(ds)
-    model_b.check_data(ds)
-except UserInputError as exc:
-    st.error(str(exc))
-    st.stop()
-data_key = (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
-st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
+ds, model_a, model_b, data_key = pair_or_stop(sel)
 
 # ------------------------------------------------------------------ controls
 c1, c2, c3, c4 = st.columns([2, 1.2, 1.2, 2])

@@ -1,7 +1,6 @@
 """The shipped zoo: manifest complete, checkpoints intact, accuracies re-checked, training deterministic."""
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 
