@@ -113,6 +113,7 @@ def sidebar() -> Selection:
     c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed",
                     bind="query-params", help="Seed of the subsample: the same seed gives the same rows.")
     sb.selectbox("Split", list(data_mod.SPLITS), index=0, key="split", bind="query-params",
+                 disabled=st.session_state.get("data") != "digits",
                  help="Digits rows: the zoo's test split (default), its training split, or all. "
                       "Other datasets have one split.")
     _upload_panel()

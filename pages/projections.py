@@ -104,9 +104,11 @@ hover = [ds.hover_text(i) for i in range(len(ds))]
 titles = (f"A · {sel.model_a} · {layer_a}", f"B · {sel.model_b} · {layer_b} (aligned to A)")
 v1, v2 = st.columns(2)
 events = []
-for col, coords, title, key in ((v1, pa.coords, titles[0], "view_a"), (v2, al.aligned, titles[1], "view_b")):
+frame_b = [f"A's axis {i + 1}" for i in range(pa.coords.shape[1])]  # B is rotated into A's frame
+for col, coords, title, key, axes in ((v1, pa.coords, titles[0], "view_a", pa.axis_titles()),
+                                      (v2, al.aligned, titles[1], "view_b", frame_b)):
     with col:
-        fig = figures.projection_scatter(coords, values, kind, hover, title, pa.axis_titles(), names, selected)
+        fig = figures.projection_scatter(coords, values, kind, hover, title, axes, names, selected)
         events.append(st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, on_select="rerun",
                                       selection_mode=["points", "box", "lasso"], key=key))
 picked = None
