@@ -720,11 +720,11 @@ def _u_center_np(k: np.ndarray) -> np.ndarray:
 
 
 class _GramResampler:
-    """Linear (debiased) CKA under row resampling from the two Gram matrices, computed once.
+    """Linear (debiased) CKA under row permutations from the two Gram matrices, computed once.
 
     Permuting the rows of Y permutes its (U-)centred Gram matrix, so a permutation costs one n^2
-    product. ``resampled`` (a bootstrap sample) re-centres the resampled Gram matrices; it is exact
-    but slower than the feature form for p << n, so the bootstrap does not use it.
+    product. (A bootstrap sample would need the resampled Gram matrices re-centred, slower than the
+    feature form for p << n, so the bootstrap evaluates the measure itself.)
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, debiased: bool):
@@ -738,11 +738,6 @@ class _GramResampler:
 
     def permuted(self, perm: np.ndarray) -> float:
         return _ratio((self.kc * self.lc[np.ix_(perm, perm)]).sum(), self.kk, self.ll)
-
-    def resampled(self, idx: np.ndarray) -> float:
-        kc = self.center(self.k[np.ix_(idx, idx)])
-        lc = self.center(self.l[np.ix_(idx, idx)])
-        return _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
 
 
 def _resampler(x, y, measure: str):

@@ -33,6 +33,12 @@ def cached_stability(key: tuple, measure: str, params: tuple, _x, _y):
     return sim.stability_curve(_x, _y, measure, **dict(params))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_stats_cost(key: tuple, measure: str, params: tuple, _x, _y):
+    """Timing two evaluations is itself work: once per cell, not on every rerun of the page."""
+    return sim.statistics_seconds(_x, _y, measure, **dict(params))
+
+
 def measure_params(measure: str) -> dict:
     """Widgets for the measure's own parameters (bound to the URL)."""
     m = sim.MEASURES[measure]
@@ -183,7 +189,7 @@ with user_errors():
         st.stop()
     # 200 bootstrap + 200 permutation evaluations + ~40 for the stability curve: run them at once
     # when that is quick, otherwise on request with the expected time.
-    cost = sim.statistics_seconds(xa, xb, measure, **params)
+    cost = cached_stats_cost(stat_key, measure, pkey, xa, xb)
     want_stats = st.toggle(f"Bootstrap CI, permutation test and stability (about {cost:.0f} s)",
                            value=cost <= STATS_AUTO_S, key=f"stats_{measure}")
     k1, k2, k3, k4 = st.columns(4)

@@ -127,13 +127,18 @@ def _main_selectbox_value(page, label: str) -> str:
     return box.get_by_role("combobox").input_value()
 
 
-def test_click_on_a_similarity_cell_drills_down(page, server):
-    """A click on the A-vs-B heatmap selects that cell: the drill-down shows those two layers."""
-    _open(page, server, "/similarity")
+def _first_plot_area(page, path, server) -> dict:
+    """Open ``path`` and return the bounding box of its first Plotly chart's plotting area."""
+    _open(page, server, path)
     _assert_no_exception(page)
     chart = page.get_by_test_id("stPlotlyChart").first
     chart.scroll_into_view_if_needed()
-    area = chart.locator(".nsewdrag").first.bounding_box()
+    return chart.locator(".nsewdrag").first.bounding_box()
+
+
+def test_click_on_a_similarity_cell_drills_down(page, server):
+    """A click on the A-vs-B heatmap selects that cell: the drill-down shows those two layers."""
+    area = _first_plot_area(page, "/similarity", server)
     layers = ["net.fc1", "net.relu1", "net.fc2", "net.relu2", "net.fc3", "net.relu3", "net.logits"]
     row, col = 4, 1  # A: net.fc3, B: net.relu1 (not the default drill-down cell)
     page.mouse.click(area["x"] + (col + 0.5) * area["width"] / 7, area["y"] + (row + 0.5) * area["height"] / 7)
@@ -157,11 +162,7 @@ def test_click_on_a_similarity_cell_drills_down(page, server):
 
 
 def test_lasso_in_one_projection_highlights_the_same_samples_in_the_other(page, server):
-    _open(page, server, "/projections")
-    _assert_no_exception(page)
-    chart = page.get_by_test_id("stPlotlyChart").first
-    chart.scroll_into_view_if_needed()
-    box = chart.locator(".nsewdrag").first.bounding_box()
+    box = _first_plot_area(page, "/projections", server)
     x0, y0 = box["x"] + 0.05 * box["width"], box["y"] + 0.05 * box["height"]
     x1, y1 = box["x"] + 0.55 * box["width"], box["y"] + 0.6 * box["height"]
     page.mouse.move(x0, y0)
