@@ -196,3 +196,19 @@ class Progress:
 
     def done(self) -> None:
         self.bar.empty()
+
+
+def show_figure(fig, key: str, **kwargs):
+    """Draw a Plotly figure the house way (download buttons, no Streamlit theme). Every page draws
+    its figures through here so that page-wide actions on figures (pin to report) live in one place.
+    Extra keyword arguments go to st.plotly_chart (on_select, selection_mode, ...); returns its event."""
+    from analysis import figures
+
+    return st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
+
+
+def show_table(df, key: str, **kwargs):
+    """Draw a table (pandas DataFrame or dict of columns) the house way; see show_figure."""
+    kwargs.setdefault("hide_index", True)
+    kwargs.setdefault("width", "stretch")
+    return st.dataframe(df, key=key, **kwargs)
