@@ -1,0 +1,188 @@
+"""Latent functional maps: known answers, invariances, and the bugs of the official code avoided."""
+import numpy as np
+import pytest
+
+from analysis import fmaps
+from analysis.errors import UserInputError
+
+
+def _rotation(d, seed=0):
+    return np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0]
+
+
+@pytest.fixture(scope="module")
+def digits_x():
+    from analysis import data
+
+    return data.load("digits", n=300, seed=0).inputs.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def swiss():
+    from sklearn.datasets import make_swiss_roll
+
+    rng = np.random.default_rng(0)
+    x, t = make_swiss_roll(600, noise=0.05, random_state=0)
+    y = 2.5 * x @ _rotation(3, 1) + 7.0 + rng.normal(0, 0.1, x.shape)
+    return x, y, t
+
+
+def test_rotated_scaled_shifted_copy_reads_one(digits_x):
+    y = 3.0 * digits_x @ _rotation(64) - 5.0
+    m = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(digits_x, y, rows_aligned=True)
+    assert m.similarity() >= 0.99
+    d = m.diagnostics()
+    assert d["orthogonality_deviation"] < 1e-6 and d["laplacian_commutativity"] < 1e-6
+    assert d["exact_matches"] == 1.0 and d["connected"] and d["converged"]
+
+
+def test_shuffled_rows_read_clearly_lower(digits_x):
+    perm = np.random.default_rng(1).permutation(len(digits_x))
+    same = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(digits_x, digits_x, rows_aligned=True)
+    shuffled = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(digits_x, digits_x[perm], rows_aligned=True)
+    assert same.similarity() > 0.999
+    assert shuffled.similarity() < 0.7
+
+
+def test_similarity_uses_ctc_not_c():
+    # C = a rotation inside a degenerate eigenspace: C itself has off-diagonal mass, C^T C = I
+    c = np.eye(6)
+    c[1:3, 1:3] = [[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]]
+    assert fmaps.offdiag_similarity(c) == pytest.approx(1.0)
+    assert 1 - np.linalg.norm(c - np.diag(np.diag(c))) / np.linalg.norm(c) < 0.8
+
+
+def test_laplacian_spectrum_in_0_2_with_zero_first(digits_x):
+    w, _ = fmaps.knn_graph(digits_x, 15)
+    assert abs(w - w.T).max() < 1e-12 and w.diagonal().max() == 0
+    lap = fmaps.normalized_laplacian(w).toarray()
+    full = np.linalg.eigvalsh(lap)
+    assert full.min() > -1e-9 and full.max() < 2 + 1e-9
+    s = fmaps.laplacian_spectrum(w, 20)
+    assert s.eigenvalues[0] == pytest.approx(0, abs=1e-8)
+    np.testing.assert_allclose(s.eigenvalues, full[:20], atol=1e-7)
+    np.testing.assert_allclose(s.eigenvectors.T @ s.eigenvectors, np.eye(20), atol=1e-8)
+
+
+def test_sparse_solver_matches_dense_above_the_dense_cutoff():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 5))
+    w, _ = fmaps.knn_graph(x, 12, "euclidean")
+    s = fmaps.laplacian_spectrum(w, 10)  # n > 400: ARPACK
+    dense = np.linalg.eigvalsh(fmaps.normalized_laplacian(w).toarray())[:10]
+    assert s.converged
+    np.testing.assert_allclose(s.eigenvalues, dense, atol=1e-7)
+
+
+def test_disconnected_graph_is_reported():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.1, (60, 3)), rng.normal(50, 0.1, (60, 3))])
+    m = fmaps.LatentFunctionalMap(n_neighbors=5, n_eigs=8, descriptors=(), metric="euclidean")
+    m.fit(x, x, rows_aligned=True)
+    assert m.diagnostics()["components_x"] == 2 and not m.diagnostics()["connected"]
+    assert m.eigenvalues_x_[1] == pytest.approx(0, abs=1e-8)
+    assert any("disconnected" in w for w in m.warnings_)
+
+
+def test_geodesic_descriptor_is_unit_free(swiss):
+    x, _, _ = swiss
+    anchors = np.array([3, 50, 400])
+    _, d1 = fmaps.knn_graph(x, 10, "euclidean")
+    _, d2 = fmaps.knn_graph(1000.0 * x, 10, "euclidean")
+    np.testing.assert_allclose(fmaps.geodesic_descriptors(d1, anchors), fmaps.geodesic_descriptors(d2, anchors),
+                               atol=1e-9)
+    f = fmaps.geodesic_descriptors(d1, anchors)
+    assert np.allclose(f[anchors, [0, 1, 2]], 1.0)  # distance 0 to itself
+
+
+def test_hks_is_sum_of_squared_eigenvectors_at_time_zero():
+    rng = np.random.default_rng(0)
+    phi = np.linalg.qr(rng.standard_normal((40, 40)))[0]
+    lam = np.sort(rng.uniform(0, 2, 40))
+    hks = fmaps.heat_kernel_signature(lam, phi, np.array([0.0]))
+    np.testing.assert_allclose(hks[:, 0], 1.0)  # complete orthonormal basis: rows have unit norm
+
+
+def test_energy_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    n, k, p = 50, 6, 3
+    phi_x = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    phi_y = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    lx, ly = np.sort(rng.random(k)), np.sort(rng.random(k))
+    A, B, lap, mx, my = fmaps._energy_terms(phi_x, phi_y, lx, ly, rng.random((n, p)), rng.random((n, p)), 1e-3)
+    C = rng.standard_normal((k, k))
+    e, g = fmaps.fmap_energy(C, A, B, lap, mx, my, 1.0, 0.5, 0.3)
+    E = np.zeros_like(C)
+    E[2, 4] = 1e-6
+    num = (fmaps.fmap_energy(C + E, A, B, lap, mx, my, 1.0, 0.5, 0.3)[0]
+           - fmaps.fmap_energy(C - E, A, B, lap, mx, my, 1.0, 0.5, 0.3)[0]) / 2e-6
+    assert num == pytest.approx(g[2, 4], rel=1e-5)
+    # the solver's C is a stationary point of the energy
+    F, G = rng.random((n, p)), rng.random((n, p))
+    C_opt = fmaps.solve_functional_map(phi_x, phi_y, lx, ly, F, G)
+    A, B, lap, mx, my = fmaps._energy_terms(phi_x, phi_y, lx, ly, F, G, 1e-3)
+    assert np.abs(fmaps.fmap_energy(C_opt, A, B, lap, mx, my, 1.0, 1e-3, 1e-1)[1]).max() < 1e-6
+
+
+def test_noisy_rotated_swiss_roll_with_five_anchors(swiss):
+    x, y, _ = swiss
+    anchors = np.random.default_rng(3).choice(len(x), 5, replace=False)
+    m = fmaps.LatentFunctionalMap(metric="euclidean").fit(x, y, anchors=np.stack([anchors, anchors], 1))
+    p2p = m.correspondence()
+    assert p2p.shape == (len(y),)
+    exact = np.mean(p2p == np.arange(len(y)))
+    near = np.mean(np.linalg.norm(x[p2p] - x, axis=1) < 1.5)  # within a few neighbours on the roll
+    assert exact > 0.3 and near > 0.9  # chance: 1/600 exact
+
+
+def test_correspondence_direction_is_y_to_x(swiss):
+    """p2p[j] is the row of X matched with row j of Y (the official FM_T has it backwards)."""
+    x, y, _ = swiss
+    perm = np.random.default_rng(5).permutation(len(x))
+    yp = y[perm]  # row j of yp is row perm[j] of x
+    anchors = np.random.default_rng(3).choice(len(x), 8, replace=False)
+    pairs = np.stack([perm[anchors], anchors], 1)
+    m = fmaps.LatentFunctionalMap(metric="euclidean").fit(x, yp, anchors=pairs)
+    assert np.mean(m.correspondence() == perm) > 0.3
+
+
+def test_labels_descriptor_and_match_quality(digits_x):
+    from analysis import data
+
+    labels = data.load("digits", n=300, seed=0).labels
+    y = digits_x @ _rotation(64, 2)
+    m = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=("labels",)).fit(digits_x, y, labels=labels,
+                                                                          rows_aligned=True)
+    q = fmaps.match_quality(m.correspondence(), labels)
+    assert q["same_class"] > 0.8 > q["chance_class"] + 0.5
+
+
+def test_bad_inputs_raise_user_errors(digits_x):
+    with pytest.raises(UserInputError, match="descriptor"):
+        fmaps.LatentFunctionalMap(descriptors=("nope",)).fit(digits_x, digits_x)
+    with pytest.raises(UserInputError, match="No descriptor"):
+        fmaps.LatentFunctionalMap(descriptors=("geodesic",)).fit(digits_x, digits_x)
+    with pytest.raises(UserInputError, match="rows"):
+        fmaps.LatentFunctionalMap().fit(digits_x, digits_x[:10], rows_aligned=True)
+
+
+def test_robustness_curve_starts_at_one(digits_x):
+    from analysis import data
+
+    labels = data.load("digits", n=300, seed=0).labels
+    r = fmaps.robustness_curve(digits_x, labels, 3, [0.0, 2.0], n_eigs=20)
+    assert r["lfm"][0] == pytest.approx(1.0) and r["cka"][0] == pytest.approx(1.0)
+    assert r["cka"][1] < 0.99
+
+
+def test_store_cache_round_trip():
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(3.0)}
+
+    first = fmaps.cached("fm_test", compute, x=1)
+    second = fmaps.cached("fm_test", compute, x=1)
+    assert len(calls) == 1 and np.array_equal(first["a"], second["a"])
+    assert fmaps.is_cached("fm_test", x=1) and not fmaps.is_cached("fm_test", x=2)
