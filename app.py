@@ -50,9 +50,13 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 else:  # a browser session: the Streamlit script
     st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
+    from pages._share import open_short_link, share_panel
     from pages._shell import sidebar
 
     st.logo(LOGO)
+    open_short_link()  # ?a=<id>: expand the saved view into the URL before any widget exists
+    if warning := st.session_state.pop("_link_warning", None):
+        st.warning(warning)
     st.session_state["_selection"] = sidebar()
     pages = [
         st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
@@ -61,5 +65,14 @@ else:  # a browser session: the Streamlit script
                 url_path="similarity"),
         st.Page(HERE / "pages" / "projections.py", title="Projections", icon=":material/scatter_plot:",
                 url_path="projections"),
+        st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
     ]
-    st.navigation(pages).run()
+    current = st.navigation(pages)
+    st.session_state["_page"] = current.url_path or "models"
+    share_slot = st.sidebar.container()
+    try:
+        current.run()
+    finally:  # after the page (even one that stopped early): the link then holds every widget's value
+        if st.session_state["_page"] != "report":
+            with share_slot:
+                share_panel(st.session_state["_page"])

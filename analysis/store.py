@@ -76,6 +76,10 @@ class Store:
                 " path TEXT NOT NULL, meta TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL)"
             )
             con.execute(
+                "CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,"
+                " body TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (kind, id))"
+            )
+            con.execute(
                 "CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL,"
                 " kind TEXT NOT NULL, size INTEGER NOT NULL, meta TEXT NOT NULL, created REAL NOT NULL)"
             )
@@ -233,6 +237,46 @@ class Store:
                 "(uploads are kept by content hash, so the same file gets the same id)."
             )
         return info["path"].read_bytes(), info
+
+    # ------------------------------------------------------------------ documents (specs, saved analyses, reports)
+    def put_doc(self, kind: str, doc_id: str, body: Mapping[str, Any], name: str = "") -> None:
+        """Keep a small JSON document (a share-link spec, a saved analysis, a report) in the index.
+        Saving again under the same (kind, id) replaces the body and keeps the creation date."""
+        _check_key(doc_id)
+        text = json.dumps(dict(body), sort_keys=True, default=str)
+        now = time.time()
+        with self._connect() as con:
+            con.execute(
+                "INSERT INTO documents (kind, id, name, body, created, updated) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT(kind, id) DO UPDATE SET name=excluded.name, body=excluded.body,"
+                " updated=excluded.updated",
+                (kind, doc_id, name, text, now, now),
+            )
+
+    def get_doc(self, kind: str, doc_id: str) -> dict | None:
+        """The document's body, or None when there is none (or the id is not a hex digest)."""
+        if not isinstance(doc_id, str) or not _HEX.fullmatch(doc_id):
+            return None
+        with self._connect() as con:
+            row = con.execute("SELECT body FROM documents WHERE kind=? AND id=?", (kind, doc_id)).fetchone()
+        self._count(row is not None)
+        return None if row is None else json.loads(row[0])
+
+    def docs(self, kind: str, search: str = "") -> list[dict]:
+        """Documents of one kind, newest first: id, name, created, updated; ``search`` filters on the
+        name and the body text (case-insensitive substring)."""
+        pattern = f"%{search.strip().lower()}%"
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT id, name, created, updated FROM documents WHERE kind=?"
+                " AND (lower(name) LIKE ? OR lower(body) LIKE ?) ORDER BY updated DESC",
+                (kind, pattern, pattern),
+            ).fetchall()
+        return [dict(zip(("id", "name", "created", "updated"), r)) for r in rows]
+
+    def delete_doc(self, kind: str, doc_id: str) -> None:
+        with self._connect() as con:
+            con.execute("DELETE FROM documents WHERE kind=? AND id=?", (kind, doc_id))
 
 
 def _check_key(key: str) -> None:

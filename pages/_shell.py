@@ -198,17 +198,34 @@ class Progress:
         self.bar.empty()
 
 
-def show_figure(fig, key: str, **kwargs):
-    """Draw a Plotly figure the house way (download buttons, no Streamlit theme). Every page draws
-    its figures through here so that page-wide actions on figures (pin to report) live in one place.
-    Extra keyword arguments go to st.plotly_chart (on_select, selection_mode, ...); returns its event."""
+
+def show_figure(fig, key: str, pin: bool = True, **kwargs):
+    """Draw a Plotly figure the house way (download buttons, no Streamlit theme) with a "Pin to
+    report" action. Every page draws its figures through here, so actions on figures live in one
+    place. Extra keyword arguments go to st.plotly_chart (on_select, ...); returns its event."""
     from analysis import figures
+    from pages import _share
 
-    return st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
+    event = st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
+    if pin:
+        title = _share.figure_title(fig, key)
+        _share.pin_button(key, lambda: _share.pin("figure", title, {"figure": fig.to_json()}))
+    return event
 
 
-def show_table(df, key: str, **kwargs):
-    """Draw a table (pandas DataFrame or dict of columns) the house way; see show_figure."""
-    kwargs.setdefault("hide_index", True)
+def show_table(df, key: str, title: str = "", pin: bool = True, static: bool = False, **kwargs):
+    """Draw a table (DataFrame or dict of columns) with a "Pin to report" action; see show_figure.
+    ``static`` draws a plain table (a handful of rows: faster than the interactive grid)."""
+    import pandas as pd
+
+    from pages import _share
+
+    kwargs.setdefault("hide_index", not static)
     kwargs.setdefault("width", "stretch")
-    return st.dataframe(df, key=key, **kwargs)
+    out = st.table(df) if static else st.dataframe(df, key=key, **kwargs)
+    if pin:
+        frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+        keep_index = not kwargs["hide_index"]
+        _share.pin_button(key, lambda: _share.pin("table", title or key, {
+            "csv": frame.to_csv(index=keep_index), "html": frame.to_html(index=keep_index, border=0)}))
+    return out

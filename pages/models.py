@@ -7,7 +7,7 @@ from analysis import evaluate as evaluate_mod
 from analysis import figures
 from analysis import models as models_mod
 from analysis.errors import UserInputError
-from pages._shell import Progress, load_dataset, load_model, selection, user_errors
+from pages._shell import Progress, load_dataset, load_model, selection, show_table, user_errors
 
 N_SAMPLES_SHOWN = 12
 METRIC_NAMES = {"accuracy": "Accuracy", "mse": "Recon. MSE", "knn_accuracy": "k-NN probe"}
@@ -81,7 +81,8 @@ for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1]))
                         "available as a layer. For per-layer analyses upload safetensors weights of a zoo "
                         "architecture or an embeddings file.")
             # A static table: a handful of rows, and it draws faster than the interactive grid.
-            st.table(table.assign(parameters=table["parameters"].map("{:,}".format)).set_index("layer"))
+            show_table(table.assign(parameters=table["parameters"].map("{:,}".format)).set_index("layer"),
+                       f"layer_table_{slot}", f"Layers of {ref}", static=True)
 
 if not loaded:
     st.stop()
@@ -128,7 +129,7 @@ else:
     for slot, (model, ev) in loaded.items():
         if ev.predictions is not None:
             table[f"{slot} prediction"] = [pred_name(ev, i) for i in show]
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    show_table(pd.DataFrame(table), "samples_table", "Samples and predictions")
     if any(ev.metric == "knn_accuracy" for _, ev in loaded.values()):
         st.caption("Text encoders have no classifier head: their prediction is the majority label of the "
                    "5 nearest other sentences in the last layer (cosine), a probe of how the layer groups topics.")

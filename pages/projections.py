@@ -4,12 +4,12 @@ highlighted in the other; a layer slider walks through one model's layers."""
 import numpy as np
 import streamlit as st
 
-from analysis import activations, evaluate, figures
+from analysis import activations, evaluate, figures, spec
 from analysis import projection as proj
 from analysis.errors import UserInputError
-from pages._shell import Progress, pair_or_stop, selection, user_errors
+from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
-COLOUR_BY = ["label", "prediction of A", "prediction of B", "A correct", "B correct", "neighbourhood agreement"]
+COLOUR_BY = list(spec.COLOUR_BY)  # declared with the page's other link parameters
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -109,8 +109,7 @@ for col, coords, title, key, axes in ((v1, pa.coords, titles[0], "view_a", pa.ax
                                       (v2, al.aligned, titles[1], "view_b", frame_b)):
     with col:
         fig = figures.projection_scatter(coords, values, kind, hover, title, axes, names, selected)
-        events.append(st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, on_select="rerun",
-                                      selection_mode=["points", "box", "lasso"], key=key))
+        events.append(show_figure(fig, key, on_select="rerun", selection_mode=["points", "box", "lasso"]))
 picked = None
 for ev in events:
     pts = (ev or {}).get("selection", {}).get("points", []) if ev else []
@@ -142,8 +141,8 @@ if selected:
         st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown],
                  caption=[ds.hover_text(i) for i in shown], width=72)
     else:
-        st.dataframe({"sample": [ds.hover_text(i) for i in shown],
-                      "agreement": [float(agreement[i]) for i in shown]}, hide_index=True, width="stretch")
+        show_table({"sample": [ds.hover_text(i) for i in shown],
+                    "agreement": [float(agreement[i]) for i in shown]}, "selected_samples", "Selected samples")
 else:
     st.caption("Select points (click, box or lasso) in either view to highlight the same samples in the other.")
 
@@ -159,10 +158,9 @@ with user_errors():
     path = proj.layer_path(acts_all, method, dims, sel.seed, progress=bar, **params)
     bar.done()
     path_values = ds.labels if ds.labels is not None else None
-    st.plotly_chart(figures.projection_scatter(path[step], path_values, "category", hover,
-                                               f"{which} · {ref} · {step} (aligned to the previous layer)",
-                                               [f"{method.upper()} 1", f"{method.upper()} 2", f"{method.upper()} 3"],
-                                               ds.label_names, []),
-                    theme=None, config=figures.DOWNLOAD_CONFIG, key="path_view")
+    show_figure(figures.projection_scatter(path[step], path_values, "category", hover,
+                                           f"{which} · {ref} · {step} (aligned to the previous layer)",
+                                           [f"{method.upper()} 1", f"{method.upper()} 2", f"{method.upper()} 3"],
+                                           ds.label_names, []), "path_view")
     st.caption("Each layer's projection is rotated onto the previous layer's, so moving the slider shows the "
                "samples move (classes separating with depth) rather than the axes flipping.")

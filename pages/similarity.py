@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis import activations, figures, projection
 from analysis import similarity as sim
-from pages._shell import Progress, pair_or_stop, selection, user_errors
+from pages._shell import Progress, pair_or_stop, selection, show_figure, user_errors
 
 AUTO_RUN_S = 4.0  # runs estimated faster than this start at once; longer ones wait for the button
 STATS_AUTO_S = 6.0  # drill-down statistics expected to take longer wait for the user to ask
@@ -82,8 +82,10 @@ batch_size = int(batch) if (cka_family and batch) else None
 
 with st.expander("Layers", expanded=False):
     la, lb = st.columns(2)
-    layers_a = la.multiselect("Layers of A", model_a.layers, default=model_a.layers, key="layers_a")
-    layers_b = lb.multiselect("Layers of B", model_b.layers, default=model_b.layers, key="layers_b")
+    layers_a = la.multiselect("Layers of A", model_a.layers, default=model_a.layers, key="layers_a",
+                              bind="query-params")
+    layers_b = lb.multiselect("Layers of B", model_b.layers, default=model_b.layers, key="layers_b",
+                              bind="query-params")
 if not layers_a or not layers_b:
     st.warning("Select at least one layer of each model.")
     st.stop()
@@ -142,8 +144,7 @@ if st.toggle("Stretch colours to the values shown", key="stretch", bind="query-p
 best = sim.best_matches(ab)
 fig = figures.similarity_heatmap(ab, f"{m.label}: A ({sel.model_a}) vs B ({sel.model_b})", lo, hi, best=best,
                                  colorbar_title=m.label)
-event = st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, on_select="rerun",
-                        selection_mode="points", key="heatmap_ab")
+event = show_figure(fig, "heatmap_ab", on_select="rerun", selection_mode="points")
 st.caption("Open circles: the best-matching layer of B for each layer of A. Click a cell to drill down.")
 dl1, dl2 = st.columns([1, 3])
 dl1.download_button("Download matrix (CSV)", ab.to_csv().encode(), file_name=f"{measure}_A_vs_B.csv",
@@ -153,13 +154,11 @@ dl2.dataframe(matches, hide_index=True, width="stretch", height=35 * (len(matche
 
 s1, s2 = st.columns(2)
 with s1:
-    st.plotly_chart(figures.similarity_heatmap(results["AA"], f"A–A ({sel.model_a})", lo, hi,
-                                               x_title="model A layer", colorbar_title=m.label),
-                    theme=None, config=figures.DOWNLOAD_CONFIG, key="heatmap_aa")
+    show_figure(figures.similarity_heatmap(results["AA"], f"A–A ({sel.model_a})", lo, hi,
+                                           x_title="model A layer", colorbar_title=m.label), "heatmap_aa")
 with s2:
-    st.plotly_chart(figures.similarity_heatmap(results["BB"], f"B–B ({sel.model_b})", lo, hi,
-                                               y_title="model B layer", colorbar_title=m.label),
-                    theme=None, config=figures.DOWNLOAD_CONFIG, key="heatmap_bb")
+    show_figure(figures.similarity_heatmap(results["BB"], f"B–B ({sel.model_b})", lo, hi,
+                                           y_title="model B layer", colorbar_title=m.label), "heatmap_bb")
 
 # ------------------------------------------------------------------ drill-down
 st.divider()
@@ -175,8 +174,8 @@ if st.session_state.get("cell_a") not in layers_a:
 if st.session_state.get("cell_b") not in layers_b:
     st.session_state["cell_b"] = best[0][1] if best else layers_b[0]
 d1, d2 = st.columns(2)
-cell_a = d1.selectbox("Layer of A", layers_a, key="cell_a")
-cell_b = d2.selectbox("Layer of B", layers_b, key="cell_b")
+cell_a = d1.selectbox("Layer of A", layers_a, key="cell_a", bind="query-params")
+cell_b = d2.selectbox("Layer of B", layers_b, key="cell_b", bind="query-params")
 
 with user_errors():
     xa = cached_acts(sel.model_a, data_key, (cell_a,), pooling, model_a, ds)[cell_a]
@@ -212,11 +211,10 @@ with user_errors():
     ca, ra = projection.pca(xa)
     cb, rb = projection.pca(xb)
     hover = [ds.hover_text(i) for i in range(len(ds))]
-    st.plotly_chart(figures.paired_scatter(ca, cb, ds.labels, hover,
-                                           f"A · {cell_a} (PCA, {100 * ra[:2].sum():.0f}% of variance)",
-                                           f"B · {cell_b} (PCA, {100 * rb[:2].sum():.0f}% of variance)",
-                                           ds.label_names),
-                    theme=None, config=figures.DOWNLOAD_CONFIG, key="drill_scatter")
+    show_figure(figures.paired_scatter(ca, cb, ds.labels, hover,
+                                       f"A · {cell_a} (PCA, {100 * ra[:2].sum():.0f}% of variance)",
+                                       f"B · {cell_b} (PCA, {100 * rb[:2].sum():.0f}% of variance)",
+                                       ds.label_names), "drill_scatter")
     g1, g2 = st.columns(2)
     with g1:
         st.markdown("**Estimator stability**: the value on random subsets of growing size")
@@ -224,8 +222,8 @@ with user_errors():
             st.caption("Turn on the statistics above to draw this curve.")
         else:
             curve = cached_stability(stat_key, measure, pkey, xa, xb)
-            st.plotly_chart(figures.stability_figure(curve, m.label, value, (stats.ci_low, stats.ci_high)),
-                            theme=None, config=figures.DOWNLOAD_CONFIG, key="drill_stability")
+            show_figure(figures.stability_figure(curve, m.label, value, (stats.ci_low, stats.ci_high)),
+                        "drill_stability")
     with g2:
         st.markdown("**Per class**: the value on each class's samples alone")
         if ds.labels is None:
@@ -234,8 +232,7 @@ with user_errors():
             table = sim.per_class_similarity(xa, xb, ds.labels, measure, **params)
             if ds.label_names:
                 table["class"] = [ds.label_names[int(c)] for c in table["class"]]
-            st.plotly_chart(figures.per_class_figure(table, m.label, value), theme=None,
-                            config=figures.DOWNLOAD_CONFIG, key="drill_classes")
+            show_figure(figures.per_class_figure(table, m.label, value), "drill_classes")
 
 # ------------------------------------------------------------------ compare measures
 st.divider()
@@ -250,7 +247,6 @@ if chosen and st.toggle("Show the comparison", key="compare_on",
         with cols[i % len(cols)], user_errors(label(name)):
             mi = sim.MEASURES[name]
             df = sim.layer_similarity(model_a, model_b, ds, name, layers_a, layers_b, pooling, progress=bar)
-            st.plotly_chart(figures.similarity_heatmap(df, mi.label, *mi.value_range, best=sim.best_matches(df),
-                                                       colorbar_title=""),
-                            theme=None, config=figures.DOWNLOAD_CONFIG, key=f"compare_{name}")
+            show_figure(figures.similarity_heatmap(df, mi.label, *mi.value_range, best=sim.best_matches(df),
+                                                   colorbar_title=""), f"compare_{name}")
     bar.done()

@@ -1,0 +1,189 @@
+"""Self-contained HTML reports of pinned figures and tables, for lab meetings.
+
+One file: plotly.js is inlined once, every figure stays interactive and opens offline, and the file
+records, per item, the view's spec (and its share link when the server's address is known), the
+models' and the data's hashes, and for the whole report the package versions. Each figure has SVG
+and PNG download buttons (drawn in the browser by plotly.js) and each table a CSV download.
+
+``presentation=True`` lays out one item per screen (arrow keys / page keys move between them).
+
+Items are plain dicts (as the dashboard pins them)::
+
+    {"kind": "figure", "title": ..., "caption": ..., "notes": markdown, "figure": plotly JSON text,
+     "spec": {"page": ..., "params": {...}}, "provenance": {...}, "pinned": "YYYY-mm-dd HH:MM:SS"}
+    {"kind": "table", ..., "csv": "...", "html": "<table>..."}   (html optional; made from csv)
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import re
+import time
+from importlib import metadata
+from typing import Iterable, Mapping
+
+PACKAGES = ("replens", "numpy", "scipy", "torch", "scikit-learn", "pandas", "plotly", "streamlit",
+            "transformers", "umap-learn", "captum", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    from . import __version__
+
+    out = {"python": platform.python_version(), "replens": __version__}
+    for name in PACKAGES[1:]:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------- a small, safe markdown
+_INLINE = [
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"(?<![*\w])\*([^*]+)\*(?!\w)"), r"<em>\1</em>"),
+    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)"), r'<a href="\2">\1</a>'),
+]
+
+
+_BULLET = re.compile(r"^\s*[-*] ")
+
+
+def markdown_to_html(text: str) -> str:
+    """Paragraphs, # headings, - lists, **bold**, *italic*, `code` and http(s) links. Everything is
+    HTML-escaped first, so notes can never inject markup or scripts into a report."""
+    blocks, out = re.split(r"\n\s*\n", (text or "").strip()), []
+    for block in blocks:
+        if not block.strip():
+            continue
+        lines = [html.escape(line, quote=True) for line in block.splitlines()]
+        lines = [_inline(line) for line in lines]
+        if all(re.match(r"\s*[-*] ", raw) for raw in block.splitlines()):
+            out.append("<ul>" + "".join(f"<li>{_BULLET.sub('', li)}</li>" for li in lines) + "</ul>")
+        elif m := re.match(r"(#{1,4}) (.*)", lines[0]):
+            level = len(m.group(1)) + 2  # notes' headings sit under the item title
+            out.append(f"<h{level}>{m.group(2)}</h{level}>" + (f"<p>{'<br>'.join(lines[1:])}</p>" if lines[1:] else ""))
+        else:
+            out.append(f"<p>{'<br>'.join(lines)}</p>")
+    return "\n".join(out)
+
+
+def _inline(line: str) -> str:
+    for pattern, repl in _INLINE:
+        line = pattern.sub(repl, line)
+    return line
+
+
+# ---------------------------------------------------------------------- the document
+_CSS = """
+body{font-family:Inter,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2430;max-width:1100px;margin:2rem auto;padding:0 1.2rem;line-height:1.5}
+h1{font-size:1.7rem;margin-bottom:.2rem} h2{font-size:1.25rem;margin:.2rem 0}
+.meta{color:#5b6270;font-size:.85rem} .item{border-top:1px solid #d9dce3;padding:1.2rem 0}
+.actions button,.actions a{font-size:.8rem;margin-right:.4rem;padding:.2rem .6rem;border:1px solid #c5c9d3;border-radius:4px;background:#f6f7f9;color:#1f2430;text-decoration:none;cursor:pointer}
+details{margin-top:.5rem;font-size:.8rem;color:#5b6270} pre{white-space:pre-wrap;word-break:break-all;background:#f6f7f9;padding:.5rem}
+table{border-collapse:collapse;font-size:.85rem} td,th{border-bottom:1px solid #e3e5ea;padding:.25rem .6rem;text-align:right}
+th{background:#f6f7f9} .table-wrap{max-height:480px;overflow:auto}
+body.presentation{max-width:none;margin:0;padding:0}
+body.presentation .item{height:100vh;box-sizing:border-box;padding:2vh 4vw;border:none;display:flex;flex-direction:column;scroll-snap-align:start}
+body.presentation .figure{flex:1;min-height:0} body.presentation details,body.presentation .actions{display:none}
+body.presentation .cover{height:100vh;display:flex;flex-direction:column;justify-content:center;padding:0 8vw;box-sizing:border-box;scroll-snap-align:start}
+html.presentation{scroll-snap-type:y mandatory}
+"""
+
+_JS = """
+function dl(id, fmt){var gd=document.getElementById(id);Plotly.downloadImage(gd,{format:fmt,filename:id,width:gd.offsetWidth||900,height:gd.offsetHeight||560,scale:fmt==='png'?2:1});}
+if(document.body.classList.contains('presentation')){
+ document.addEventListener('keydown',function(e){var items=[].slice.call(document.querySelectorAll('.cover,.item'));
+  var y=window.scrollY+5,i=items.findIndex(function(el){return el.offsetTop+el.offsetHeight>y});
+  if(['ArrowDown','ArrowRight','PageDown',' '].indexOf(e.key)>=0&&i<items.length-1){items[i+1].scrollIntoView();e.preventDefault();}
+  if(['ArrowUp','ArrowLeft','PageUp'].indexOf(e.key)>=0&&i>0){items[i-1].scrollIntoView();e.preventDefault();}});}
+"""
+
+
+def _figure_html(item: Mapping, div_id: str, presentation: bool) -> str:
+    fig = json.loads(item["figure"]) if isinstance(item["figure"], str) else item["figure"]
+    layout = dict(fig.get("layout", {}))
+    if presentation:
+        layout.pop("height", None)
+        layout.pop("width", None)
+        layout["autosize"] = True
+    config = {"responsive": True, "displaylogo": False}
+    style = "width:100%;height:100%" if presentation else "width:100%"
+    return (f'<div class="figure" id="{div_id}" style="{style}"></div>\n'
+            f"<script>Plotly.newPlot({json.dumps(div_id)},{json.dumps(fig.get('data', []))},"
+            f"{json.dumps(layout)},{json.dumps(config)});</script>")
+
+
+def _table_html(item: Mapping) -> tuple[str, str]:
+    import pandas as pd
+
+    csv = item.get("csv", "")
+    table = item.get("html")
+    if not table:
+        table = pd.read_csv(io.StringIO(csv)).to_html(index=False, border=0) if csv.strip() else "<p>(empty)</p>"
+    table = _sanitise_table(table)
+    return f'<div class="table-wrap">{table}</div>', base64.b64encode(csv.encode()).decode()
+
+
+def _sanitise_table(table: str) -> str:
+    """Tables come from pandas' to_html (escaped cell text); keep only table markup to be safe."""
+    if re.search(r"<\s*(script|iframe|object|embed|link|style)|on\w+\s*=|javascript:", table, re.I):
+        return "<p>(table omitted: unexpected markup)</p>"
+    return table
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "item"
+
+
+def build_html(items: Iterable[Mapping], title: str = "RepLens report", presentation: bool = False,
+               base_url: str | None = None, notes: str = "") -> str:
+    """The report as one self-contained HTML document (plotly.js inlined once)."""
+    from plotly.offline import get_plotlyjs
+
+    from .spec import AnalysisSpec
+
+    items = list(items)
+    versions = package_versions()
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    parts = []
+    for i, item in enumerate(items, 1):
+        div_id = f"item-{i}-{_slug(item.get('title', ''))}"
+        caption = html.escape(item.get("caption") or item.get("title") or f"Item {i}")
+        spec = item.get("spec")
+        link = ""
+        if spec and base_url:
+            try:
+                url = AnalysisSpec.from_json(spec).url(base_url)
+                link = f'<a href="{html.escape(url, quote=True)}">open this view in RepLens</a>'
+            except Exception:  # an item pinned by an older version: keep the record, skip the link
+                link = ""
+        if item["kind"] == "figure":
+            body = _figure_html(item, div_id, presentation)
+            actions = (f'<button onclick="dl(\'{div_id}\',\'svg\')">SVG</button>'
+                       f'<button onclick="dl(\'{div_id}\',\'png\')">PNG</button>')
+        else:
+            body, b64 = _table_html(item)
+            actions = f'<a download="{div_id}.csv" href="data:text/csv;base64,{b64}">CSV</a>'
+        record = {"spec": spec, "provenance": item.get("provenance"), "pinned": item.get("pinned")}
+        parts.append(
+            f'<section class="item" id="sec-{div_id}"><h2>{i}. {caption}</h2>'
+            f'<div class="meta">from the {html.escape(str(item.get("page", "")))} page · pinned {html.escape(str(item.get("pinned", "")))} {link}</div>'
+            f"{markdown_to_html(item.get('notes', ''))}{body}"
+            f'<div class="actions">{actions}</div>'
+            f"<details><summary>Spec, model and data hashes</summary><pre>{html.escape(json.dumps(record, indent=1, default=str))}</pre></details>"
+            "</section>")
+    head_notes = markdown_to_html(notes)
+    cover = (f'<div class="cover"><h1>{html.escape(title)}</h1><div class="meta">RepLens {versions["replens"]} · {stamp} · '
+             f"{len(items)} items</div>{head_notes}</div>")
+    env = html.escape(json.dumps(versions, indent=1))
+    cls = ' class="presentation"' if presentation else ""
+    return (f"<!DOCTYPE html><html lang=\"en\"{cls}><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<meta name=\"generator\" content=\"RepLens {versions['replens']}\"><style>{_CSS}</style>"
+            f"<script>{get_plotlyjs()}</script></head><body{cls}>{cover}{''.join(parts)}"
+            f"<details><summary>Package versions</summary><pre>{env}</pre></details>"
+            f"<script>{_JS}</script></body></html>")
