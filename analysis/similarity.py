@@ -55,8 +55,11 @@ def rbf_gram(x, threshold: float = 1.0):
     sq = torch.diagonal(g)
     d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
     med = torch.median(d2.flatten())
-    if med <= 0:
-        return torch.ones_like(d2)  # every point identical: a constant kernel (CKA reads NaN)
+    if med <= 0:  # over half the pairs coincide (n = 2, duplicate rows): the median of the others
+        positive = d2[d2 > 0]
+        if positive.numel() == 0:
+            return torch.ones_like(d2)  # every point identical: a constant kernel (CKA reads NaN)
+        med = torch.median(positive)
     return torch.exp(-d2 / (2 * threshold ** 2 * med))
 
 
@@ -135,7 +138,7 @@ def cka(x, y, kernel: str = "linear", threshold: float = 1.0, debiased: bool = F
             raise UserInputError(f"Debiased CKA needs at least 4 samples (got {x.shape[0]}).")
         if x.shape[0] >= max(x.shape[1], y.shape[1]):  # feature form of HSIC_1: O(n p q), no n x n matrix
             px, py = _linear_hsic_terms(_t(x)), _linear_hsic_terms(_t(y))
-            return _ratio(_hsic1_features(px, py), _hsic1_features(px, px), _hsic1_features(py, py))
+            return _debiased_defined(_ratio(_hsic1_features(px, py), _self_hsic1(px), _self_hsic1(py)), x, y)
         k, l = linear_gram(x), linear_gram(y)
     elif kernel == "rbf":
         k, l = rbf_gram(x, threshold), rbf_gram(y, threshold)
@@ -143,7 +146,18 @@ def cka(x, y, kernel: str = "linear", threshold: float = 1.0, debiased: bool = F
         raise UserInputError(f"Unknown kernel {kernel!r}; use 'linear' or 'rbf'.")
     c = u_center_gram if debiased else center_gram
     kc, lc = c(k), c(l)
-    return _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
+    value = _ratio((kc * lc).sum(), (kc * kc).sum(), (lc * lc).sum())
+    return _debiased_defined(value, x, y) if debiased else value
+
+
+def _debiased_defined(value: float, x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased HSIC of a layer with itself can be <= 0 at small n (few distinct samples): then
+    debiased CKA has no value. Say so instead of returning a NaN that looks like a constant layer."""
+    if math.isnan(value) and not (_is_constant(x) or _is_constant(y)):
+        raise UserInputError(f"Debiased CKA is undefined on these {x.shape[0]} samples: the unbiased HSIC "
+                             "of a layer with itself is <= 0 (too few distinct samples). Use more samples "
+                             "or linear CKA.")
+    return value
 
 
 def _linear_cka_features(x: np.ndarray, y: np.ndarray) -> float:
@@ -242,10 +256,22 @@ def _unit_centered(x: np.ndarray):
 def rsa(x, y, rdm: str = "correlation") -> float:
     """Spearman correlation of the two RDMs' upper triangles (``rdm``: "correlation" or "euclidean")."""
     x, y = _pair(x, y)
+    if x.shape[0] < 3:
+        raise UserInputError(f"RSA correlates distances between pairs of samples: it needs at least 3 samples "
+                             f"(got {x.shape[0]}).")
     a, b = _ranked_rdm(x, rdm), _ranked_rdm(y, rdm)
-    if a is None or b is None:
-        return float("nan")
+    for which, ranks, arr in (("X", a, x), ("Y", b, y)):
+        if ranks is None:
+            raise UserInputError(_rdm_undefined(which, arr, rdm))
     return float(a @ b)
+
+
+def _rdm_undefined(which: str, x: np.ndarray, rdm: str) -> str:
+    flat = int((x == x[:, :1]).all(1).sum())
+    if rdm == "correlation" and flat:
+        return (f"RSA is undefined for {which}: {flat} sample(s) have all features equal, so their correlation "
+                "distance is undefined. Use rdm='euclidean'.")
+    return f"RSA is undefined for {which}: every pair of samples is equally far apart (the RDM has no ranks)."
 
 
 def _ranked_rdm(x: np.ndarray, rdm: str):
@@ -440,6 +466,13 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
     else:
         values = _pairwise_matrix(a, b, m, params, progress)
     values = np.array(values, dtype=float)
+    undefined = ([f"A:{l}" for i, l in enumerate(a) if l not in const_a and np.isnan(values[i]).all()]
+                 + [f"B:{l}" for j, l in enumerate(b) if l not in const_b and np.isnan(values[:, j]).all()])
+    if undefined:  # never a silent NaN: say which layers and why it can happen
+        note = (f"{m.label} is undefined (NaN) for {', '.join(undefined)}: e.g. samples with all features "
+                "equal under a correlation RDM, or too few distinct samples.")
+        notes.append(note)
+        warnings.warn(note, SimilarityWarning, stacklevel=2)
     for i, name in enumerate(a):
         if name in const_a:
             values[i, :] = np.nan
@@ -514,6 +547,13 @@ def _linear_hsic_terms(x):
     col_sum = x.sum(0)  # X^T 1
     k1 = x @ col_sum - row_sq  # K~ 1 (zero-diagonal K times ones)
     return {"x": x, "row_sq": row_sq, "k1": k1, "sum": float(col_sum @ col_sum - row_sq.sum()), "n": n}
+
+
+def _self_hsic1(p) -> float:
+    """n(n-3) HSIC_1 of a layer with itself; a rounding residue of the centring (the exact value is 0,
+    e.g. one non-zero sample) counts as 0, as the Gram form computes it."""
+    value = _hsic1_features(p, p)
+    return value if value > 1e-9 * float(p["row_sq"].sum()) ** 2 else 0.0
 
 
 def _hsic1_features(p, q) -> float:

@@ -111,10 +111,12 @@ def numeric_matrix(arr, what: str, min_rows: int = 2) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
         raise UserInputError(f"{what} is not numeric (dtype {arr.dtype}); upload numbers only.")
+    if arr.ndim == 0:
+        raise UserInputError(f"{what} holds a single number; upload a table with one row per sample.")
     if arr.ndim == 1:
         arr = arr[:, None]
-    if arr.ndim != 2:
-        arr = arr.reshape(arr.shape[0], -1) if arr.ndim > 2 else arr
+    if arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))  # -1 fails for 0 rows
     if arr.shape[1] == 0:
         raise UserInputError(f"{what} has zero columns.")
     if arr.shape[0] < min_rows:

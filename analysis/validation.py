@@ -22,10 +22,12 @@ def as_matrix(x, name: str = "activations", dtype=np.float64, min_rows: int = 2)
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise UserInputError(f"{name}: expected numbers, got dtype {arr.dtype}.")
+    if arr.ndim == 0:
+        raise UserInputError(f"{name}: a single number, not one row per sample.")
     if arr.ndim == 1:
         arr = arr[:, None]
     elif arr.ndim > 2:
-        arr = arr.reshape(arr.shape[0], -1)
+        arr = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))  # -1 fails for 0 rows
     if arr.shape[1] == 0:
         raise UserInputError(f"{name}: has zero columns.")
     if arr.shape[0] < min_rows:
