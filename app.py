@@ -65,6 +65,10 @@ else:  # a browser session: the Streamlit script
                 url_path="similarity"),
         st.Page(HERE / "pages" / "projections.py", title="Projections", icon=":material/scatter_plot:",
                 url_path="projections"),
+        st.Page(HERE / "pages" / "functional_maps.py", title="Functional maps", icon=":material/hub:",
+                url_path="functional-maps"),
+        st.Page(HERE / "pages" / "attributions.py", title="Attributions", icon=":material/texture:",
+                url_path="attributions"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
     ]
     current = st.navigation(pages)

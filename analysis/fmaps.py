@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UserInputError
+from .translation import small_blas
 from .validation import as_matrix, check_aligned
 
 DESCRIPTORS = ("geodesic", "labels", "hks")
@@ -322,6 +323,7 @@ class LatentFunctionalMap:
                 raise UserInputError("Labels must have one entry per row of X and of Y.")
         return x, y, anchors, lx, ly, descriptors
 
+    @small_blas
     def fit(self, X, Y, anchors=None, labels=None, rows_aligned: bool = False, progress=None):
         """Fit the map from X to Y. ``anchors``: (m, 2) index pairs known to correspond (or m row
         indices when ``rows_aligned``); ``labels``: one array for both (rows aligned) or a pair."""
@@ -479,7 +481,7 @@ def perturb_class(x, labels, cls, alpha: float, seed: int = 0) -> np.ndarray:
 
 
 def robustness_curve(x, labels, cls, alphas, n_neighbors=None, n_eigs: int = 50, seed: int = 0,
-                     progress=None) -> dict:
+                     metric: str = "cosine", progress=None) -> dict:
     """LFM similarity (ground-truth map, rows aligned) and linear CKA between ``x`` and a copy with
     one class moved along a direction, for each ``alpha``."""
     from .similarity import cka
@@ -489,7 +491,7 @@ def robustness_curve(x, labels, cls, alphas, n_neighbors=None, n_eigs: int = 50,
         if progress:
             progress(i / len(alphas), f"perturbation {a:g} ({i + 1}/{len(alphas)})")
         y = perturb_class(x, labels, cls, a, seed)
-        m = LatentFunctionalMap(n_neighbors=n_neighbors, n_eigs=n_eigs, descriptors=(), seed=seed)
+        m = LatentFunctionalMap(n_neighbors=n_neighbors, n_eigs=n_eigs, descriptors=(), metric=metric, seed=seed)
         lfm.append(m.fit(x, y, rows_aligned=True).similarity())
         ck.append(cka(x, y, "linear"))
     if progress:
@@ -531,3 +533,42 @@ def is_cached(kind: str, store=None, **key_parts) -> bool:
     from .store import default_store, make_key
 
     return make_key(kind, v=CACHE_VERSION, **key_parts) in (store or default_store())
+
+
+def fit_arrays(x, y, anchors=None, labels=None, rows_aligned: bool = True, n_embed: int = 4, progress=None,
+               **params) -> dict:
+    """Fit a map and return what a view needs as plain arrays (storable): C, the ground-truth C,
+    both spectra, the first ``n_embed`` eigenvectors of each space, the correspondence, the
+    diagnostics (``diag_*``), the warnings and the timings."""
+    m = LatentFunctionalMap(**params).fit(x, y, anchors=anchors, labels=labels, rows_aligned=rows_aligned,
+                                          progress=progress)
+    out = {"C": m.C_, "lam_x": m.eigenvalues_x_, "lam_y": m.eigenvalues_y_,
+           "phi_x": m.eigenvectors_x_[:, :n_embed], "phi_y": m.eigenvectors_y_[:, :n_embed], "p2p": m.p2p_,
+           "warnings": np.asarray(m.warnings_, dtype=str), "seconds": m.timings_["total"],
+           "eigen_seconds": m.timings_["eigen"]}
+    if m.C_true_ is not None:
+        out["C_true"] = m.C_true_
+    out.update({f"diag_{k}": np.asarray(v) for k, v in m.diagnostics().items()})
+    return out
+
+
+def _register_page() -> None:
+    """Declare the Functional maps page's URL parameters (share links, CLI) in analysis.spec."""
+    from . import spec
+    from .translation import SELECTIONS
+
+    spec.register("functional-maps", (
+        spec.Param("fm_layer_a", "str", help="layer of A (default: penultimate)"),
+        spec.Param("fm_layer_b", "str", help="layer of B (default: penultimate)"),
+        spec.Param("fm_anchors", "int", 10, lo=2, hi=5000, help="anchor budget"),
+        spec.Param("fm_select", "str", "random", choices=SELECTIONS, help="anchor selection"),
+        spec.Param("fm_descr", "list", ["geodesic"], help="descriptors: geodesic, labels, hks"),
+        spec.Param("fm_k", "int", 0, lo=0, hi=1000, help="kNN graph neighbours (0: auto)"),
+        spec.Param("fm_eigs", "int", 50, lo=4, hi=200, help="Laplacian eigenvectors K"),
+        spec.Param("fm_metric", "str", "cosine", choices=METRICS, help="graph distance"),
+        spec.Param("fm_refine", "bool", True, help="ZoomOut refinement"),
+        spec.Param("fm_class", "str", help="class moved in the robustness panel (default: the first)"),
+    ))
+
+
+_register_page()

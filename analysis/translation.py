@@ -22,8 +22,9 @@ _EPS = np.finfo(np.float64).eps
 
 
 def small_blas(fn):
-    """Run ``fn`` with one BLAS thread. Its matrices are small (anchors x width, K x K): threads
-    buy nothing there, and on a busy machine OpenBLAS's spinning threads made lstsq ~70x slower."""
+    """Run ``fn`` with one BLAS thread. Its dense matrices are thin (anchors x width, n x K, K x K):
+    threads buy little there, and on a busy 2-core machine OpenBLAS's spinning threads made lstsq
+    ~70x and a whole functional-map fit ~4x slower."""
     import functools
 
     @functools.wraps(fn)
