@@ -49,10 +49,31 @@ def _numpy_load_error(exc: Exception, filename: str, kind: str, saver: str) -> U
     return UserInputError(f"{filename} is not a valid {kind} file ({exc}).")
 
 
+def _check_npy_header(fp, available: int, filename: str) -> None:
+    """Refuse an .npy whose header declares more data than the file holds (a forged shape would make
+    np.load allocate it all before noticing: hundreds of GB from a few bytes)."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(fp)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read(fp)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise UserInputError(f"{filename} is not a valid .npy file ({exc}).") from exc
+    if dtype.hasobject:
+        return  # np.load(allow_pickle=False) refuses it with its own message
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > available - fp.tell():
+        raise UserInputError(f"{filename}: its header declares an array of shape {tuple(shape)} "
+                             f"({declared / 2**20:.1f} MB) but the file holds {max(available - fp.tell(), 0)} "
+                             "bytes of data: it is truncated or forged.")
+
+
 def load_npy(data: bytes, filename: str) -> np.ndarray:
+    _check_npy_header(io.BytesIO(data), len(data), filename)
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
         raise _numpy_load_error(exc, filename, ".npy", "np.save") from exc
 
 
@@ -69,12 +90,21 @@ def load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
             f"{filename} would inflate to {inflated / 2**20:.0f} MB, over this server's limit of "
             f"{limit / 2**20:.0f} MB for unpacked uploads."
         )
+    try:  # each member's header against the size the archive declares for it (members cannot inflate
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:  # past that: zipfile stops at file_size)
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as member:
+                        _check_npy_header(member, info.file_size, f"{filename}, member {info.filename}")
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise UserInputError(f"{filename} is not a valid .npz file ({exc}).") from exc
     out: dict[str, np.ndarray] = {}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             for name in npz.files:
                 out[name] = npz[name]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError, NotImplementedError,
+            RuntimeError) as exc:
         raise _numpy_load_error(exc, filename, ".npz", "np.savez") from exc
     if not out:
         raise UserInputError(f"{filename} contains no arrays.")
@@ -94,13 +124,17 @@ def load_frame(data: bytes, filename: str):
                 raise UserInputError(
                     f"{filename} is not UTF-8 text (byte {exc.start} is invalid). Save the CSV as UTF-8."
                 ) from exc
-            return pd.read_csv(io.StringIO(text))
-        return pd.read_parquet(io.BytesIO(data))
+            df = pd.read_csv(io.StringIO(text))
+        else:
+            df = pd.read_parquet(io.BytesIO(data))
     except UserInputError:
         raise
     except Exception as exc:  # pandas raises many parser error types
         kind = "CSV" if suffix == ".csv" else "Parquet"
         raise UserInputError(f"{filename} could not be read as {kind}: {exc}".strip()) from exc
+    if len(df) == 0:  # a header alone: say so (its columns would otherwise read as "not numeric")
+        raise UserInputError(f"{filename} has column names but no rows; at least 2 rows are needed.")
+    return df
 
 
 def numeric_matrix(arr, what: str, min_rows: int = 2) -> np.ndarray:

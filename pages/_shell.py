@@ -136,10 +136,14 @@ def _upload_panel() -> None:
         st.caption(f"TorchScript (.pt), safetensors weights of a zoo architecture, or embeddings "
                    f"(.npy/.npz/.csv/.parquet, rows aligned with the dataset). Up to {limit_mb} MB. "
                    "Files are stored by content hash and never unpickled.")
-        f = st.file_uploader("Model file", type=MODEL_FILE_TYPES, key="upload_model", max_upload_size=limit_mb)
+        # No type= filter: Streamlit would raise its own exception for a forged extension; the upload
+        # functions refuse unsupported types with a message that lists the supported ones.
+        f = st.file_uploader("Model file", key="upload_model", max_upload_size=limit_mb,
+                             help=f"{', '.join('.' + t for t in MODEL_FILE_TYPES)}; up to {limit_mb} MB.")
         target = st.radio("Use it as", ["Model A", "Model B"], horizontal=True, key="upload_target")
         _take_upload(f, models_mod.upload, "_set_a" if target == "Model A" else "_set_b")
-        g = st.file_uploader("Data file", type=DATA_FILE_TYPES, key="upload_data", max_upload_size=limit_mb)
+        g = st.file_uploader("Data file", key="upload_data", max_upload_size=limit_mb,
+                             help=f"{', '.join('.' + t for t in DATA_FILE_TYPES)}; up to {limit_mb} MB.")
         _take_upload(g, data_mod.upload, "_set_data")
 
 
@@ -151,6 +155,13 @@ def _take_upload(file, upload, select_key: str) -> None:
         ref = upload(file.getvalue(), file.name)
     except UserInputError as exc:
         st.error(str(exc))
+        return
+    except Exception as exc:  # an untrusted file must never take the page down: one message, logged
+        import logging
+
+        logging.getLogger("replens").exception("upload of %r failed", file.name)
+        st.error(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored. "
+                 "Check that it is a file of one of the listed types.")
         return
     st.session_state[f"_done{select_key}"] = file.file_id
     st.session_state[select_key] = ref
