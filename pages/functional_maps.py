@@ -102,7 +102,7 @@ m2.metric("Same sample", f"{quality['same_sample']:.3f}",
 if "same_class" in quality:
     m3.metric("Same class", f"{quality['same_class']:.3f}",
               help=f"Fraction of matches with the same label (chance {quality['chance_class']:.3f}).")
-m4.metric("Fit time", f"{float(fit['seconds']):.2f} s",
+m4.metric("Map fitted in", f"{float(fit['seconds']):.2f} s",
           help=f"Eigen-solver: {float(fit['eigen_seconds']):.2f} s. Cached in the result store.")
 diag = {
     "similarity of the estimated C": float(fit["diag_similarity_estimated"]),
@@ -190,7 +190,7 @@ if labels is None:
     st.info("The robustness panel moves one class and needs labels; this dataset has none.")
 else:
     classes = [str(c) for c in (ds.label_names or sorted({int(v) for v in labels}))]
-    cls_name = st.selectbox("Class to move", classes, key="fm_class", bind="query-params")
+    cls_name = st.columns([1, 3])[0].selectbox("Class to move", classes, key="fm_class", bind="query-params")
     cls = classes.index(cls_name)
     rob_key = dict(keybase, cls=cls, alphas=list(ROBUST_ALPHAS), k=params["n_neighbors"], eigs=n_eigs,
                    metric=metric, seed=sel.seed)
