@@ -88,10 +88,12 @@ def sidebar() -> Selection:
     """Model A, Model B, dataset, n, seed, split: bound to the URL query parameters."""
     sb = st.sidebar
     sb.markdown("### Models and data")
+    if "_link_query" not in st.session_state:  # the link as opened, before widgets drop bad values
+        st.session_state["_link_query"] = {k: st.query_params.get_all(k) for k in st.query_params}
+        _drop_non_finite_numbers()
     model_options = models_mod.builtin_refs() + _uploaded("model")
-    check_model = lambda v: models_mod.parse_ref(v, allow_local=allow_local_paths())
     for key in ("a", "b"):
-        opts = _with_url_value(model_options, key, check_model)
+        opts = _with_url_value(model_options, key, _check_model_ref)
         pending = st.session_state.pop(f"_set_{key}", None)
         if pending:
             opts = opts if pending in opts else opts + [pending]
@@ -121,11 +123,83 @@ def sidebar() -> Selection:
                      int(st.session_state["n"]), int(st.session_state["seed"]), st.session_state["split"])
 
 
+def _drop_non_finite_numbers() -> None:
+    """Remove numeric parameters whose link value is not a finite number (?n=1e400): a bound
+    number_input converts it with int() and the whole script fails. _link_problems reports them."""
+    import math
+
+    from analysis import spec as spec_mod
+
+    numeric = {p.key for params in [spec_mod.SIDEBAR, *spec_mod.PAGES.values()] for p in params
+               if p.kind in ("int", "float")}
+    for key in numeric & set(st.query_params.keys()):
+        try:
+            ok = math.isfinite(float(st.query_params.get(key)))
+        except (TypeError, ValueError):
+            ok = True  # not a number at all: the widget ignores it by itself
+        if not ok:
+            del st.query_params[key]
+            _forget_initial_query_param(key)
+
+
+def _forget_initial_query_param(key: str) -> None:
+    """Bound widgets seed themselves from the query string the session opened with, not from
+    st.query_params: drop the key there too (Streamlit internals, so best effort)."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        with get_script_run_ctx().session_state.query_params() as qp:
+            qp._initial_query_params.pop(key, None)
+    except Exception:  # noqa: BLE001 - another Streamlit version: the widget may then fail on it
+        pass
+
+
+def _check_model_ref(v: str) -> None:
+    """A model reference from a link: well-formed (no local paths unless allowed) and known here, so
+    that an unknown one falls back to the default view with a message instead of a failing page."""
+    from analysis.store import default_store
+
+    source, rest = models_mod.parse_ref(v, allow_local=allow_local_paths())
+    if source == "zoo":
+        models_mod.zoo_entry(rest)
+    elif source == "upload" and default_store().find_blob(rest, "model") is None:
+        raise UserInputError(f"No uploaded model with id {rest!r} on this server; upload the file again.")
+
+
 def _check_data_ref(v: str) -> None:
+    from analysis.store import default_store
+
     if v in data_mod.names():
         return
     if not (v.startswith("upload:") and len(v) > 15 and all(c in "0123456789abcdef" for c in v[7:])):
         raise UserInputError(f"Unknown dataset {v!r}.")
+    if default_store().find_blob(v[7:], "data") is None:
+        raise UserInputError(f"No uploaded dataset with id {v[7:]!r} on this server; upload the file again.")
+
+
+def _link_problems() -> None:
+    """Once per session: the values of the opened link that were refused (unknown parameters,
+    out-of-range numbers, unknown choices) and so replaced by defaults, in one sidebar message.
+    Model and dataset references have their own messages (_with_url_value)."""
+    query = st.session_state.get("_link_query")
+    if not query or st.session_state.get("_link_checked"):
+        return
+    st.session_state["_link_checked"] = True
+    from analysis import spec as spec_mod
+
+    query = {k: v[0] if len(v) == 1 else v for k, v in query.items() if k not in ("a", "b", "data")}
+    page = st.session_state.get("_page", "models")
+    try:
+        spec_mod.params_of(page)
+    except UserInputError:
+        page = "models"  # a page that declares no parameters: check the sidebar's only
+        query = {k: v for k, v in query.items() if k in {p.key for p in spec_mod.SIDEBAR}}
+    try:
+        _, problems = spec_mod.AnalysisSpec.from_query(page, query)
+    except UserInputError as exc:
+        problems = [str(exc)]
+    if problems:
+        st.sidebar.warning("From the link: " + " ".join(problems) + " Showing the default for those.")
 
 
 def _upload_panel() -> None:
@@ -169,6 +243,7 @@ def _take_upload(file, upload, select_key: str) -> None:
 
 
 def selection() -> Selection:
+    _link_problems()
     return st.session_state["_selection"]
 
 
