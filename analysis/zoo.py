@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -147,7 +148,20 @@ SPECS: list[dict] = [
     *[_spec(f"conv-ae-b{b}", "conv_ae", {"bottleneck": b}, 0, 150) for b in (2, 8, 32)],
     _spec("mlp-ae-memorize", "mlp_ae", {"bottleneck": 32}, 0, 3000, train_samples=10, lr=3e-3,
           note="deliberately overfit on 10 training images"),
+    # Training checkpoints of mlp-ae-b8: the same run stopped early (each epoch draws the same
+    # batches from the same generator, so k epochs here are the first k epochs of mlp-ae-b8).
+    *[dict(_spec(f"mlp-ae-b8-ep{e}", "mlp_ae", {"bottleneck": 8}, 0, e,
+                 note=f"mlp-ae-b8 after {e} of its 150 epochs (training checkpoint)"), checkpoint_of="mlp-ae-b8")
+      for e in (0, 1, 5, 20)],
 ]
+CHECKPOINT_EPOCHS = (0, 1, 5, 20)
+
+
+def checkpoints(name: str = "mlp-ae-b8") -> list[tuple[int, str]]:
+    """(epoch, zoo name) of the training checkpoints of ``name``, ending with the final model."""
+    final = next(s for s in SPECS if s["name"] == name)
+    early = [(s["epochs"], s["name"]) for s in SPECS if s.get("checkpoint_of") == name]
+    return sorted(early) + [(final["epochs"], name)]
 
 
 def train(spec: dict, log=print) -> tuple[nn.Module, dict]:
@@ -196,11 +210,54 @@ def evaluate_split(model: nn.Module, kind: str, x, y, prefix: str) -> dict:
 
 
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> str:
-    from safetensors.torch import save_file
+    """Write ``model``'s weights as safetensors and return the file's sha256.
+
+    safetensors writes ``__metadata__`` in hash-map order, which varies from run to run, so the same
+    weights could give different bytes. The header is rewritten with its keys in sorted order, and a
+    file that already holds exactly these tensors and metadata is left untouched (a rebuild keeps
+    every unchanged checkpoint byte for byte). New bytes are written to a temporary file and renamed
+    into place, so a reader never sees a half-written checkpoint.
+    """
+    from safetensors.torch import load as st_load, save as st_save
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    if path.exists():
+        old = path.read_bytes()
+        try:
+            same = _safetensors_meta(old) == meta and _same_tensors(st_load(old), state)
+        except Exception:  # an unreadable old file is simply replaced
+            same = False
+        if same:
+            return hashlib.sha256(old).hexdigest()
+    data = _canonical_header(st_save(state, metadata=meta))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safetensors_meta(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return dict(json.loads(data[8: 8 + n]).get("__metadata__") or {})
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same file with ``__metadata__``'s keys sorted (same header length, same padding)."""
+    n = int.from_bytes(data[:8], "little")
+    raw = data[8: 8 + n]
+    header = json.loads(raw)
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    stripped = raw.rstrip(b" ")
+    if len(text) != len(stripped):  # not the compact form we expect: keep the library's bytes
+        return data
+    return data[:8] + text + raw[len(stripped):] + data[8 + n:]
 
 
 def build(out_dir: Path = ZOO_DIR, only: list[str] | None = None, log=print) -> list[dict]:
@@ -235,12 +292,18 @@ def build(out_dir: Path = ZOO_DIR, only: list[str] | None = None, log=print) -> 
             "note": spec["note"],
             "file": f"{spec['name']}.safetensors",
             "sha256": sha,
-            "train_seconds": round(time.time() - t0, 1),
+            # an unchanged checkpoint keeps the time of the run that wrote it (a clean manifest diff)
+            "train_seconds": old[spec["name"]]["train_seconds"]
+            if old.get(spec["name"], {}).get("sha256") == sha else round(time.time() - t0, 1),
             **metrics,
         }
+        if spec.get("checkpoint_of"):
+            entry["checkpoint_of"] = spec["checkpoint_of"]
         entries.append(entry)
     manifest = {"version": 1, "torch": torch.__version__, "models": entries}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp = out_dir / f".manifest.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, out_dir / "manifest.json")  # readers see the old or the new manifest, never half
     return entries
 
 

@@ -96,6 +96,21 @@ class Model:
             self.module.to(device)
         return self
 
+    # -- autoencoders: latent access (analysis.vector_field iterates z -> encode(decode(z)))
+    @property
+    def is_autoencoder(self) -> bool:
+        """True when the model exposes ``encode`` and ``decode`` on torch tensors."""
+        return False
+
+    def encode(self, x):
+        """Latent codes of a batch of inputs (a tensor laid out as the dataset's inputs)."""
+        raise UserInputError(f"{self.ref} is not an autoencoder: it has no encoder/decoder to split. Pick a "
+                             "zoo autoencoder (zoo:mlp-ae-b8, ...) or a TorchScript module with encode/decode.")
+
+    def decode(self, z):
+        """Inputs (the dataset's layout) decoded from a batch of latent codes."""
+        return self.encode(z)  # raises the same message
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.ref} ({len(self.layers)} layers)>"
 

@@ -52,6 +52,35 @@ class TorchModel(Model):
     def hookable(self) -> dict:
         return {} if self.scripted else super().hookable()
 
+    def _latent_parts(self):
+        """(encode, decode) callables: ``encoder``/``decoder`` submodules, else ``encode``/``decode``
+        methods (TorchScript exports them with @torch.jit.export); None when there are neither."""
+        return latent_parts(self.module)
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self._latent_parts() is not None
+
+    def encode(self, x):
+        parts = self._latent_parts()
+        return parts[0](x) if parts else super().encode(x)
+
+    def decode(self, z):
+        parts = self._latent_parts()
+        return parts[1](z) if parts else super().decode(z)
+
+
+def latent_parts(module):
+    import torch
+
+    enc, dec = getattr(module, "encoder", None), getattr(module, "decoder", None)
+    if isinstance(enc, torch.nn.Module) and isinstance(dec, torch.nn.Module):
+        return enc, dec
+    enc, dec = getattr(module, "encode", None), getattr(module, "decode", None)
+    if callable(enc) and callable(dec):
+        return enc, dec
+    return None
+
 
 # --------------------------------------------------------------------------- zoo
 @lru_cache(maxsize=1)
@@ -153,7 +182,8 @@ def from_torchscript(data: bytes, ref: str, filename: str, sha: str) -> TorchMod
     if n_inputs is None:
         raise UserInputError(f"{filename}: the TorchScript model did not run on (n, d) float inputs for "
                              "any d in 2..4096 tried; RepLens feeds numeric rows of the dataset.")
-    return TorchModel(module, ref, filename, "classifier" if _out_dim(module, n_inputs) else "encoder",
+    kind = "autoencoder" if latent_parts(module) else ("classifier" if _out_dim(module, n_inputs) else "encoder")
+    return TorchModel(module, ref, filename, kind,
                       f"TorchScript ({type(module).__name__})", sha, n_inputs, {"file": filename},
                       hookable=False)
 
