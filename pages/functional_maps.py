@@ -25,6 +25,19 @@ def _penultimate(layers: list[str]) -> int:
     return max(0, len(layers) - 2)
 
 
+def sweep(kind: str, key: dict, seconds: float, label: str, compute):
+    """A sweep's stored result at once, a quick one computed at once, else a button that says how
+    long it will take. ``compute(progress)`` runs it; the result lands in the store under ``key``."""
+    if not (fmaps.is_cached(kind, **key) or seconds < AUTO_RUN_S
+            or st.button(f"{label} (about {seconds:.0f} s)", key=f"fm_run_{kind}")):
+        return None
+    result, bar = None, Progress(f"{label}…")
+    with user_errors():
+        result = fmaps.cached(kind, lambda: compute(bar), **key)
+    bar.done()
+    return result
+
+
 sel = selection()
 st.title("Functional maps")
 ds, model_a, model_b, data_key = pair_or_stop(sel)
@@ -137,22 +150,18 @@ stitch_key = dict(keybase, counts=stitch_counts, selection=selection_method, see
 if labels is None:
     st.info("Stitching is scored by accuracy and needs labels; this dataset has none.")
 else:
-    bar = Progress("Stitching…")
-    with user_errors("Stitching"):
-        curve = fmaps.cached("fmap_stitch", lambda: stitching.stitch_models(
-            model_a, model_b, ds, layer_a, layer_b, stitch_counts, methods, selection_method, sel.seed,
-            progress=bar), **stitch_key)
-        bar.done()
+    curve = sweep("fmap_stitch", stitch_key, 0.0, "Stitching", lambda bar: stitching.stitch_models(
+        model_a, model_b, ds, layer_a, layer_b, stitch_counts, methods, selection_method, sel.seed, progress=bar))
+    if curve is not None:
         head = ("B's own network after this layer" if str(curve["head"]) == "model" else
                 "a logistic-regression probe trained on B's layer (B has no classifier head at this layer)")
         st.caption(f"A's encoder up to `{layer_a}` → a translator fitted on the anchors → {head}. Anchors come "
                    "from one half of the samples (and the probe, if any); accuracy is measured on the other half. "
                    "'linear' and 'affine' coincide here: both spaces are centred on their anchors first.")
         show_figure(ff.stitching_figure(curve, methods), "fm_stitch")
-        if max(stitch_counts, default=0) >= min(xa.shape[1], xb.shape[1]) and any(c <= xa.shape[1] for c in stitch_counts):
+        if any(c <= xa.shape[1] for c in stitch_counts):
             st.caption(f"With anchors ≤ the width of A's layer ({xa.shape[1]}), 'linear' and 'affine' fits "
                        "reproduce the anchors exactly and generalise poorly (the dip near that count).")
-    bar.done()
 
 # ------------------------------------------------------------------ retrieval sweep (button unless stored)
 st.subheader("Retrieval versus anchors")
@@ -163,23 +172,15 @@ st.caption("For each sample of A, rank B's samples by cosine similarity after tr
 counts = [c for c in RETRIEVAL_COUNTS if c <= n // 2]
 retr_key = dict(keybase, counts=counts, selection=selection_method, **params)
 seconds = float(fit["seconds"]) * len(counts) * 1.3 + 0.2 * len(counts)
-go_retr = fmaps.is_cached("fmap_retrieval", **retr_key) or seconds < AUTO_RUN_S
-if not go_retr:
-    go_retr = st.button(f"Compute retrieval for {len(counts)} anchor budgets (about {seconds:.0f} s)",
-                        key="fm_run_retrieval")
-if go_retr:
-    bar = Progress("Retrieval sweep…")
-    with user_errors("Retrieval"):
-        lfm_params = {k: v for k, v in params.items() if k != "descriptors"}
-        lfm_params["descriptors"] = tuple(d for d in params["descriptors"] if d != "labels") or ("geodesic",)
-        rc = fmaps.cached("fmap_retrieval", lambda: dict(tr.retrieval_curve(
-            xa, xb, counts, selection_method, labels, sel.seed, lfm_params, progress=bar),
-            chance=np.mean(1.0 / np.arange(1, n + 1))), **retr_key)
-        show_figure(ff.retrieval_figure(rc), "fm_retrieval")
-        show_table({"anchors": rc["anchors"].astype(int), "LFM + ortho": np.round(rc["lfm+ortho"], 3),
-                    "ortho (anchors only)": np.round(rc["ortho"], 3), "relative": np.round(rc["relative"], 3),
-                    "LFM exact matches": np.round(rc["lfm_matches"], 3)}, "fm_retrieval_table")
-    bar.done()
+lfm_params = dict(params, descriptors=tuple(d for d in descriptors if d != "labels") or ("geodesic",))
+rc = sweep("fmap_retrieval", retr_key, seconds, f"Compute retrieval for {len(counts)} anchor budgets",
+           lambda bar: dict(tr.retrieval_curve(xa, xb, counts, selection_method, labels, sel.seed, lfm_params,
+                                               progress=bar), chance=np.mean(1.0 / np.arange(1, n + 1))))
+if rc is not None:
+    show_figure(ff.retrieval_figure(rc), "fm_retrieval")
+    show_table({"anchors": rc["anchors"].astype(int), "LFM + ortho": np.round(rc["lfm+ortho"], 3),
+                "ortho (anchors only)": np.round(rc["ortho"], 3), "relative": np.round(rc["relative"], 3),
+                "LFM exact matches": np.round(rc["lfm_matches"], 3)}, "fm_retrieval_table")
 
 # ------------------------------------------------------------------ robustness
 st.subheader("Robustness: move one class")
@@ -195,14 +196,8 @@ else:
     rob_key = dict(keybase, cls=cls, alphas=list(ROBUST_ALPHAS), k=params["n_neighbors"], eigs=n_eigs,
                    metric=metric, seed=sel.seed)
     rob_seconds = float(fit["eigen_seconds"]) * len(ROBUST_ALPHAS) * 1.5 + 0.3 * len(ROBUST_ALPHAS)
-    go_rob = fmaps.is_cached("fmap_robust", **rob_key) or rob_seconds < 1.0
-    if not go_rob:
-        go_rob = st.button(f"Compute robustness for {len(ROBUST_ALPHAS)} shifts (about {rob_seconds:.0f} s)",
-                           key="fm_run_robust")
-    if go_rob:
-        bar = Progress("Robustness sweep…")
-        with user_errors("Robustness"):
-            rob = fmaps.cached("fmap_robust", lambda: fmaps.robustness_curve(
-                xa, labels, cls, ROBUST_ALPHAS, params["n_neighbors"], n_eigs, sel.seed, metric, progress=bar), **rob_key)
-            show_figure(ff.robustness_figure(rob, cls_name), "fm_robust")
-        bar.done()
+    rob = sweep("fmap_robust", rob_key, rob_seconds, f"Compute robustness for {len(ROBUST_ALPHAS)} shifts",
+                lambda bar: fmaps.robustness_curve(xa, labels, cls, ROBUST_ALPHAS, params["n_neighbors"], n_eigs,
+                                                   sel.seed, metric, progress=bar))
+    if rob is not None:
+        show_figure(ff.robustness_figure(rob, cls_name), "fm_robust")
