@@ -79,8 +79,8 @@ class Attribution:
 
     @property
     def relevance_sum(self) -> np.ndarray:
-        """Sum of the relevance of each row (compare with ``output``)."""
-        r = np.asarray(self.relevance, dtype=np.float64)
+        """Sum of the input relevance of each row (compare with ``output``)."""
+        r = np.asarray(self.input_relevance, dtype=np.float64)
         return r.reshape(len(r), -1).sum(1)
 
     @property
@@ -458,6 +458,11 @@ def _unwrap(model):
     return model, None
 
 
+def check_model(model) -> None:
+    """Raise UserInputError if ``model`` cannot be explained (no network, TorchScript)."""
+    _unwrap(model)
+
+
 def working_copy(module, device=None, lock=None):
     """A copy of ``module`` to run attributions on: new module objects (so hooks and the training
     flag stay local) sharing the parameter and buffer tensors, which are only read. A different
@@ -525,8 +530,11 @@ def _explained(out, target, labels):
 
     if callable(target):
         f = target(out)
+        codes = None
+        if isinstance(f, tuple):  # (scores, the class or topic each row explains)
+            f, codes = f
         f = f.reshape(-1) if isinstance(f, torch.Tensor) else torch.as_tensor(f).reshape(-1)
-        return f, None
+        return f, codes
     if out.dim() != 2:
         raise UserInputError(f"A class target needs (n, classes) outputs; this model gives {tuple(out.shape)}. "
                              "Pass a callable target (output -> one score per row).")
@@ -538,6 +546,8 @@ def _explained(out, target, labels):
             if labels is None:
                 raise UserInputError("Target 'true' needs labels; pass labels= or choose 'predicted'.")
             codes = torch.as_tensor(np.asarray(labels), device=out.device).long().reshape(-1)
+            if codes.numel() == n:  # rows without a label (-1, e.g. an uploaded image) use the prediction
+                codes = torch.where(codes < 0, out.detach().argmax(1), codes)
         else:
             raise UserInputError(f"Unknown target {target!r}: use 'predicted', 'true', a class index or a callable.")
     else:
@@ -795,17 +805,25 @@ class TopicProbe:
     topics: list[str]
     accuracy: float
 
-    def target(self, topic: int | str) -> Callable:
+    def target(self, topic="predicted") -> Callable:
+        """The score to explain: a topic (name or index, or one per row), or "predicted" (each row's
+        top topic). The callable returns (scores, topic codes)."""
         import torch
 
-        c = self.topics.index(topic) if isinstance(topic, str) else int(topic)
-        w = torch.as_tensor(self.coef[c])
-        b = float(self.intercept[c])
+        if isinstance(topic, str) and topic != "predicted":
+            if topic not in self.topics:
+                raise UserInputError(f"Unknown topic {topic!r}; the probe knows {', '.join(self.topics)}.")
+            topic = self.topics.index(topic)
 
         def score(emb):
-            return emb @ w.to(emb.device, emb.dtype) + b
+            w = torch.as_tensor(self.coef, device=emb.device, dtype=emb.dtype)
+            s = emb @ w.T + torch.as_tensor(self.intercept, device=emb.device, dtype=emb.dtype)
+            if isinstance(topic, str):
+                codes = s.detach().argmax(1)
+            else:
+                codes = torch.as_tensor(np.asarray(topic), device=emb.device).long().reshape(-1).expand(len(s))
+            return s.gather(1, codes.reshape(-1, 1)).reshape(-1), codes
 
-        score.topic = self.topics[c]
         return score
 
     def scores(self, emb: np.ndarray) -> np.ndarray:
@@ -969,6 +987,54 @@ def text_faithfulness(model, sentences: list[str], relevances: dict, target: Cal
     return _faithfulness_from(score, maps, steps, mask.shape[1:])
 
 
+def dataset_faithfulness(model, ds, target: str = "predicted", rule: str = "epsilon", epsilon: float = 1e-6,
+                         gamma: float = 0.25, n: int = 200, steps: int = 16, seed: int = 0,
+                         store=None) -> Faithfulness:
+    """Pixel flipping on the first ``n`` rows of ``ds`` for LRP, gradient x input and a random order
+    (the relevance comes from :func:`dataset_relevance`); cached in the store."""
+    from .store import default_store, make_key
+
+    store = store or default_store()
+    key = make_key("lrp_faithfulness", model=model.sha256, data=ds.sha256, target=target, rule=rule,
+                   epsilon=float(epsilon), gamma=float(gamma), n=n, steps=steps, seed=seed, version=1)
+    hit = store.get(key)
+    methods = ("lrp", "gradient x input", "random")
+    if hit is not None:
+        return Faithfulness(hit["fractions"], {m: hit[f"curve {m}"] for m in methods},
+                            {m: float(hit[f"aopc {m}"].mean()) for m in methods},
+                            {m: hit[f"aopc {m}"] for m in methods})
+    kw = dict(target=target, rule=rule, epsilon=epsilon, gamma=gamma, store=store)
+    lrp_r = dataset_relevance(model, ds, **kw)
+    gxi = dataset_relevance(model, ds, method="gradient x input", **kw)
+    rows = slice(0, min(n, len(ds)))
+    x = np.asarray(ds.inputs, dtype=np.float32)[rows]
+    res = faithfulness(model, x, {"lrp": lrp_r["relevance"][rows], "gradient x input": gxi["relevance"][rows]},
+                       lrp_r["target"][rows], steps=steps, seed=seed)
+    arrays = {"fractions": res.fractions, **{f"curve {m}": res.curves[m] for m in methods},
+              **{f"aopc {m}": res.per_sample_aopc[m] for m in methods}}
+    store.put(key, arrays, {"model": model.ref, "data": ds.name}, kind="lrp")
+    return res
+
+
+def image_from_upload(data: bytes, filename: str, shape=(8, 8)) -> np.ndarray:
+    """An uploaded picture as one input row: grey, resized to ``shape``, scaled to [0, 1], ink bright
+    (as in digits: a dark-on-light drawing is inverted)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data)).convert("L").resize(shape[::-1], Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserInputError(f"{filename} is not an image RepLens can read (PNG, JPEG, ...): {exc}") from exc
+    x = np.asarray(img, dtype=np.float64) / 255.0
+    if x.mean() > 0.5:
+        x = 1.0 - x
+    span = x.max() - x.min()
+    x = (x - x.min()) / span if span > 0 else np.zeros_like(x)
+    return x.reshape(1, -1).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- agreement, units
 def rank_agreement(ra: np.ndarray, rb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Spearman rank correlation between two relevance maps, per row (NaN for a constant row)."""
@@ -988,6 +1054,15 @@ def rank_agreement(ra: np.ndarray, rb: np.ndarray, mask: np.ndarray | None = Non
         if den > 0:
             out[i] = (x * y).sum() / den
     return out
+
+
+def pair_summary(a: dict, b: dict) -> dict:
+    """Two models' dataset relevance (from :func:`dataset_relevance`) side by side: per-sample rank
+    agreement, each model's per-sample relevance sums, and the median sum / explained output."""
+    sums = [np.asarray(r["relevance"], np.float64).reshape(len(r["relevance"]), -1).sum(1) for r in (a, b)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = [float(np.nanmedian(s / r["output"])) for s, r in zip(sums, (a, b))]
+    return {"agreement": rank_agreement(a["relevance"], b["relevance"]), "sums": sums, "conservation": ratio}
 
 
 def unit_relevance(layer_relevance: np.ndarray, token_mask: np.ndarray | None = None) -> np.ndarray:
@@ -1040,3 +1115,33 @@ def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon
     result = {k: np.concatenate(v) for k, v in parts.items()}
     store.put(key, result, {"model": model.ref, "data": ds.name, "rule": rs.name}, kind="lrp")
     return result
+
+
+# --------------------------------------------------------------------------- the page's parameters
+PAGE_EPSILONS = (1e-9, 1e-6, 1e-3, 0.01, 0.1, 0.25)
+PAGE_GAMMAS = (0.0, 0.1, 0.25, 0.5, 1.0)
+
+
+def _register_page() -> None:
+    """Declare the Attributions page's URL parameters (share links, CLI) in analysis.spec."""
+    from . import spec
+
+    spec.register("attributions", (
+        spec.Param("at_rule", "str", "epsilon", choices=RULES + COMPOSITES, help="LRP rule or composite"),
+        spec.Param("at_eps", "float", 1e-6, choices=PAGE_EPSILONS, help="epsilon"),
+        spec.Param("at_gamma", "float", 0.25, choices=PAGE_GAMMAS, help="gamma"),
+        spec.Param("at_target", "str", "predicted", choices=TARGETS, help="class target (images)"),
+        spec.Param("at_class", "int", 0, lo=0, hi=999, help="class explained when the target is 'class'"),
+        spec.Param("at_samples", "list", ["0", "1", "2", "3", "4", "5"], help="gallery positions shown (images)"),
+        spec.Param("at_text_target", "str", "topic", choices=("topic", "similarity"), help="text: what to explain"),
+        spec.Param("at_topic", "str", "predicted", help="text: topic of the probe, or 'predicted'"),
+        spec.Param("at_sentences", "list", ["0", "1", "2", "3"], help="text: rows shown"),
+        spec.Param("at_text", "str", help="text: a typed sentence"),
+        spec.Param("at_second", "str", help="text: the second sentence (similarity)"),
+        spec.Param("at_text_faith", "bool", False, help="text: token-removal curves"),
+        spec.Param("at_layer_a", "str", help="hidden layer of A (default: the last before the output)"),
+        spec.Param("at_layer_b", "str", help="hidden layer of B"),
+    ))
+
+
+_register_page()

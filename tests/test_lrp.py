@@ -43,7 +43,7 @@ def test_lrp0_equals_gradient_times_input_on_a_bias_free_relu_mlp():
     np.testing.assert_allclose(a.conservation, 1.0, atol=1e-5)
     hidden = lrp.attribute(net, x, 2, rule="epsilon", epsilon=1e-9, layer="2")  # after the first ReLU
     assert hidden.relevance.shape == (16, 32)
-    np.testing.assert_allclose(hidden.relevance_sum / hidden.output, 1.0, atol=1e-5)  # layer-wise conservation
+    np.testing.assert_allclose(hidden.relevance.sum(1) / hidden.output, 1.0, atol=1e-5)  # layer-wise conservation
 
 
 def test_zplus_conserves_with_non_negative_inputs():
@@ -179,7 +179,7 @@ def test_transformer_block_conserves_with_cp_lrp():
     layer = lrp.attribute(net, x, a.target, epsilon=1e-12, layer="n2")
     assert layer.relevance.shape == (4, 7, 16)
     np.testing.assert_array_equal(layer.input_relevance, a.relevance)
-    assert np.all(np.abs(layer.relevance_sum) < np.abs(a.output))
+    assert np.all(np.abs(layer.relevance.sum((1, 2))) < np.abs(a.output))
 
 
 def test_text_model_without_biases_conserves_at_the_tokens(tiny_bert_dir):
@@ -296,8 +296,8 @@ def toy():
     y = (x[:, :5] @ w > 0).long()
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(300):
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    for _ in range(150):
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()

@@ -1,0 +1,131 @@
+"""AppTest tests of the Attributions page: the maps, tables and metrics show the library's numbers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis import data, lrp, models
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+pytestmark = pytest.mark.usefixtures("apptest_navigation")
+
+
+def open_page(**widgets) -> AppTest:
+    """The page with widgets (by key) set as a user would, in order."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/attributions.py").run()
+    for key, value in widgets.items():
+        widget(at, key).set_value(value)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def widget(at, key):
+    for kind in ("selectbox", "number_input", "multiselect", "toggle", "text_input"):
+        try:
+            return getattr(at, kind)(key=key)
+        except KeyError:
+            continue
+    raise KeyError(key)
+
+
+def charts(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def array(value) -> np.ndarray:
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(v) for v in shape.split(",")]
+        return arr.reshape(shape) if shape else arr
+    return np.array(value, dtype=float)
+
+
+def relevance_maps(fig) -> list[np.ndarray]:
+    return [array(t["z"]) for t in fig["data"] if t.get("name") == "relevance"]
+
+
+def test_default_view_shows_both_models_maps_with_the_library_numbers():
+    at = open_page()
+    figs = charts(at)
+    ds = data.load("digits", n=500)
+    x = ds.inputs[:6]
+    for fig, ref in zip(figs[:2], ("zoo:mlp-s0", "zoo:mlp-s1")):
+        maps = relevance_maps(fig)
+        assert len(maps) == 6
+        expected = lrp.attribute(models.load(ref), x, "predicted")
+        np.testing.assert_allclose(np.stack(maps).reshape(6, -1), expected.relevance, rtol=1e-6, atol=1e-9)
+        heat = [t for t in fig["data"] if t.get("name") == "relevance"][0]
+        assert heat["zmid"] == 0 and heat["zmin"] == -heat["zmax"]  # diverging scale centred on 0
+    table = at.dataframe[0].value
+    expected = lrp.attribute(models.load("zoo:mlp-s0"), x, "predicted")
+    np.testing.assert_allclose(table["explained output f"], np.round(expected.output, 4))
+    np.testing.assert_allclose(table["sum of relevance"], np.round(expected.relevance_sum, 4))
+    metric = [m for m in at.metric if m.label.startswith("Rank agreement")][0]
+    full = [lrp.dataset_relevance(models.load(r), ds)["relevance"] for r in ("zoo:mlp-s0", "zoo:mlp-s1")]
+    assert float(metric.value) == pytest.approx(np.nanmean(lrp.rank_agreement(*full)), abs=1e-3)
+    titles = {f["layout"].get("title", {}).get("text", "") for f in figs}
+    assert any("Agreement" in t for t in titles) and any("Sum of relevance" in t for t in titles)
+    aopc = [d for d in at.dataframe if "AOPC A" in d.value.columns][0].value
+    faith = lrp.dataset_faithfulness(models.load("zoo:mlp-s0"), ds, n=100)
+    assert aopc["AOPC A"][0] == pytest.approx(faith.aopc["lrp"], abs=1e-3)
+    assert aopc["AOPC A"][0] > 1.5 * aopc["AOPC A"][2]  # LRP beats the random order
+    assert not at.error
+
+
+def test_rule_target_samples_and_hidden_layer_follow_the_widgets():
+    at = open_page(n=100, at_samples=[7, 2], at_layer_a="net.relu1", at_target="class", at_class=3,
+                   at_rule="epsilon-gamma-box")
+    ds = data.load("digits", n=100)
+    m = models.load("zoo:mlp-s0")
+    expected = lrp.attribute(m, ds.inputs[[7, 2]], 3, composite="epsilon-gamma-box")
+    fig = charts(at)[0]
+    np.testing.assert_allclose(np.stack(relevance_maps(fig)).reshape(2, -1), expected.relevance, rtol=1e-6,
+                               atol=1e-9)
+    assert [a["text"] for a in fig["layout"]["annotations"] if "→" in a.get("text", "")] == \
+        ["#7 → class 3", "#2 → class 3"]
+    units = [f for f in charts(at) if any("net.relu1" in a.get("text", "") for a in f["layout"].get("annotations", []))]
+    assert units
+    bars = units[0]["data"][0]
+    layer = lrp.attribute(m, ds.inputs[[7, 2]], 3, composite="epsilon-gamma-box", layer="net.relu1")
+    per_unit = lrp.unit_relevance(layer.relevance).mean(0)
+    top = int(bars["x"][0])
+    assert top == int(np.argmax(np.abs(per_unit)))
+    assert array(bars["y"])[0] == pytest.approx(per_unit[top], rel=1e-6)
+
+
+def test_a_model_that_cannot_be_explained_is_a_message():
+    at = open_page(b="zoo:mlp-ae-b8")
+    assert any("autoencoder" in e.value for e in at.error)
+    assert not at.exception
+
+
+def test_text_models_show_token_relevance_for_a_topic_and_a_similarity():
+    at = open_page(n=40, data="text", a="hf:minilm", b="hf:minilm-random", at_sentences=[0, 1])
+    figs = charts(at)
+    tokens = [f for f in figs if f["data"] and f["data"][0].get("name") == "tokens"]
+    assert len(tokens) == 2
+    ds = data.load("text", n=40)
+    m = models.load("hf:minilm")
+    probe = lrp.fit_topic_probe(m, ds)
+    expected = lrp.attribute(m, list(ds.inputs[:2]), probe.target("predicted"))
+    first_row = [t for t in tokens[0]["data"][0]["text"][0] if t]
+    assert first_row == [t for t, k in zip(expected.tokens[0], expected.mask[0]) if k]
+    table = at.dataframe[0].value
+    np.testing.assert_allclose(table["explained output f"], np.round(expected.output, 4), atol=2e-4)
+    assert any(m.label.startswith("Rank agreement") for m in at.metric)
+    widget(at, "at_text_target").set_value("similarity")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    pair = [f for f in charts(at) if f["data"] and f["data"][0].get("name") == "tokens"][0]
+    assert "cosine similarity" in pair["layout"]["title"]["text"]
+    assert len(pair["layout"]["yaxis"]["ticktext"]) == 2
