@@ -1,0 +1,136 @@
+"""The Attributions page in a real browser: the default view draws both models' relevance maps with
+the library's numbers; choosing a rule in the page re-draws them and lands in the address; a share
+link with a rule and samples restores that view."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import browser as B  # noqa: E402
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
+    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
+]
+RENDER_MS = 180_000
+
+# The relevance heatmaps of every chart, as nested lists (Plotly keeps typed arrays; decode them).
+MAPS_JS = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')].map(el =>
+    el.data.filter(t => t.name === 'relevance').map(t => {
+        const z = t.z;
+        if (Array.isArray(z)) return z.flat();
+        if (z && z.bdata) { const s = atob(z.bdata); const b = new Uint8Array(s.length);
+            for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
+            return Array.from(z.dtype === 'f4' ? new Float32Array(b.buffer) : new Float64Array(b.buffer)); }
+        return Array.from(z).flat();
+    }))"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
+    yield base_url, proc
+    B.stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = B.launch_browser(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    context.set_default_timeout(RENDER_MS)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def _open(page, server, path):
+    base_url, proc = server
+    page.goto(base_url + path)
+    try:
+        B.wait_rendered(page, RENDER_MS)
+    except Exception as exc:
+        raise AssertionError(f"{path} did not finish rendering: {exc}\nserver log:\n{B.server_log(proc)}")
+    exc = page.get_by_test_id("stException")
+    if exc.count():
+        pytest.fail("the app shows an exception:\n" + exc.first.inner_text())
+
+
+def _main_selectbox(page, label):
+    exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+    return (page.locator("[data-testid='stMain'] [data-testid='stSelectbox']"
+                         ":not([data-stale='true'] [data-testid='stSelectbox'])")
+            .filter(has=page.get_by_test_id("stWidgetLabel").filter(has_text=exact)))
+
+
+def _pick(page, label, option):
+    box = _main_selectbox(page, label)
+    box.get_by_role("button", name="Open").click()
+    listbox = page.get_by_role("listbox", name=label)
+    listbox.get_by_role("option").filter(has_text=re.compile(rf"^\s*{re.escape(option)}\s*$")).first.click()
+    deadline = time.monotonic() + 30
+    while box.get_by_role("combobox").input_value() != option:
+        assert time.monotonic() < deadline, f"{label} did not switch to {option}"
+        page.wait_for_timeout(50)
+
+
+def _maps(page) -> list[np.ndarray]:
+    return [np.asarray(m, dtype=float) for chart in page.evaluate(MAPS_JS) for m in chart]
+
+
+def _expected(rule: str, rows: list[int]) -> dict:
+    from analysis import data, lrp, models
+
+    x = data.load("digits", n=500).inputs[rows]
+    return {ref: lrp.attribute(models.load(ref), x, "predicted", rule=rule).input_relevance
+            for ref in ("zoo:mlp-s0", "zoo:mlp-s1")}
+
+
+def test_default_view_then_a_rule_chosen_in_the_page(page, server):
+    _open(page, server, "/attributions")
+    expect(page.get_by_test_id("stMain")).to_contain_text("Over the dataset")
+    maps = _maps(page)
+    assert len(maps) == 12  # six samples for each model
+    expected = _expected("epsilon", list(range(6)))
+    np.testing.assert_allclose(np.stack(maps[:6]), expected["zoo:mlp-s0"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.stack(maps[6:]), expected["zoo:mlp-s1"], rtol=1e-4, atol=1e-6)
+    expect(page.get_by_test_id("stMetricLabel").filter(has_text="Rank agreement").first).to_be_visible()
+
+    _pick(page, "Rule or composite", "zplus")
+    B.wait_rendered(page, RENDER_MS)
+    assert parse_qs(urlsplit(page.url).query).get("at_rule") == ["zplus"], page.url
+    expected = _expected("zplus", list(range(6)))
+    np.testing.assert_allclose(np.stack(_maps(page)[:6]), expected["zoo:mlp-s0"], rtol=1e-4, atol=1e-6)
+
+
+def test_share_link_restores_rule_and_samples(page, server):
+    _open(page, server, "/attributions?at_rule=epsilon-gamma-box&at_samples=9&at_samples=4")
+    assert _main_selectbox(page, "Rule or composite").get_by_role("combobox").input_value() == "epsilon-gamma-box"
+    maps = _maps(page)
+    assert len(maps) == 4
+    from analysis import data, lrp, models
+
+    x = data.load("digits", n=500).inputs[[9, 4]]
+    expected = lrp.attribute(models.load("zoo:mlp-s0"), x, "predicted", composite="epsilon-gamma-box")
+    np.testing.assert_allclose(np.stack(maps[:2]), expected.input_relevance, rtol=1e-4, atol=1e-6)
