@@ -175,8 +175,9 @@ def _energy_terms(phi_x, phi_y, lam_x, lam_y, F, G, w_lap):
     A, B = phi_x.T @ F, phi_y.T @ G  # (K_X, p), (K_Y, p)
     diff = (lam_x[None, :] - lam_y[:, None]) ** 2  # (K_Y, K_X)
     lap = diff / diff.sum() if diff.sum() > 0 else diff
-    mx = np.einsum("nk,np,nl->pkl", phi_x, F, phi_x)  # Phi_X^T diag(f_p) Phi_X, one per descriptor
-    my = np.einsum("nk,np,nl->pkl", phi_y, G, phi_y)
+    # Phi^T diag(f_p) Phi, one per descriptor (a matrix product each: einsum here was 15x slower)
+    mx = np.stack([(phi_x * F[:, [j]]).T @ phi_x for j in range(F.shape[1])])
+    my = np.stack([(phi_y * G[:, [j]]).T @ phi_y for j in range(G.shape[1])])
     return A, B, lap, mx, my
 
 
@@ -219,6 +220,8 @@ def solve_functional_map(phi_x, phi_y, lam_x, lam_y, F, G, w_descr: float = 1.0,
 def nearest_rows(queries, points, chunk: int = 2048) -> np.ndarray:
     """Index of the nearest row of ``points`` (Euclidean) for every row of ``queries``: a blocked
     brute-force search, which beats a kd-tree in the 30-50 dimensions of spectral embeddings."""
+    points = np.asarray(points, dtype=np.float32)  # ranks only: single precision halves the time
+    queries = np.asarray(queries, dtype=np.float32)
     sq = (points ** 2).sum(1)
     out = np.empty(len(queries), dtype=np.int64)
     for i in range(0, len(queries), chunk):
