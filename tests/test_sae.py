@@ -1,0 +1,246 @@
+"""Sparse autoencoders: recovery of a known dictionary, sparsity of every kind, whole-set metrics,
+SAELens files, dead features, matching, the store, splicing and the logit effect (known answers)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import data, models
+from analysis import sae as S
+from analysis.errors import UserInputError
+
+
+def sparse_dictionary(n=8192, d=32, m=128, p=0.03, seed=0):
+    """Rows are sparse positive combinations of m random unit directions in d dimensions."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(m, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    codes = (rng.random((n, m)) < p) * rng.uniform(0.5, 1.5, size=(n, m))
+    return (codes @ directions).astype(np.float32), directions
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return sparse_dictionary()
+
+
+@pytest.fixture(scope="module")
+def topk_sae(synthetic):
+    x, _ = synthetic
+    return S.train_sae(x, kind="topk", expansion=8, k=8, steps=500, lr=1e-2, batch_size=256, seed=0)
+
+
+def test_topk_recovers_the_true_directions(synthetic, topk_sae):
+    _, directions = synthetic
+    w = topk_sae.W_dec.detach().numpy().astype(np.float64)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    best = (directions @ w.T).max(1)  # each true direction's best cosine with any decoder row
+    assert best.mean() > 0.95
+    assert topk_sae.W_enc.shape == (32, 256) and topk_sae.W_dec.shape == (256, 32)
+    np.testing.assert_allclose(np.linalg.norm(topk_sae.W_dec.detach().numpy(), axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,sparsity,target", [("topk", {"k": 8}, 8), ("batchtopk", {"k": 8}, 8),
+                                                  ("relu", {"l1": 3.0}, 12), ("jumprelu", {"l1": 0.5}, 12)])
+def test_each_kind_trains_and_reaches_its_sparsity(synthetic, kind, sparsity, target):
+    x, _ = synthetic
+    x = x[:2048]
+    sae = S.train_sae(x, kind=kind, expansion=4, steps=300, lr=1e-2, batch_size=256, seed=0, **sparsity)
+    m = S.evaluate(sae, x)
+    assert m.fve > 0.6, m.summary()
+    if kind == "topk":
+        assert 7.5 <= m.l0 <= 8  # k, less where a kept pre-activation is negative (ReLU)
+    elif kind == "batchtopk":
+        assert m.l0 == pytest.approx(8, rel=0.02)  # the global threshold keeps k per input on average
+    else:
+        assert m.l0 < target, m.summary()
+    assert sae.history["step"][-1] == 300 and len(sae.history["l0"]) == len(sae.history["step"])
+
+
+def test_a_larger_penalty_gives_fewer_active_latents(synthetic):
+    x = synthetic[0][:1024]
+    l0 = [S.evaluate(S.train_sae(x, kind="relu", expansion=2, l1=l1, steps=200, lr=1e-2, batch_size=256), x).l0
+          for l1 in (0.05, 2.0)]
+    assert l0[1] < 0.5 * l0[0]
+
+
+def identity_relu_sae(d: int) -> S.SparseAutoencoder:
+    """ReLU SAE with latents +e_i and -e_i: x^ = relu(x) - relu(-x) = x exactly."""
+    eye = np.eye(d, dtype=np.float32)
+    return S.from_arrays({"W_enc": np.hstack([eye, -eye]), "W_dec": np.vstack([eye, -eye]),
+                          "b_enc": np.zeros(2 * d, np.float32), "b_dec": np.zeros(d, np.float32)}, "relu")
+
+
+def test_explained_variance_is_computed_over_the_whole_set():
+    # x^ = relu(x) (one latent per dimension, no negative part): error = min(x, 0).
+    eye = np.eye(2, dtype=np.float32)
+    sae = S.from_arrays({"W_enc": eye, "W_dec": eye, "b_enc": np.zeros(2, np.float32),
+                         "b_dec": np.zeros(2, np.float32)}, "relu")
+    x = np.array([[1, -1], [3, 1], [-2, 2], [2, 0]], dtype=np.float32)
+    # sum ||x - x^||^2 = 1 + 0 + 4 + 0 = 5; mean = (1, 0.5); sum ||x - mean||^2 = 14 + 5 = 19
+    m = S.evaluate(sae, x, batch_size=2)
+    assert m.fve == pytest.approx(1 - 5 / 19, abs=1e-12)
+    assert m.mse == pytest.approx(5 / 8, abs=1e-12)
+    # the mean of per-batch values differs: batch 1 gives 1 - 1/5, batch 2 gives 1 - 4/8
+    assert abs(m.fve - ((1 - 1 / 5) + (1 - 4 / 8)) / 2) > 0.03
+    assert m.l0 == pytest.approx((1 + 2 + 1 + 1) / 4)
+    # shrinkage: ||x^||/||x|| and cos(x, x^) per row, averaged
+    xh = np.maximum(x, 0)
+    ratio = np.linalg.norm(xh, axis=1) / np.linalg.norm(x, axis=1)
+    cos = (x * xh).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(xh, axis=1)
+    assert m.norm_ratio == pytest.approx(ratio.mean()) and m.cosine == pytest.approx(cos.mean())
+
+
+def random_sae(kind: str, d=6, m=10, seed=0) -> S.SparseAutoencoder:
+    rng = np.random.default_rng(seed)
+    arrays = {"W_enc": rng.normal(size=(d, m)), "W_dec": rng.normal(size=(m, d)), "b_enc": rng.normal(size=m),
+              "b_dec": rng.normal(size=d), "threshold": rng.uniform(0.1, 0.5, size=m)}
+    return S.from_arrays({k: v.astype(np.float32) for k, v in arrays.items()}, kind, k=3)
+
+
+@pytest.mark.parametrize("kind", S.KINDS)
+def test_saelens_format_round_trip_is_bit_exact(tmp_path, kind):
+    sae = random_sae(kind)
+    folder = S.save_saelens(sae, tmp_path / kind, {"hook_name": "net.relu2"})
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == S.SAELENS_ARCHITECTURE[kind] and cfg["d_in"] == 6 and cfg["d_sae"] == 10
+    back = S.load_saelens(folder)
+    assert back.kind == kind and (back.k == sae.k or kind in S.PENALTY_KINDS)
+    for name, value in sae.arrays().items():
+        assert torch.equal(getattr(back, name).data, torch.from_numpy(value)), name
+    x = np.random.default_rng(1).normal(size=(20, 6)).astype(np.float32)
+    assert np.array_equal(back.encode(x), sae.encode(x)) and np.array_equal(back(x), sae(x))
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(folder / "sae_weights.safetensors"))
+    assert set(stored) == {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"threshold"} if kind in ("jumprelu", "batchtopk") else set())
+    assert stored["W_enc"].shape == (6, 10) and stored["W_dec"].shape == (10, 6)
+
+
+def test_saelens_files_with_bad_contents_are_user_errors(tmp_path):
+    with pytest.raises(UserInputError, match="no cfg.json"):
+        S.load_saelens(tmp_path)
+    folder = S.save_saelens(random_sae("topk"), tmp_path / "x")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["architecture"] = "gated"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserInputError, match="not supported"):
+        S.load_saelens(folder)
+
+
+def test_a_known_dead_feature_is_reported_dead():
+    x = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    sae = random_sae("relu")
+    sae.b_enc.data[4] = -1e6  # latent 4 can never fire
+    m = S.evaluate(sae, x)
+    assert m.density[4] == 0 and (m.density[np.arange(10) != 4] > 0).all()
+    assert m.dead_fraction == pytest.approx(0.1)
+    stats = S.feature_stats(sae, x)
+    assert stats.table().loc[4, "status"] == "dead" and stats.density[4] == 0
+    assert (stats.table()["status"] == "dead").sum() == 1
+
+
+def test_matching_a_permuted_copy_recovers_the_permutation(synthetic, topk_sae):
+    x = synthetic[0][:1500]
+    perm = np.random.default_rng(3).permutation(topk_sae.d_sae)
+    other = S.permuted(topk_sae, perm)  # other's latent j is topk_sae's latent perm[j]
+    match = S.match_features(topk_sae, x, other, x)
+    assert len(match.a) == len(match.live_a) > 200
+    np.testing.assert_array_equal(perm[match.b], match.a)
+    np.testing.assert_allclose(match.correlation, 1.0, atol=1e-5)
+    assert match.shared.all()
+
+
+def test_matching_unrelated_features_finds_low_correlation(synthetic, topk_sae):
+    x = synthetic[0][:1500]
+    rng = np.random.default_rng(0)
+    noise = S.train_sae(rng.normal(size=(1500, 32)).astype(np.float32), kind="topk", expansion=2, k=4, steps=50)
+    match = S.match_features(topk_sae, x, noise, x[rng.permutation(1500)])  # rows shuffled: unrelated inputs
+    assert np.median(match.correlation) < 0.2
+
+
+def test_feature_statistics_known_answers():
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    labels = np.arange(300) % 3
+    sae = random_sae("relu")
+    codes = sae.encode(x)
+    stats = S.feature_stats(sae, x, labels, ["a", "b", "c"])
+    np.testing.assert_allclose(stats.density, (codes > 0).mean(0))
+    np.testing.assert_allclose(stats.max_act, codes.max(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.class_mean[:, 1], codes[labels == 1].mean(0), rtol=1e-5)
+    j = int(np.argmax(stats.density))
+    ex = S.feature_examples(stats, j, n_top=5, bands=4, per_band=3)
+    np.testing.assert_array_equal(ex["top"][0], np.argsort(-codes[:, j], kind="stable")[:5])
+    assert sum(b[4] for b in ex["bands"]) == int((codes[:, j] > 0).sum())
+    for lo, hi, rows, vals, _ in ex["bands"]:
+        assert ((vals > lo) & (vals <= hi + 1e-6)).all() and len(rows) <= 3
+    feats, vals = S.active_features(stats, 7)
+    np.testing.assert_array_equal(np.sort(feats), np.nonzero(codes[7] > 0)[0])
+    assert (np.diff(vals) <= 0).all()
+
+
+def test_nearest_features_by_decoder_cosine():
+    w_dec = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float32)
+    sae = S.from_arrays({"W_enc": w_dec.T.copy(), "W_dec": w_dec, "b_enc": np.zeros(4, np.float32),
+                         "b_dec": np.zeros(3, np.float32)}, "relu")
+    idx, cos = S.nearest_features(sae, 0, n=3)
+    np.testing.assert_array_equal(idx, [1, 2, 3])
+    np.testing.assert_allclose(cos, [0.9 / np.hypot(0.9, 0.1), 0.0, -1.0], atol=1e-6)
+    with pytest.raises(UserInputError):
+        S.nearest_features(sae, 4)
+
+
+def test_geometric_median_resists_an_outlier():
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [100.0, 100.0]])
+    med = S.geometric_median(pts)
+    assert float(med.norm()) < 2.0 < float(pts.mean(0).norm())
+
+
+@pytest.fixture(scope="module")
+def digits_and_model():
+    return data.load("digits", n=200, seed=0), models.load("zoo:mlp-s0")
+
+
+def test_splicing_a_perfect_reconstruction_recovers_all_the_loss(digits_and_model):
+    ds, model = digits_and_model
+    down = S.downstream(identity_relu_sae(128), model, "net.relu2", ds)
+    assert down.spliced == pytest.approx(down.clean, rel=1e-5)
+    assert down.ablated > down.clean and down.score == pytest.approx(1.0, abs=1e-4)
+    assert down.accuracy_spliced == down.accuracy_clean > down.accuracy_ablated
+
+
+def test_logit_effect_through_a_linear_read_out_is_the_read_out(digits_and_model):
+    ds, model = digits_and_model
+    sae = random_sae("relu", d=128, m=5)
+    effect = S.logit_effect(sae, model, "net.relu3", ds, scale=np.full(5, 2.0, np.float32), n_inputs=8)
+    w = model.module.net.logits.weight.detach().numpy().astype(np.float64)  # (10, 128)
+    expected = 2.0 * sae.W_dec.detach().numpy().astype(np.float64) @ w.T
+    expected -= expected.mean(1, keepdims=True)
+    np.testing.assert_allclose(effect, expected, atol=1e-4)
+
+
+def test_trained_saes_live_in_the_store(digits_and_model):
+    ds, model = digits_and_model
+    params = dict(kind="topk", expansion=2, k=8, steps=60, lr=3e-3, batch_size=64)
+    assert S.trained_sae(model, ds, "net.relu2", only_cached=True, **params) is None
+    first = S.trained_sae(model, ds, "net.relu2", **params)
+    again = S.trained_sae(model, ds, "net.relu2", **params)
+    assert not first.cached and again.cached
+    for name, value in first.arrays().items():
+        assert np.array_equal(value, again.arrays()[name])
+    assert again.history["l0"] == pytest.approx(first.history["l0"])
+    listed = S.trained_list(model.sha256, ds.sha256, "net.relu2")
+    assert len(listed) == 1 and listed[0]["params"]["k"] == 8 and 0 < listed[0]["train_info"]["metrics"]["fve"] <= 1
+    # an unused hyper-parameter (l1 of a TopK SAE) does not change the key
+    assert S.trained_sae(model, ds, "net.relu2", only_cached=True, l1=3.0, **params) is not None
+
+
+def test_bad_parameters_are_user_errors():
+    x = np.zeros((10, 4), np.float32)
+    with pytest.raises(UserInputError, match="all zero"):
+        S.train_sae(x, steps=5)
+    with pytest.raises(UserInputError, match="kind"):
+        S.train_sae(np.ones((10, 4), np.float32), kind="gated")
+    with pytest.raises(UserInputError, match="k ="):
+        S.train_sae(np.ones((10, 4), np.float32), expansion=1, k=9, steps=2)
