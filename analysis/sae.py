@@ -1063,3 +1063,39 @@ def trained_list(model_sha: str, data_sha: str, layer: str | None = None, store=
                 (layer is None or meta.get("layer") == layer):
             out.append({"key": key, **meta})
     return out
+
+
+# --------------------------------------------------------------------------- the page's parameters
+# Choices and defaults of the SAE features page: fast enough on digits (500 rows) to train at once.
+PAGE_EXPANSIONS = (2, 4, 8, 16, 32)
+PAGE_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+PAGE_BATCHES = (64, 128, 256, 512, 1024, 4096)
+PAGE_DEFAULTS = {"expansion": 4, "k": 16, "steps": 300, "lr": 3e-3, "batch_size": 128}
+
+
+def _register_page() -> None:
+    """Declare the SAE features page's URL parameters (share links, CLI) in analysis.spec."""
+    from . import spec
+
+    P = spec.Param
+    spec.register("sae", (
+        P("sae_model", "str", "A", choices=("A", "B"), help="model whose SAE is browsed"),
+        P("sae_layer_a", "str", help="layer of A (default: the middle one)"),
+        P("sae_layer_b", "str", help="layer of B (default: the middle one)"),
+        P("sae_kind", "str", "topk", choices=KINDS, help="SAE kind"),
+        P("sae_exp", "int", PAGE_DEFAULTS["expansion"], choices=PAGE_EXPANSIONS, help="expansion factor"),
+        P("sae_k", "int", PAGE_DEFAULTS["k"], lo=1, hi=512, help="active latents (topk, batchtopk)"),
+        P("sae_l1_relu", "float", DEFAULT_L1["relu"], lo=0.0, hi=1000.0, help="L1 penalty (relu)"),
+        P("sae_l1_jumprelu", "float", DEFAULT_L1["jumprelu"], lo=0.0, hi=1000.0, help="L0 penalty (jumprelu)"),
+        P("sae_steps", "int", PAGE_DEFAULTS["steps"], lo=50, hi=50000, help="training steps"),
+        P("sae_lr", "float", PAGE_DEFAULTS["lr"], choices=PAGE_LRS, help="learning rate"),
+        P("sae_bs", "int", PAGE_DEFAULTS["batch_size"], choices=PAGE_BATCHES, help="batch size"),
+        P("sae_map", "str", "umap", choices=("umap", "pca"), help="decoder map"),
+        P("sae_feature", "int", lo=0, hi=1_000_000, help="feature on show (default: the densest)"),
+        P("sae_input", "int", 0, lo=0, hi=1_000_000, help="input whose active features are listed"),
+        P("sae_match", "bool", True, help="match A's and B's features"),
+        P("sae_pair", "int", 0, lo=0, hi=1_000_000, help="matched pair on show (rank)"),
+    ))
+
+
+_register_page()
