@@ -563,8 +563,8 @@ def _register_page() -> None:
     from .translation import SELECTIONS
 
     spec.register("functional-maps", (
-        spec.Param("fm_layer_a", "str", help="layer of A (default: penultimate)"),
-        spec.Param("fm_layer_b", "str", help="layer of B (default: penultimate)"),
+        spec.Param("fm_layer_a", "str", help="layer of A (default: penultimate; an autoencoder's bottleneck)"),
+        spec.Param("fm_layer_b", "str", help="layer of B (default: penultimate; an autoencoder's bottleneck)"),
         spec.Param("fm_anchors", "int", 10, lo=2, hi=5000, help="anchor budget"),
         spec.Param("fm_select", "str", "random", choices=SELECTIONS, help="anchor selection"),
         spec.Param("fm_descr", "list", ["geodesic"], help="descriptors: geodesic, labels, hks"),

@@ -21,8 +21,13 @@ def layer_acts(ref: str, data_key: tuple, layer: str, _model, _ds) -> np.ndarray
     return activations.extract(_model, _ds, [layer])[layer]
 
 
-def _penultimate(layers: list[str]) -> int:
-    return max(0, len(layers) - 2)
+def _default_layer(model) -> int:
+    """The penultimate layer; an autoencoder's bottleneck (its latent space) when it has one."""
+    if model.kind == "autoencoder":
+        for i, name in enumerate(model.layers):
+            if name.endswith("bottleneck"):
+                return i
+    return max(0, len(model.layers) - 2)
 
 
 def sweep(kind: str, key: dict, seconds: float, label: str, compute):
@@ -48,9 +53,9 @@ st.caption("A latent functional map relates the two layers through the spectra o
 
 # ------------------------------------------------------------------ controls
 c1, c2, c3, c4, c5 = st.columns([1.4, 1.4, 0.9, 1.2, 1.6])
-layer_a = c1.selectbox("Layer of A", model_a.layers, index=_penultimate(model_a.layers), key="fm_layer_a",
+layer_a = c1.selectbox("Layer of A", model_a.layers, index=_default_layer(model_a), key="fm_layer_a",
                        bind="query-params")
-layer_b = c2.selectbox("Layer of B", model_b.layers, index=_penultimate(model_b.layers), key="fm_layer_b",
+layer_b = c2.selectbox("Layer of B", model_b.layers, index=_default_layer(model_b), key="fm_layer_b",
                        bind="query-params")
 n_anchors = int(c3.number_input("Anchors", 2, 5000, 10, key="fm_anchors", bind="query-params",
                                 help="Samples whose pairing between A and B is taken as known."))
