@@ -119,7 +119,8 @@ m2.metric("Same sample", f"{quality['same_sample']:.3f}",
           help=f"Fraction of B's samples matched to the very same sample of A (chance {quality['chance_sample']:.4f}).")
 if "same_class" in quality:
     m3.metric("Same class", f"{quality['same_class']:.3f}",
-              help=f"Fraction of matches with the same label (chance {quality['chance_class']:.3f}).")
+              help=f"Fraction of matches with the same label (chance {quality['chance_class']:.3f})."
+                   + (" The 'labels' descriptor gave the map the labels themselves." if "labels" in descriptors else ""))
 m4.metric("Map fitted in", f"{float(fit['seconds']):.2f} s",
           help=f"Eigen-solver: {float(fit['eigen_seconds']):.2f} s. Cached in the result store.")
 diag = {
