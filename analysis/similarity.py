@@ -435,6 +435,7 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
 
     m = measure_info(measure)
     params = {**m.params, **params}
+    _check_matrix_memory(acts_a, acts_b, measure, batch_size)
     # The minibatch estimator converts each batch itself: validate without a float64 copy of everything.
     dtype = None if (batch_size is not None and m.family == "cka") else np.float64
     a, b = _check_layers(acts_a, "A", dtype), _check_layers(acts_b, "B", dtype)
@@ -485,6 +486,14 @@ def similarity_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.
     if progress:
         progress(1.0, "done")
     return df
+
+
+def _check_matrix_memory(acts_a, acts_b, measure, batch_size) -> None:
+    shapes = [np.shape(x) for x in list(acts_a.values()) + list(acts_b.values())]
+    if not shapes or any(len(s) == 0 for s in shapes):
+        return  # validation reports it
+    dims = [int(np.prod(s[1:])) if len(s) > 1 else 1 for s in shapes]
+    check_memory(shapes[0][0], dims[:len(acts_a)], dims[len(acts_a):], measure, batch_size)
 
 
 def _cka_matrix(a, b, measure, params, device, progress) -> np.ndarray:
@@ -956,6 +965,11 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
         if progress:
             progress(1.0, "loaded from the result store")
         return df
+    from .activations import pooled_dims
+
+    # Refuse before the models run: the activations alone can be most of the time.
+    check_memory(len(ds), pooled_dims(model_a, ds, layers_a, pooling), pooled_dims(model_b, ds, layers_b, pooling),
+                 measure, batch_size)
     stage = (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
     acts_a = extract(model_a, ds, layers_a, pooling, device, stage(0.0, 0.3))
     acts_b = extract(model_b, ds, layers_b, pooling, device, stage(0.3, 0.6))
@@ -967,6 +981,72 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
               kind="similarity")
     df.attrs["cached"] = False
     return df
+
+
+def estimate_bytes(n: int, dims_a: list[int], dims_b: list[int], measure: str,
+                   batch_size: int | None = None) -> float:
+    """Rough peak memory of ``similarity_matrix`` (bytes): the float64 activations plus what the
+    measure holds per layer (Gram matrices, ranked RDMs, bases) and its largest temporaries."""
+    m = measure_info(measure)
+    n, la, lb = int(n), len(dims_a), len(dims_b)
+    dims = list(dims_a) + list(dims_b)
+    layers, widest = la + lb, max(dims, default=1)
+    acts = 8.0 * n * sum(dims)
+    square = 8.0 * n * n
+    if m.family == "cka":
+        if batch_size:
+            b = min(int(batch_size), n)
+            return acts / 2 + 8.0 * b * b * (layers + 3) + 8.0 * la * lb
+        if m.name == "rbf_cka":
+            return acts + square * (layers + 4)
+        if square * layers > GRAM_MEMORY_BYTES:  # the feature form: per-layer copies, no n x n matrix
+            return 2 * acts + 8.0 * widest * widest * 2
+        return acts + square * (layers + 2)
+    if m.family == "cca":
+        return 2 * acts + 3 * 8.0 * n * min(n, widest)
+    if m.family == "procrustes":
+        return 2 * acts + 8.0 * widest * widest * 2
+    if m.family == "rsa":  # a ranked upper triangle held per layer, ~6 n x n temporaries for one
+        return acts + 0.5 * square * layers + 6 * square
+    return acts + 3 * square  # mutual k-NN: similarities, their negation and the partition indices
+
+
+def check_memory(n: int, dims_a: list[int], dims_b: list[int], measure: str, batch_size: int | None = None,
+                 available: int | None = None) -> float:
+    """Refuse (UserInputError) a layer-by-layer matrix that would not fit in this machine's free
+    memory, with the estimate and the way around it; returns the estimate in bytes otherwise."""
+    from .resources import USABLE_FRACTION, check_fits, fmt_bytes
+
+    m = measure_info(measure)
+    usable = USABLE_FRACTION * (available if available is not None else _available())
+    layers = len(dims_a) + len(dims_b)
+    rbf_grams = lambda k: 8.0 * k * k * layers if (m.name == "rbf_cka" and not batch_size) else 0.0
+    fits = lambda k: estimate_bytes(k, dims_a, dims_b, measure, batch_size) <= usable and \
+        rbf_grams(k) <= GRAM_MEMORY_BYTES
+    estimate = estimate_bytes(n, dims_a, dims_b, measure, batch_size)
+    if fits(n):
+        return estimate
+    lo, hi = 0, int(n)  # the most samples that fit: fits(lo) holds, fits(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    if m.family == "cka" and m.name != "rbf_cka":
+        ways = (f"Use the minibatch estimator (a minibatch size such as 1024: memory then does not grow with "
+                f"n) or fewer samples (about {lo:,} fit).")
+    else:
+        ways = f"Use fewer samples (about {lo:,} fit), or linear CKA with a minibatch size."
+    what = f"{m.label} between {len(dims_a)} and {len(dims_b)} layers on {n:,} samples"
+    if rbf_grams(n) > GRAM_MEMORY_BYTES and estimate <= usable:
+        raise UserInputError(f"{what} needs {fmt_bytes(rbf_grams(n))} of Gram matrices, over the "
+                             f"{fmt_bytes(GRAM_MEMORY_BYTES)} RepLens allows them, so it was not started. {ways}")
+    check_fits(estimate, what, ways, available)
+    return estimate
+
+
+def _available() -> int:
+    from .resources import available_bytes
+
+    return available_bytes()
 
 
 def estimate_seconds(n: int, dims_a: list[int], dims_b: list[int], measure: str,

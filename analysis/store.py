@@ -151,8 +151,10 @@ class Store:
         if row is None:
             self._count(False)
             return None
+        from .tabular import NPY_READ_LOCK
+
         try:
-            with np.load(self.root / row[0], allow_pickle=False) as npz:
+            with NPY_READ_LOCK, np.load(self.root / row[0], allow_pickle=False) as npz:
                 out = {name: npz[name] for name in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             # The file vanished or is damaged (disk trouble, manual deletion): forget it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -13,6 +14,10 @@ import numpy as np
 from .errors import UserInputError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+# np.load parses each array header with ast.literal_eval, and CPython before 3.11.9 / 3.12.1 can fail
+# with "SystemError: AST constructor recursion depth mismatch" when two threads (two Streamlit
+# sessions) parse at once (gh-106905). Every .npy/.npz read in RepLens holds this lock.
+NPY_READ_LOCK = threading.RLock()
 MAX_UPLOAD_ENV = "REPLENS_MAX_UPLOAD_MB"
 
 
@@ -70,15 +75,21 @@ def _check_npy_header(fp, available: int, filename: str) -> None:
 
 
 def load_npy(data: bytes, filename: str) -> np.ndarray:
-    _check_npy_header(io.BytesIO(data), len(data), filename)
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError, MemoryError) as exc:
-        raise _numpy_load_error(exc, filename, ".npy", "np.save") from exc
+    with NPY_READ_LOCK:
+        _check_npy_header(io.BytesIO(data), len(data), filename)
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError, MemoryError) as exc:
+            raise _numpy_load_error(exc, filename, ".npy", "np.save") from exc
 
 
 def load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
     """Arrays of an .npz, refusing pickled members and archives that inflate past the limit."""
+    with NPY_READ_LOCK:
+        return _load_npz(data, filename)
+
+
+def _load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             inflated = sum(i.file_size for i in zf.infolist())

@@ -98,6 +98,12 @@ st.caption(f"**{m.label}** — {m.description} Range {m.value_range[0]:g} to {m.
 # ------------------------------------------------------------------ estimate, then run
 dims_a = activations.pooled_dims(model_a, ds, layers_a, pooling)
 dims_b = activations.pooled_dims(model_b, ds, layers_b, pooling)
+try:  # refused before anything runs when the machine does not have the memory (estimate + way around)
+    for dx, dy in ((dims_a, dims_b), (dims_a, dims_a), (dims_b, dims_b)):
+        sim.check_memory(len(ds), dx, dy, measure, batch_size)
+except sim.UserInputError as exc:
+    st.error(str(exc))
+    st.stop()
 seconds = (sim.estimate_seconds(len(ds), dims_a, dims_b, measure, batch_size)
            + sim.estimate_seconds(len(ds), dims_a, dims_a, measure, batch_size)
            + sim.estimate_seconds(len(ds), dims_b, dims_b, measure, batch_size))

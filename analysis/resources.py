@@ -1,0 +1,78 @@
+"""Memory the server can give one computation, and the refusal of work that would not fit.
+
+A computation estimates its peak memory first and calls :func:`check_fits`; when the estimate is
+over what the machine has free, it is refused before it starts, with the estimate and the ways
+around it, instead of swapping the server to a halt or being killed half-way.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import UserInputError
+
+LIMIT_ENV = "REPLENS_MEMORY_LIMIT_MB"
+USABLE_FRACTION = 0.8  # leave room for the server, other sessions and the interpreter's own peaks
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_free() -> int | None:
+    """Room left under a cgroup v2 memory limit (containers), if there is one."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as f:
+            return max(int(limit) - int(f.read().strip()), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes() -> int:
+    """Memory available now: ``$REPLENS_MEMORY_LIMIT_MB`` if set (a cap chosen by whoever runs the
+    server), else psutil's figure if installed, else /proc/meminfo, lowered to a cgroup's limit."""
+    env = os.environ.get(LIMIT_ENV)
+    if env:
+        try:
+            return int(float(env) * 2**20)
+        except ValueError:
+            pass
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except ImportError:
+        free = _meminfo_available()
+    if free is None:
+        free = 8 * 2**30  # unknown platform: assume a modest machine
+    cgroup = _cgroup_free()
+    return min(free, cgroup) if cgroup is not None else free
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.0f} kB"
+
+
+def check_fits(estimate: float, what: str, ways_around: str, available: int | None = None) -> None:
+    """Raise UserInputError when ``estimate`` bytes exceed the usable share of free memory."""
+    free = available_bytes() if available is None else available
+    usable = USABLE_FRACTION * free
+    if estimate > usable:
+        raise UserInputError(
+            f"{what} would need about {fmt_bytes(estimate)} of memory; this server has "
+            f"{fmt_bytes(free)} free (at most {fmt_bytes(usable)} for one computation), so it was not "
+            f"started. {ways_around}"
+        )
