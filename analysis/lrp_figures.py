@@ -59,9 +59,25 @@ def relevance_grid(images, relevances, titles: list[str], image_shape=(8, 8), he
     return _finish(fig)
 
 
-def token_heatmap(tokens: list[list[str]], relevance: np.ndarray, mask: np.ndarray, row_titles: list[str],
-                  heading: str = ""):
-    """Sentences as rows of tokens coloured by relevance (diverging, centred on 0, one scale per row)."""
+def token_pairs(atts: dict, row_titles: dict, heading: str = ""):
+    """Each sentence's tokens coloured by A's relevance, and by B's on the row below (see
+    :func:`token_heatmap`). ``atts``: {"A": Attribution, "B": Attribution} of the same sentences."""
+    tokens, rel, mask, titles = [], [], [], []
+    names = list(atts)
+    for i in range(len(atts[names[0]].tokens)):
+        for name in names:
+            a = atts[name]
+            tokens.append(a.tokens[i])
+            rel.append(a.input_relevance[i])
+            mask.append(a.mask[i])
+            titles.append(row_titles[name][i])
+    return token_heatmap(tokens, rel, mask, titles, heading, group=len(names))
+
+
+def token_heatmap(tokens: list[list[str]], relevance, mask, row_titles: list[str], heading: str = "",
+                  group: int = 1):
+    """Sentences as rows of tokens coloured by relevance (diverging, centred on 0, one scale per row);
+    ``group`` rows in a row belong together (a wider gap after each group)."""
     import plotly.graph_objects as go
 
     n = len(tokens)
@@ -77,10 +93,12 @@ def token_heatmap(tokens: list[list[str]], relevance: np.ndarray, mask: np.ndarr
     raw = [[f"{text[i][j]}: {relevance[i][np.nonzero(mask[i])[0][j]]:.4f}" if text[i][j] else ""
             for j in range(width)] for i in range(n)]
     fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", textfont=dict(size=12), customdata=raw,
-                               colorscale=DIVERGING, zmid=0, zmin=-1, zmax=1, xgap=2, ygap=6,
+                               colorscale=DIVERGING, zmid=0, zmin=-1, zmax=1, xgap=2, ygap=3,
                                colorbar=dict(title="relevance<br>(÷ row max)", thickness=10),
                                hovertemplate="%{customdata}<extra></extra>", name="tokens"))
-    fig.update_layout(height=110 + 46 * n, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+    for k in range(group, n, group):  # a rule between groups (sentences)
+        fig.add_hline(y=k - 0.5, line_color="#999", line_width=1)
+    fig.update_layout(height=110 + 40 * n, font=FONT, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white",
                       title=dict(text=heading, x=0.01, font=dict(size=14)))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(tickvals=list(range(n)), ticktext=row_titles, autorange="reversed", showgrid=False)

@@ -239,7 +239,7 @@ def text_view(sel, ds, models, data_key, rule, eps, gamma):
 
 def text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, data_key, ds):
     bar = Progress("Fitting the topic probes and explaining…")
-    atts, probes = {}, {}
+    atts, probes, titles = {}, {}, {}
     cols = st.columns(2, gap="large")
     for k, ((slot, m), col) in enumerate(zip(models.items(), cols)):
         with col:
@@ -259,25 +259,26 @@ def text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, dat
                 bar((k + 1) / 2, "Explaining…")
             atts[slot] = att
             if mode == "similarity":
-                rows = ["sentence 1", "sentence 2"]
-                heading = f"cosine similarity {att.output[0]:.3f}: what in each sentence makes them alike"
+                titles[slot] = [f"sentence 1 · {slot}", f"sentence 2 · {slot}"]
+                st.metric("Cosine similarity of the two sentences", f"{att.output[0]:.3f}")
                 cons = {"sample": ["the pair"], "explained output f": np.round(att.output, 4),
                         "sum of relevance": np.round(att.conservation * att.output, 4),
                         "ΣR / f": np.round(att.conservation, 4)}
             else:
-                rows = [f"{i + 1}: {probe.topics[int(c)]}" for i, c in enumerate(att.target)]
-                heading = "tokens coloured by relevance for the topic score (red: for, blue: against)"
+                titles[slot] = [f"{i + 1} · {slot}: {probe.topics[int(c)]}" for i, c in enumerate(att.target)]
                 cons = conservation_rows(att, [f"sentence {i + 1}" for i in range(len(texts))])
-            show_figure(lf.token_heatmap(att.tokens, att.input_relevance, att.mask, rows, heading),
-                        key=f"at_tokens_{slot}")
             show_table(cons, key=f"at_cons_{slot}")
             for note in att.notes:
                 st.caption(note)
     bar.done()
     if len(atts) < 2:
         st.stop()
-    st.caption("Biases (and the probe's intercept) take part of the score, so ΣR and f differ; with every bias "
-               "removed the token relevance sums to the score exactly (see the tests).")
+    heading = ("what in each sentence makes the two alike (red: raises the cosine similarity, blue: lowers it)"
+               if mode == "similarity" else "tokens coloured by relevance for the topic score (red: for, blue: against)")
+    show_figure(lf.token_pairs(atts, titles, heading), key="at_tokens")
+    st.caption("Each row has its own colour scale (±its largest |relevance|). Biases (and the probe's intercept) "
+               "take part of the score, so ΣR and f differ; with every bias removed the token relevance sums "
+               "to the score exactly (see the tests).")
     return atts, probes
 
 

@@ -113,7 +113,7 @@ def test_text_models_show_token_relevance_for_a_topic_and_a_similarity():
     at = open_page(n=40, data="text", a="hf:minilm", b="hf:minilm-random", at_sentences=[0, 1])
     figs = charts(at)
     tokens = [f for f in figs if f["data"] and f["data"][0].get("name") == "tokens"]
-    assert len(tokens) == 2
+    assert len(tokens) == 1 and len(tokens[0]["layout"]["yaxis"]["ticktext"]) == 4  # 2 sentences x (A, B)
     ds = data.load("text", n=40)
     m = models.load("hf:minilm")
     probe = lrp.fit_topic_probe(m, ds)
@@ -127,5 +127,6 @@ def test_text_models_show_token_relevance_for_a_topic_and_a_similarity():
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     pair = [f for f in charts(at) if f["data"] and f["data"][0].get("name") == "tokens"][0]
-    assert "cosine similarity" in pair["layout"]["title"]["text"]
-    assert len(pair["layout"]["yaxis"]["ticktext"]) == 2
+    assert "alike" in pair["layout"]["title"]["text"]
+    assert len(pair["layout"]["yaxis"]["ticktext"]) == 4  # (sentence 1, sentence 2) x (A, B)
+    assert any(m.label.startswith("Cosine similarity") for m in at.metric)
