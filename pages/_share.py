@@ -44,10 +44,23 @@ def open_short_link() -> None:
     if saved is None:
         st.session_state["_link_warning"] = f"Could not open the short link a={query['a']}: {problem}. Showing the default view."
         return
-    for key, value in saved.to_query().items():
-        st.query_params[key] = value
+    st.query_params.from_dict(saved.to_query())
+    _seed_widgets_from_url()
     st.session_state["_opened_spec"] = saved.page
-    st.rerun()
+
+
+def _seed_widgets_from_url() -> None:
+    """Bound widgets take their first value from the query string the browser sent at the start of
+    the run, not from st.query_params; make the expanded parameters that starting point. (A rerun
+    would do it too, but a rerun issued before st.navigation lands on the default page.) Uses
+    Streamlit 1.67's session query-params object; requirements.txt pins that version."""
+    try:
+        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+        with get_script_run_ctx().session_state.query_params() as qp:
+            qp.set_initial_query_params_from_current()
+    except (AttributeError, TypeError) as exc:  # a Streamlit without it: say so rather than fail silently
+        st.session_state["_link_warning"] = f"This Streamlit version cannot expand short links ({exc})."
 
 
 def _value(p: spec_mod.Param):

@@ -62,20 +62,23 @@ def start_server(port: int | None = None, store_dir: str | os.PathLike | None = 
     log.close()
     proc.log_path = log.name  # type: ignore[attr-defined]
     base_url = f"http://localhost:{port}"
+    args = list(extra_args)
+    prefix = args[args.index("--server.baseUrlPath") + 1].strip("/") if "--server.baseUrlPath" in args else ""
+    health = f"{base_url}/{prefix + '/' if prefix else ''}_stcore/health"
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"streamlit exited with status {proc.returncode} before it was healthy:\n"
                                f"{_log_text(proc)}")
         try:
-            with urllib.request.urlopen(f"{base_url}/_stcore/health", timeout=2) as r:
+            with urllib.request.urlopen(health, timeout=2) as r:
                 if r.status == 200 and r.read().strip() == b"ok":
                     return proc, base_url
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         if time.monotonic() > deadline:
             stop_server(proc)
-            raise RuntimeError(f"streamlit did not answer {base_url}/_stcore/health within {timeout_s:.0f} s:\n"
+            raise RuntimeError(f"streamlit did not answer {health} within {timeout_s:.0f} s:\n"
                                f"{_log_text(proc)}")
         time.sleep(0.1)
 
