@@ -27,7 +27,7 @@ from .validation import as_matrix, check_aligned
 
 DESCRIPTORS = ("geodesic", "labels", "hks")
 METRICS = ("cosine", "euclidean")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- graph and spectrum
@@ -456,6 +456,11 @@ class LatentFunctionalMap:
             out["exact_matches"] = float(np.mean(self.p2p_ == np.arange(n)))
             ct = self.C_true_[: C.shape[0], : C.shape[1]]
             out["map_error"] = float(np.linalg.norm(C - ct) / (np.linalg.norm(ct) or 1.0))
+            # the score above ignores magnitude: for unrelated rows C^T C ~ diag(1, K/n, ...), nearly
+            # diagonal but far from I, so the score creeps up as n/K grows; this deviation does not
+            kt = self.C_true_.shape[1]
+            out["truth_orthogonality_deviation"] = float(
+                np.linalg.norm(self.C_true_.T @ self.C_true_ - np.eye(kt)) / np.sqrt(kt))
         return out
 
 

@@ -124,6 +124,8 @@ if "same_class" in quality:
 m4.metric("Map fitted in", f"{float(fit['seconds']):.2f} s",
           help=f"Eigen-solver: {float(fit['eigen_seconds']):.2f} s. Cached in the result store.")
 diag = {
+    "ground-truth C: ‖CᵀC − I‖ / √K (0 same graph, ~0.9 unrelated)": float(
+        fit.get("diag_truth_orthogonality_deviation", np.nan)),
     "similarity of the estimated C": float(fit["diag_similarity_estimated"]),
     "‖CᵀC − I‖ / √K (0 = orthogonal map)": float(fit["diag_orthogonality_deviation"]),
     "Laplacian commutativity ‖CΛ_A − Λ_B C‖ / ‖C‖": float(fit["diag_laplacian_commutativity"]),

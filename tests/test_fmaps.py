@@ -42,6 +42,9 @@ def test_shuffled_rows_read_clearly_lower(digits_x):
     shuffled = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(digits_x, digits_x[perm], rows_aligned=True)
     assert same.similarity() > 0.999
     assert shuffled.similarity() < 0.7
+    # the magnitude-aware check: C^T C of the truth is I for the same graph, far from it for shuffled rows
+    assert same.diagnostics()["truth_orthogonality_deviation"] < 1e-8
+    assert shuffled.diagnostics()["truth_orthogonality_deviation"] > 0.5
 
 
 def test_similarity_uses_ctc_not_c():
