@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from analysis import data, lrp, models
+from tests.test_similarity_page import array  # Plotly typed arrays -> numpy
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -36,18 +37,6 @@ def widget(at, key):
 
 def charts(at) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def array(value) -> np.ndarray:
-    import base64
-
-    if isinstance(value, dict) and "bdata" in value:
-        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = value.get("shape")
-        if isinstance(shape, str):
-            shape = [int(v) for v in shape.split(",")]
-        return arr.reshape(shape) if shape else arr
-    return np.array(value, dtype=float)
 
 
 def relevance_maps(fig) -> list[np.ndarray]:

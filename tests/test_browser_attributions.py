@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
+from tests.test_browser import browser, server  # noqa: E402,F401 (module fixtures: one server, one Chromium)
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -39,21 +40,6 @@ MAPS_JS = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"] 
             return Array.from(z.dtype === 'f4' ? new Float32Array(b.buffer) : new Float64Array(b.buffer)); }
         return Array.from(z).flat();
     }))"""
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
-    yield base_url, proc
-    B.stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = B.launch_browser(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture
