@@ -80,6 +80,8 @@ def _with_url_value(options: list[str], key: str, valid) -> list[str]:
             options = options + [value]
         except UserInputError as exc:
             st.sidebar.warning(f"Ignored '{key}' from the link: {exc}")
+            if value.startswith("upload:"):  # offer the upload: the same file gets the same id
+                st.session_state["_missing_upload"] = (key, value)
     return options
 
 
@@ -206,7 +208,14 @@ def _upload_panel() -> None:
     from analysis import tabular
 
     limit_mb = tabular.max_upload_bytes() // 2**20
-    with st.sidebar.expander("Upload a model or data"):
+    missing = st.session_state.pop("_missing_upload", None)
+    with st.sidebar.expander("Upload a model or data", expanded=missing is not None):
+        if missing:
+            what = {"a": "model A", "b": "model B", "data": "the dataset"}[missing[0]]
+            st.info(f"The link uses an uploaded file as {what} ({missing[1]}) that this server does not have. "
+                    "Upload the same file here: it gets the same id, and the link's view opens with it.")
+            if missing[0] in ("a", "b") and "upload_target" not in st.session_state:
+                st.session_state["upload_target"] = f"Model {missing[0].upper()}"
         st.caption(f"TorchScript (.pt), safetensors weights of a zoo architecture, or embeddings "
                    f"(.npy/.npz/.csv/.parquet, rows aligned with the dataset). Up to {limit_mb} MB. "
                    "Files are stored by content hash and never unpickled.")

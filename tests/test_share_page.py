@@ -100,3 +100,11 @@ def test_pins_reach_the_report_which_saves_reorders_and_reopens():
     assert len(fresh.get("plotly_chart")) == 2
     fresh.button(key=f"_rm_{first}").click().run()
     assert len(fresh.get("plotly_chart")) == 1
+
+
+def test_a_link_to_a_missing_upload_says_so_and_offers_the_upload():
+    at = open_url("similarity", {"b": "upload:0123456789abcdef", "measure": "rbf_cka"})
+    assert any("does not have" in i.value and "model B" in i.value for i in at.info)
+    assert at.radio(key="upload_target").value == "Model B"  # the upload goes where the link wants it
+    assert at.selectbox(key="b").value == "zoo:mlp-s1"  # meanwhile the default model, not a crash
+    assert at.selectbox(key="measure").value == "rbf_cka"  # the rest of the view is kept
