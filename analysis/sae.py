@@ -894,18 +894,22 @@ def correlation_matrix(codes_a, codes_b) -> np.ndarray:
 
 
 def match_features(sae_a: SparseAutoencoder, acts_a, sae_b: SparseAutoencoder, acts_b, threshold: float = 0.5,
-                   codes_a=None, codes_b=None) -> FeatureMatch:
+                   codes_a=None, codes_b=None, min_active: int = 3) -> FeatureMatch:
     """Match SAE(A)'s latents to SAE(B)'s by the correlation of their activations on the same
     inputs (rows of ``acts_a`` and ``acts_b`` are the same samples): Hungarian assignment
-    (scipy.optimize.linear_sum_assignment, maximising total correlation) among live latents."""
+    (scipy.optimize.linear_sum_assignment, maximising total correlation) among the latents active
+    on at least ``min_active`` inputs (two latents that fire on one and the same input correlate
+    perfectly, which says nothing)."""
+    from scipy import sparse
     from scipy.optimize import linear_sum_assignment
 
-    ca = sparse_codes(sae_a, acts_a) if codes_a is None else codes_a
-    cb = sparse_codes(sae_b, acts_b) if codes_b is None else codes_b
-    live_a = np.nonzero(np.diff(ca.indptr))[0] if hasattr(ca, "indptr") else np.nonzero((np.asarray(ca) > 0).any(0))[0]
-    live_b = np.nonzero(np.diff(cb.indptr))[0] if hasattr(cb, "indptr") else np.nonzero((np.asarray(cb) > 0).any(0))[0]
+    ca = sparse.csc_matrix(sparse_codes(sae_a, acts_a) if codes_a is None else codes_a)
+    cb = sparse.csc_matrix(sparse_codes(sae_b, acts_b) if codes_b is None else codes_b)
+    live_a = np.nonzero(np.diff(ca.indptr) >= min_active)[0]
+    live_b = np.nonzero(np.diff(cb.indptr) >= min_active)[0]
     if len(live_a) == 0 or len(live_b) == 0:
-        raise UserInputError("One of the SAEs has no live feature on these inputs: nothing to match.")
+        raise UserInputError(f"One of the SAEs has no feature active on {min_active} or more of these inputs: "
+                             "nothing to match. Use more samples.")
     corr = correlation_matrix(ca[:, live_a], cb[:, live_b])
     ra, rb = linear_sum_assignment(corr, maximize=True)
     order = np.argsort(-corr[ra, rb], kind="stable")

@@ -12,14 +12,15 @@ KIND_COLOURS = {"topk": "#4c78a8", "batchtopk": "#f58518", "relu": "#54a24b", "j
 
 
 def _layout(fig, height: int = 300, title: str = "", **kw):
-    fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=40 if title else 20, b=10),
+    kw.setdefault("margin", dict(l=10, r=10, t=40 if title else 20, b=10))
+    fig.update_layout(height=height, font=FONT,
                       plot_bgcolor="white", title=dict(text=title, x=0.01, font=dict(size=14)), **kw)
     fig.update_xaxes(gridcolor="#eee", zeroline=False)
     fig.update_yaxes(gridcolor="#eee", zeroline=False)
     return _finish(fig)
 
 
-def training_curve(history: dict, title: str = "Training"):
+def training_curve(history: dict, title: str = ""):
     """Loss, L0 and explained variance (of the logged training batches) against the step."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -32,8 +33,10 @@ def training_curve(history: dict, title: str = "Training"):
                                  line=dict(color=colour), marker=dict(size=4), showlegend=False,
                                  hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_yaxes(type="log", row=1, col=1)
-    return _layout(fig, 260, title)
+    if title:
+        fig.add_annotation(text=title, x=0, y=1.22, xref="paper", yref="paper", showarrow=False, xanchor="left",
+                           font=dict(size=14))
+    return _layout(fig, 270, "", margin=dict(l=10, r=10, t=60, b=10))
 
 
 def frontier(rows: list[dict], current_key: str | None = None):
@@ -138,8 +141,9 @@ def decoder_map_figure(coords, density, selected: int | None = None, top_class=N
                                                               line=dict(width=3))))
     fig.update_xaxes(title=f"{method} 1", showticklabels=False)
     fig.update_yaxes(title=f"{method} 2", showticklabels=False)
-    return _layout(fig, 420, f"Decoder directions ({method}) · click a point to open its feature",
-                   clickmode="event+select", legend=dict(orientation="h", y=-0.05))
+    return _layout(fig, 440, f"Decoder directions ({method}) · click a point to open its feature",
+                   clickmode="event+select", margin=dict(l=10, r=10, t=70, b=10),
+                   legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
 
 
 def active_features_bar(features, values, top_class=None):
@@ -176,9 +180,9 @@ def match_quality(correlation, best_a, threshold: float):
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title="activation correlation of the matched pair")
     fig.update_yaxes(title="pairs")
-    return _layout(fig, 300, f"Match quality · {int((corr >= threshold).sum())} shared, "
+    return _layout(fig, 360, f"Match quality · {int((corr >= threshold).sum())} shared, "
                              f"{int((corr < threshold).sum())} model-specific pairs",
-                   legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
+                   legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
 
 
 def highlight_tokens_html(tokens, values, vmax: float | None = None) -> str:

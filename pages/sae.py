@@ -180,22 +180,23 @@ m[6].metric("Cosine", f"{metrics.cosine:.3f}", help="Mean cos(x, x̂).")
 down, why = cached_downstream(key, sae, model, layer, ds)
 if down is not None:
     d = st.columns(4)
-    d[0].metric(f"{down.metric}: clean", f"{down.clean:.4f}")
+    acc = (lambda a: "" if a is None else f" · accuracy {100 * a:.1f}%")
+    d[0].metric(f"{down.metric}: clean", f"{down.clean:.4f}", help="The model as it is" + acc(down.accuracy_clean))
     d[1].metric("with the SAE spliced in", f"{down.spliced:.4f}",
-                delta=None if down.accuracy_spliced is None else
-                f"accuracy {100 * down.accuracy_spliced:.1f}% (clean {100 * down.accuracy_clean:.1f}%)",
-                delta_color="off")
+                help="The layer's output replaced by the SAE's reconstruction" + acc(down.accuracy_spliced))
     d[2].metric("mean-ablated layer", f"{down.ablated:.4f}",
-                delta=None if down.accuracy_ablated is None else f"accuracy {100 * down.accuracy_ablated:.1f}%",
-                delta_color="off")
+                help="The layer's output replaced by its mean over the data" + acc(down.accuracy_ablated))
     d[3].metric("Loss recovered", f"{down.score:.3f}",
                 help="(L_ablated - L_SAE) / (L_ablated - L_clean): 1 = the SAE loses nothing the model needs, "
                      "0 = as bad as replacing the layer by its mean.")
+    if down.accuracy_clean is not None:
+        st.caption(f"Accuracy: clean {100 * down.accuracy_clean:.1f}% · SAE spliced in "
+                   f"{100 * down.accuracy_spliced:.1f}% · mean-ablated {100 * down.accuracy_ablated:.1f}%")
 else:
     st.caption(f"Downstream check skipped: {why}")
 g1, g2 = st.columns(2)
 with g1:
-    show_figure(sf.training_curve(sae.history, "Training curve"), key="sae_curve")
+    show_figure(sf.training_curve(sae.history, "Training curve (logged batches)"), key="sae_curve")
 with g2:
     show_figure(sf.density_histogram(metrics), key="sae_density")
 show_figure(sf.frontier(S.trained_list(model.sha256, ds.sha256, layer), key), key="sae_frontier")
@@ -208,10 +209,12 @@ st.divider()
 st.subheader("Feature browser")
 stats = cached_stats(key, sae, acts, ds.labels, tuple(ds.label_names) if ds.label_names else None)
 table = stats.table().sort_values("density", ascending=False, kind="stable").reset_index(drop=True)
+table = table[[c for c in ("feature", "density", "max activation", "top class", "top class share", "status",
+                           "mean activation") if c in table]]
 pending = st.session_state.pop("_sae_set_feature", None)
 if pending is not None:
     st.session_state["sae_feature"] = pending
-t1, t2 = st.columns([1.1, 1.4])
+t1, t2 = st.columns([1.3, 1.2])
 with t1:
     st.caption("Click a row to open a feature; click a column header to sort.")
     event = show_table(table, key="sae_table", on_select="rerun", selection_mode="single-row", height=420,
