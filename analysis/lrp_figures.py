@@ -121,9 +121,9 @@ def conservation_figure(points: dict, title: str = "Sum of relevance against the
     if np.isfinite(lo):
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="ΣR = f",
                                  line=dict(color="#555", dash="dot"), hoverinfo="skip"))
-    fig.update_layout(height=340, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+    fig.update_layout(height=380, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
                       title=dict(text=title, x=0.01, font=dict(size=14)),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
+                      legend=dict(orientation="h", y=-0.2, yanchor="top", x=0),
                       xaxis=dict(title="explained output f(x)", gridcolor="#eee"),
                       yaxis=dict(title="sum of relevance", gridcolor="#eee"))
     return _finish(fig)

@@ -357,3 +357,23 @@ def test_dataset_relevance_is_cached_and_checks_the_model():
         lrp.dataset_relevance(models.load("zoo:mlp-ae-b8"), ds)
     with pytest.raises(UserInputError, match="needs labels"):
         lrp.attribute(m, ds.inputs[:2], "true")
+
+
+def test_uploaded_image_becomes_one_digits_row():
+    import io
+
+    from PIL import Image
+
+    img = np.full((32, 32), 255, np.uint8)  # a dark stroke on white paper
+    img[4:28, 14:18] = 0
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    row = lrp.image_from_upload(buf.getvalue(), "one.png")
+    assert row.shape == (1, 64) and row.dtype == np.float32
+    assert row.min() == 0 and row.max() == 1  # scaled to [0, 1], ink bright as in digits
+    grid = row.reshape(8, 8)
+    expected = np.zeros((8, 8))
+    expected[1:7, 3:5] = 1  # rows 4..27 and columns 14..17 of 32, in blocks of 4
+    np.testing.assert_array_equal(grid, expected)
+    with pytest.raises(UserInputError, match="not an image"):
+        lrp.image_from_upload(b"not a picture", "x.png")
