@@ -69,6 +69,8 @@ else:  # a browser session: the Streamlit script
                 url_path="functional-maps"),
         st.Page(HERE / "pages" / "attributions.py", title="Attributions", icon=":material/texture:",
                 url_path="attributions"),
+        st.Page(HERE / "pages" / "vector_field.py", title="Vector field", icon=":material/cyclone:",
+                url_path="vector-field"),
         st.Page(HERE / "pages" / "sae.py", title="SAE features", icon=":material/blur_on:", url_path="sae"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
     ]

@@ -536,12 +536,20 @@ def latent_access(model, device=None):
         raise UserInputError(f"{getattr(model, 'ref', model)} is not an autoencoder: the vector field needs a "
                              "model with an encoder and a decoder (zoo:mlp-ae-b8, zoo:conv-ae-b2, a TorchScript "
                              "module exposing encode and decode, or any module with encoder/decoder submodules).")
+    import torch
+
     dev = pick(device)
+    # One CPU thread: the latent maps are small, and with two threads on a busy 2-core machine each
+    # small product waits for a second core (a 30x slowdown seen under load).
+    before = torch.get_num_threads()
     with model.lock:
         model.to(dev)
+        if dev.type == "cpu":
+            torch.set_num_threads(1)
         try:
             yield _on(model.encode, dev), _on(model.decode, dev)
         finally:
+            torch.set_num_threads(before)
             model.to("cpu")
 
 
@@ -833,3 +841,63 @@ def regime(models_by_label: dict, train_x, test_x, reference: str | None = None,
                f"Chamfer similarity to {reference}": chamfer_similarity(dyn[label].decoded, dyn[reference].decoded)}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ood_verdict(result: OODResult) -> str:
+    """One plain sentence per OOD set saying which score separates it from the in-distribution set
+    better (AUROC), and by how much."""
+    lines = []
+    for ood in result.table["OOD set"].unique():
+        t = result.table[result.table["OOD set"] == ood].set_index("score")
+        a_t, a_r = float(t.loc["trajectory", "AUROC"]), float(t.loc["reconstruction", "AUROC"])
+        w = result.winner(ood)
+        if w == "tie":
+            lines.append(f"{ood}: both scores tie (AUROC {a_t:.3f}).")
+            continue
+        best, other = (a_r, a_t) if w == "reconstruction" else (a_t, a_r)
+        name = "reconstruction error" if w == "reconstruction" else "the trajectory score"
+        note = " — below chance: that score ranks these inputs as *more* typical than the digits" if other < 0.5 else ""
+        lines.append(f"{ood}: {name} wins (AUROC {best:.3f} vs {other:.3f}{note}).")
+    return " ".join(lines)
+
+
+def is_cached(model, train_x, test_x, store=None, **params) -> bool:
+    """Whether :func:`analyse` with these arguments would be a store lookup."""
+    from .store import default_store, make_key
+
+    p = {"n_starts": 300, "n_noise": 200, "max_steps": DEFAULTS["max_steps"], "tol": DEFAULTS["tol"],
+         "merge_cos": DEFAULTS["merge_cos"], "seed": 0, **params}
+    p = {"n_starts": int(p["n_starts"]), "n_noise": int(p["n_noise"]), "max_steps": int(p["max_steps"]),
+         "tol": float(p["tol"]), "merge_cos": float(p["merge_cos"]), "seed": int(p["seed"])}
+    key = make_key("vector_field", model=model.sha256, train=array_sha(np.asarray(train_x, dtype=np.float32)),
+                   test=array_sha(np.asarray(test_x, dtype=np.float32)), v=CACHE_VERSION, **p)
+    return key in (store or default_store())
+
+
+VIEWS = ("field", "attractors", "regimes", "ood", "probing")
+TOLERANCES = (1e-4, 1e-5, 1e-6, 1e-7)
+GRID_SIZES = (20, 30, 40)
+BACKGROUNDS = ("speed", "basins")
+
+
+def _register_page() -> None:
+    """Declare the Vector field page's URL parameters (share links, CLI) in analysis.spec."""
+    from . import spec
+
+    spec.register("vector-field", (
+        spec.Param("vf_model", "str", help="autoencoder (default: model A if it is one, else zoo:mlp-ae-b2)"),
+        spec.Param("vf_view", "str", "field", choices=VIEWS, help="section shown"),
+        spec.Param("vf_tol", "float", DEFAULTS["tol"], choices=TOLERANCES, help="stop when ||z_t - z_t-1||^2 < tol"),
+        spec.Param("vf_steps", "int", DEFAULTS["max_steps"], lo=10, hi=3000, help="step cap"),
+        spec.Param("vf_merge", "float", DEFAULTS["merge_cos"], lo=0.5, hi=0.99999, help="merge rule (cosine)"),
+        spec.Param("vf_starts", "int", 300, lo=20, hi=1200, help="training / held-out starts"),
+        spec.Param("vf_noise", "int", 200, lo=10, hi=2000, help="noise starts"),
+        spec.Param("vf_bg", "str", "speed", choices=BACKGROUNDS, help="field background"),
+        spec.Param("vf_grid", "int", 30, choices=GRID_SIZES, help="grid points per axis"),
+        spec.Param("vf_samples", "list", ["0", "1", "2"], help="held-out samples whose trajectories are drawn"),
+        spec.Param("vf_ood_n", "int", 200, lo=20, hi=597, help="in-distribution samples for OOD"),
+        spec.Param("vf_atoms", "int", 5, lo=1, hi=64, help="OMP atoms per image (probing)"),
+    ))
+
+
+_register_page()
