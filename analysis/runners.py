@@ -95,8 +95,10 @@ def run_similarity(spec: AnalysisSpec, progress: Progress | None = None, device=
         out.tables[f"similarity_{name}"] = df
         title = {"AB": f"{m.label}: {p['a']} (A) vs {p['b']} (B)", "AA": f"A–A ({p['a']})",
                  "BB": f"B–B ({p['b']})"}[name]
+        axes = {"AA": {"x_title": "model A layer"}, "BB": {"y_title": "model B layer"}}.get(name, {})  # as the page
         out.figures[f"heatmap_{name}"] = figures.similarity_heatmap(
-            df, title, *m.value_range, best=sim.best_matches(df) if name == "AB" else None, colorbar_title=m.label)
+            df, title, *m.value_range, best=sim.best_matches(df) if name == "AB" else None, colorbar_title=m.label,
+            **axes)
     best = sim.best_matches(out.tables["similarity_AB"])
     out.numbers = {f"best match for A:{a}": f"B:{b} ({v:.4f})" for a, b, v in best}
     return out
