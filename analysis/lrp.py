@@ -320,6 +320,11 @@ def _make_mode():
              F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
              F.adaptive_max_pool2d, F.adaptive_max_pool3d}
 
+    # Python-level composites: their insides run without this mode, so their rules would be silently
+    # wrong (plain gradient through attention weights or normalisation statistics): refuse them.
+    unsupported = {F.multi_head_attention_forward: "nn.MultiheadAttention", F.group_norm: "GroupNorm",
+                   F.instance_norm: "InstanceNorm", F.local_response_norm: "LocalResponseNorm"}
+
     def grads(*ts):
         return all(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
 
@@ -349,6 +354,9 @@ def _make_mode():
                 return leaf
             if tape.rs is None:
                 return func(*args, **kwargs)
+            if func in unsupported:
+                raise UserInputError(f"LRP rules for {unsupported[func]} are not implemented: write the attention "
+                                     "with F.scaled_dot_product_attention (or q @ k and softmax), or use LayerNorm.")
             if func in pools and grads(args[0]) and not kwargs.get("return_indices"):
                 rest = args[1:]
                 return fn["Pooling"].apply(args[0], lambda t: func(t, *rest, **kwargs), tape.rs.epsilon)

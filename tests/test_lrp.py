@@ -182,6 +182,23 @@ def test_transformer_block_conserves_with_cp_lrp():
     assert np.all(np.abs(layer.relevance.sum((1, 2))) < np.abs(a.output))
 
 
+def test_modules_whose_insides_the_rules_cannot_reach_are_refused():
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.att(x, x, x, need_weights=False)[0].mean(1))
+
+    net = MHA().eval()
+    before = snapshot(net)
+    with pytest.raises(UserInputError, match="MultiheadAttention"):
+        lrp.attribute(net, torch.randn(2, 5, 8), 0)
+    lrp.gradient_x_input(net, torch.randn(2, 5, 8), 0)  # no rules: plain gradient x input still works
+    assert_same(before, snapshot(net))
+
+
 def test_text_model_without_biases_conserves_at_the_tokens(tiny_bert_dir):
     """The whole transformers path (embedding look-ups, LayerNorm, sdpa attention, GELU, mean pooling,
     a linear probe score): with every bias zeroed the token relevance sums to the score."""
