@@ -30,7 +30,8 @@ def _num(x) -> str:
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a view. ``kind`` is int, float, bool, str or list (of str). ``default=None``
+    """One parameter of a view. ``kind`` is int, float, bool, str (a name: layer, model reference,
+    option), text (free text a user typed) or list (of str). ``default=None``
     means the page chooses it from the models (e.g. the last layer); ``choices`` may be a callable
     so that lists owned by analysis modules are read when needed, not copied here."""
 
@@ -77,6 +78,11 @@ class Param:
                 value = number
             if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
                 raise UserInputError(f"'{self.key}' must lie between {_num(self.lo)} and {_num(self.hi)}; got {text[:40]}.")
+        elif self.kind == "text":  # free text a user typed (a sentence): printable, bounded
+            text = str(raw if not isinstance(raw, (list, tuple)) else raw[-1])
+            if len(text) > 1000 or any(ord(c) < 32 and c not in "\t" for c in text):
+                raise UserInputError(f"'{self.key}' must be printable text of at most 1000 characters.")
+            value = text
         else:
             value = self._check_text(text)
         opts = self.options()
@@ -171,7 +177,22 @@ def register(page: str, params: Sequence[Param]) -> None:
     PAGES[page] = tuple(params)
 
 
+# Pages whose parameters are declared next to their analysis (imported on first need, so a link to
+# such a page, or the CLI, works before the page itself has run in this process).
+PAGE_MODULES = {"functional-maps": "fmaps", "vector-field": "vector_field", "attributions": "lrp", "sae": "sae"}
+
+
+def all_pages() -> list[str]:
+    for page in PAGE_MODULES:
+        params_of(page)
+    return sorted(PAGES)
+
+
 def params_of(page: str) -> tuple[Param, ...]:
+    if page not in PAGES and page in PAGE_MODULES:
+        import importlib
+
+        importlib.import_module(f"{__package__}.{PAGE_MODULES[page]}")
     if page not in PAGES:
         raise UserInputError(f"Unknown page {page!r}; pages: {', '.join(sorted(PAGES))}.")
     return SIDEBAR + PAGES[page]

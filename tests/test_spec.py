@@ -26,6 +26,8 @@ def value_strategy(p: Param):
     if p.kind == "float":
         return st.floats(p.lo if p.lo is not None else -1e6, p.hi if p.hi is not None else 1e6,
                          allow_nan=False, allow_infinity=False)
+    if p.kind == "text":
+        return st.text(st.characters(min_codepoint=32, blacklist_categories=("Cs",)), min_size=1, max_size=80)
     text = st.text(SAFE, min_size=1, max_size=30).filter(lambda s: ".." not in s)
     if p.kind == "list":
         return st.lists(text, max_size=6)
@@ -34,7 +36,7 @@ def value_strategy(p: Param):
 
 @st.composite
 def specs(draw):
-    page = draw(st.sampled_from(sorted(spec_mod.PAGES)))
+    page = draw(st.sampled_from(spec_mod.all_pages()))
     params = {}
     for p in spec_mod.params_of(page):
         if p.default is None and draw(st.booleans()):
