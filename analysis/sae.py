@@ -478,6 +478,15 @@ def _resample(sae: SparseAutoencoder, xs: torch.Tensor, dead: torch.Tensor, opt,
             moment[:, idx] = 0.0
 
 
+def sweep_params(params: dict) -> list[dict]:
+    """Variants of ``params`` along the sparsity axis, for the L0 vs explained-variance frontier:
+    k in 4..64 (TopK family) or the penalty x 1/4..4 (ReLU, JumpReLU); the given one excluded."""
+    params = normalise_params(**params)
+    if "k" in params:
+        return [{**params, "k": k} for k in (4, 8, 16, 32, 64) if k != params["k"]]
+    return [{**params, "l1": round(params["l1"] * f, 6)} for f in (0.25, 0.5, 2.0, 4.0)]
+
+
 def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
     """About how long :func:`train_sae` takes on this machine's CPU (encoder, decoder and their
     gradients: ~12 * batch * d * m multiply-adds per step, plus a fixed cost per step)."""

@@ -34,9 +34,9 @@ def training_curve(history: dict, title: str = ""):
                                  hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text="step", row=1, col=col)
     if title:
-        fig.add_annotation(text=title, x=0, y=1.22, xref="paper", yref="paper", showarrow=False, xanchor="left",
+        fig.add_annotation(text=title, x=0, y=1.32, xref="paper", yref="paper", showarrow=False, xanchor="left",
                            font=dict(size=14))
-    return _layout(fig, 270, "", margin=dict(l=10, r=10, t=60, b=10))
+    return _layout(fig, 280, "", margin=dict(l=10, r=10, t=75, b=10))
 
 
 def frontier(rows: list[dict], current_key: str | None = None):
@@ -60,7 +60,8 @@ def frontier(rows: list[dict], current_key: str | None = None):
         fig.add_trace(go.Scatter(x=[m["l0"]], y=[m["fve"]], mode="markers", name="on show", hoverinfo="skip",
                                  marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=2))))
     fig.update_xaxes(title="L0 (mean active latents)", type="log")
-    fig.update_yaxes(title="fraction of variance explained")
+    fves = [r["train_info"]["metrics"]["fve"] for r in rows if "metrics" in r.get("train_info", {})]
+    fig.update_yaxes(title="fraction of variance explained", range=[min([0.0] + fves) - 0.02, 1.02])
     return _layout(fig, 320, "Sparsity vs reconstruction (every SAE trained on this layer)",
                    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
 

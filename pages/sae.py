@@ -50,6 +50,11 @@ def cached_map(key: str, method: str, _sae):
     return S.decoder_map(_sae, method)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_zip(key: str, _sae, ref: str, layer: str) -> bytes:
+    return S.saelens_zip(_sae, {"model_name": ref, "hook_name": layer})
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def cached_match(key_a: str, key_b: str, _sae_a, _acts_a, _sae_b, _acts_b, _codes_a, _codes_b):
     return S.match_features(_sae_a, _acts_a, _sae_b, _acts_b, codes_a=_codes_a, codes_b=_codes_b)
@@ -106,7 +111,7 @@ def obtain(tag: str, ref: str, model, layer: str, params: dict, acts):
     return sae
 
 
-def show_examples(rows, values, stats_labels, key: str, sae=None, model=None, layer=None, width: int = 64):
+def show_examples(rows, values, feature_index: int, key: str, sae=None, model=None, layer=None, width: int = 64):
     """Inputs with their activation: digit images, or sentences with the feature's tokens shaded."""
     if len(rows) == 0:
         st.caption("No inputs.")
@@ -115,7 +120,7 @@ def show_examples(rows, values, stats_labels, key: str, sae=None, model=None, la
     if ds.kind == "image":
         st.image([pixel_tile(ds.render(int(r))["image"]) for r in rows], caption=captions, width=width)
     elif ds.kind == "text" and sae is not None and getattr(model, "input_kind", "") == "text":
-        toks = S.token_activations(sae, model, layer, [ds.inputs[int(r)] for r in rows], feature)
+        toks = S.token_activations(sae, model, layer, [ds.inputs[int(r)] for r in rows], feature_index)
         for (tokens, vals), cap in zip(toks, captions):
             st.markdown(f"<div style='margin-bottom:4px'><code>{cap}</code> "
                         f"{sf.highlight_tokens_html(tokens, vals)}</div>", unsafe_allow_html=True)
@@ -126,6 +131,14 @@ def show_examples(rows, values, stats_labels, key: str, sae=None, model=None, la
 def pick_feature(value: int) -> None:
     st.session_state["_sae_set_feature"] = int(value)
     st.rerun()
+
+
+def fresh(key: str, value):
+    """A selection's value the first time it is seen: table and chart selections persist across
+    reruns, so acting on every rerun would undo a pick made elsewhere (a click on the map)."""
+    seen = st.session_state.get(f"_sae_seen_{key}")
+    st.session_state[f"_sae_seen_{key}"] = value
+    return value if value is not None and value != seen else None
 
 
 def clicked_index(event) -> int | None:
@@ -170,7 +183,7 @@ st.caption(f"{source} · {sae.train_info.get('samples_per_second', 0):,.0f} acti
            f"metrics on the {metrics.n} inputs of the dataset")
 m = st.columns(7)
 m[0].metric("L0", f"{metrics.l0:.1f}", help="Mean number of active latents per input.")
-m[1].metric("Explained variance", f"{metrics.fve:.3f}",
+m[1].metric("Var. explained", f"{metrics.fve:.3f}",
             help="1 - Σ||x - x̂||² / Σ||x - mean||², over the whole set (not averaged per batch).")
 m[2].metric("MSE", f"{metrics.mse:.3g}", help="Mean squared error per dimension.")
 m[3].metric("Dead", f"{100 * metrics.dead_fraction:.1f}%", help="Latents never active on these inputs.")
@@ -200,8 +213,20 @@ with g1:
 with g2:
     show_figure(sf.density_histogram(metrics), key="sae_density")
 show_figure(sf.frontier(S.trained_list(model.sha256, ds.sha256, layer), key), key="sae_frontier")
+missing = [p for p in S.sweep_params(params) if S.trained_sae(model, ds, layer, only_cached=True, **p) is None]
+if missing:
+    axis = ", ".join(str(p.get("k", p.get("l1"))) for p in missing)
+    est = sum(S.estimate_seconds(len(acts), acts.shape[1], p["expansion"], p["steps"], p["batch_size"]) for p in missing)
+    if st.button(f"Train {len(missing)} more for the frontier ({'k' if 'k' in missing[0] else 'penalty'} = {axis}) "
+                 f"· about {est:.0f} s", key="sae_sweep"):
+        bar = Progress("Training the sweep…")
+        with user_errors("Training"):
+            for i, p in enumerate(missing):
+                S.trained_sae(model, ds, layer, progress=lambda f, msg, i=i: bar((i + f) / len(missing), msg), **p)
+        bar.done()
+        st.rerun()
 st.download_button("Download in SAELens format (cfg.json + sae_weights.safetensors)",
-                   S.saelens_zip(sae, {"model_name": ref, "hook_name": layer}), file_name="sae_saelens.zip",
+                   cached_zip(key, sae, ref, layer), file_name="sae_saelens.zip",
                    mime="application/zip", key="sae_download")
 
 # ------------------------------------------------------------------ feature browser
@@ -223,8 +248,8 @@ with t1:
                                       "mean activation": st.column_config.NumberColumn(format="%.3f"),
                                       "top class share": st.column_config.NumberColumn(format="%.2f")})
     rows = (event or {}).get("selection", {}).get("rows", []) if event else []
-    if rows and int(table.loc[rows[0], "feature"]) != st.session_state.get("sae_feature"):
-        pick_feature(int(table.loc[rows[0], "feature"]))
+    if (new := fresh("table", int(table.loc[rows[0], "feature"]) if rows else None)) is not None:
+        pick_feature(new)
 with t2:
     method = st.selectbox("Decoder map", ["umap", "pca"], key="sae_map", bind="query-params",
                           help="UMAP of the unit decoder directions (a server's first UMAP compiles for ~30 s), or PCA.")
@@ -235,9 +260,8 @@ with t2:
         top_names = table.set_index("feature")["top class"].to_dict() if "top class" in table else None
         ev = show_figure(sf.decoder_map_figure(coords, stats.density, feature, top_names, method.upper()),
                          key="sae_umap", on_select="rerun", selection_mode="points")
-        clicked = clicked_index(ev)
-        if clicked is not None and clicked != feature:
-            pick_feature(clicked)
+        if (new := fresh("map", clicked_index(ev))) is not None and new != feature:
+            pick_feature(new)
 
 # ------------------------------------------------------------------ one feature
 density, peak = float(stats.density[feature]), float(stats.max_act[feature])
@@ -265,11 +289,11 @@ with f3:
     else:
         st.caption("Class-logit effect: the model has no class logits.")
 st.markdown("**Top activating inputs**")
-show_examples(examples["top"][0], examples["top"][1], None, "sae_top", sae, model, layer)
+show_examples(examples["top"][0], examples["top"][1], feature, "sae_top", sae, model, layer)
 with st.expander("Inputs from each activation band", expanded=density > 0):
     for lo, hi, rws, vals, count in examples["bands"]:
         st.caption(f"activation in ({lo:.3g}, {hi:.3g}] · {count} inputs")
-        show_examples(rws, vals, None, f"sae_band_{lo:.4f}", sae, model, layer, width=48)
+        show_examples(rws, vals, feature, f"sae_band_{lo:.4f}", sae, model, layer, width=48)
 near, cos = S.nearest_features(sae, feature)
 st.markdown("**Nearest features** (decoder cosine) — click a row to open it")
 near_table = {"feature": [int(i) for i in near], "cosine": [float(c) for c in cos],
@@ -278,8 +302,8 @@ if stats.class_mean is not None:
     near_table["top class"] = [names[int(stats.class_mean[i].argmax())] if stats.density[i] > 0 else "" for i in near]
 ev = show_table(near_table, key="sae_near", on_select="rerun", selection_mode="single-row")
 picked = (ev or {}).get("selection", {}).get("rows", []) if ev else []
-if picked:
-    pick_feature(near_table["feature"][picked[0]])
+if (new := fresh("near", near_table["feature"][picked[0]] if picked else None)) is not None:
+    pick_feature(new)
 
 # ------------------------------------------------------------------ one input
 st.divider()
@@ -296,9 +320,8 @@ with i2:
     idx, vals = S.active_features(stats, row)
     ev = show_figure(sf.active_features_bar(idx, vals, top_names), key="sae_active", on_select="rerun",
                      selection_mode="points")
-    clicked = clicked_index(ev)
-    if clicked is not None and clicked != feature:
-        pick_feature(clicked)
+    if (new := fresh("active", clicked_index(ev))) is not None and new != feature:
+        pick_feature(new)
     st.caption(f"{len(idx)} active features; click a bar to open one above.")
 
 # ------------------------------------------------------------------ across models
@@ -334,8 +357,8 @@ with q2:
     ev = show_table(pairs, key="sae_pairs", on_select="rerun", selection_mode="single-row", height=300,
                     column_config={"correlation": st.column_config.NumberColumn(format="%.3f")})
     chosen = (ev or {}).get("selection", {}).get("rows", []) if ev else []
-    if chosen and chosen[0] != st.session_state.get("sae_pair"):
-        st.session_state["_sae_set_pair"] = int(chosen[0])
+    if (new := fresh("pairs", int(chosen[0]) if chosen else None)) is not None:
+        st.session_state["_sae_set_pair"] = new
         st.rerun()
 pending_pair = st.session_state.pop("_sae_set_pair", None)
 if pending_pair is not None:
@@ -351,5 +374,4 @@ for col, tag, st_, f_, sae_x, mdl, lyr in ((s1, "A", stats_a, fa, sae_a, model_a
     with col:
         ex = S.feature_examples(st_, f_, n_top=8)
         st.markdown(f"{tag} · feature {f_} · density {100 * float(st_.density[f_]):.2f}%")
-        feature = f_
-        show_examples(ex["top"][0], ex["top"][1], None, f"sae_pair_{tag}", sae_x, mdl, lyr, width=56)
+        show_examples(ex["top"][0], ex["top"][1], f_, f"sae_pair_{tag}", sae_x, mdl, lyr, width=56)

@@ -90,7 +90,7 @@ def test_train_click_a_feature_on_the_decoder_map_and_reload_from_the_store(brow
     base_url, proc = server
     context, page = _open(browser, base_url + QUERY, proc)
     metrics = " ".join(page.get_by_test_id("stMetric").all_inner_texts())
-    assert "L0" in metrics and "Explained variance" in metrics
+    assert "L0" in metrics and "Var. explained" in metrics
     assert page.get_by_text(re.compile(r"trained in [\d.]+ s")).count() == 1
     before = _feature_heading(page)
     target = page.evaluate(POINT_JS, before)

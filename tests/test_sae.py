@@ -244,3 +244,10 @@ def test_bad_parameters_are_user_errors():
         S.train_sae(np.ones((10, 4), np.float32), kind="gated")
     with pytest.raises(UserInputError, match="k ="):
         S.train_sae(np.ones((10, 4), np.float32), expansion=1, k=9, steps=2)
+
+
+def test_sweep_varies_only_the_sparsity():
+    topk = S.sweep_params(dict(kind="topk", k=16, expansion=4))
+    assert [p["k"] for p in topk] == [4, 8, 32, 64] and all(p["expansion"] == 4 for p in topk)
+    relu = S.sweep_params(dict(kind="relu", l1=2.0))
+    assert [p["l1"] for p in relu] == [0.5, 1.0, 4.0, 8.0] and all("k" not in p for p in relu)

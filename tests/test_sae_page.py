@@ -57,7 +57,7 @@ def test_default_view_trains_and_shows_metrics_browser_and_matching():
     acts = activations.extract(model, ds, [layer])[layer]
     ev = S.evaluate(sae, acts)
     assert float(metric(at, "L0")) == pytest.approx(ev.l0, abs=0.05)
-    assert float(metric(at, "Explained variance")) == pytest.approx(ev.fve, abs=5e-4)
+    assert float(metric(at, "Var. explained")) == pytest.approx(ev.fve, abs=5e-4)
     titles = [c["layout"].get("title", {}).get("text", "") + " ".join(a.get("text", "") for a in
                                                                     c["layout"].get("annotations", []))
               for c in charts(at)]
@@ -109,3 +109,13 @@ def test_browsing_b_and_text_models(monkeypatch):
                    data="text", n=60)
     assert not at.exception and not at.error
     assert any("background: rgba" in m.value for m in at.markdown)  # tokens shaded by activation
+
+
+def test_the_sweep_button_fills_the_frontier():
+    at = open_page(sae_match=False)
+    at.button(key="sae_sweep").click().run()
+    assert not at.exception
+    frontier = [c for c in charts(at) if "Sparsity vs reconstruction" in c["layout"].get("title", {}).get("text", "")][0]
+    topk = [t for t in frontier["data"] if t.get("name") == "TopK"][0]
+    assert len(topk["x"]) == 5  # k = 8 (on show) and the sweep's 4, 16, 32, 64
+    assert not [b for b in at.button if b.key == "sae_sweep"]  # nothing left to train
