@@ -168,6 +168,9 @@ def image_view(sel, ds, models, data_key, rule, eps, gamma):
             faith[slot] = lrp.dataset_faithfulness(m, ds, target_key, rule, eps, gamma, n=FAITH_N)
         bar.done()
         show_figure(lf.faithfulness_figure(faith), key="at_faith")
+        if rule == "epsilon":
+            st.caption("With epsilon → 0 on a ReLU network LRP is gradient x input, so their curves coincide; "
+                       "the composites and z+ order the pixels differently.")
         show_table({"method": ["LRP", "gradient x input", "random"],
                     **{f"AOPC {s}": [round(faith[s].aopc[k], 4) for k in ("lrp", "gradient x input", "random")]
                        for s in faith}}, key="at_aopc")

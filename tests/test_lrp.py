@@ -356,6 +356,11 @@ def test_rank_agreement_and_unit_relevance():
     assert np.isnan(lrp.rank_agreement(np.zeros((1, 4)), np.ones((1, 4)))[0])
     with pytest.raises(UserInputError, match="same inputs"):
         lrp.rank_agreement(r, np.zeros((2, 5)))
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, (5, 30)).astype(float), rng.normal(size=(5, 30))  # many ties in a
+    np.testing.assert_allclose(lrp.rank_agreement(a, b), [spearmanr(a[i], b[i])[0] for i in range(5)], rtol=1e-12)
     conv = np.ones((2, 3, 4, 4))
     np.testing.assert_array_equal(lrp.unit_relevance(conv), np.full((2, 3), 16.0))
     tokens = np.ones((1, 3, 5))
