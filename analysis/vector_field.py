@@ -420,6 +420,7 @@ class Probe:
     n_nonzero: int
     attractor_error: np.ndarray
     random_error: np.ndarray
+    random_atoms: int = 0  # size of the random basis: the atoms, at most the input dimension
 
     @property
     def ratio(self) -> float:
@@ -446,7 +447,7 @@ def probe_dictionary(decoded_attractors, x, n_nonzero: int = 5, seed: int = 0) -
         return ((x - rec) ** 2).sum(1) / np.maximum((x ** 2).sum(1), 1e-300)
 
     k = min(n_nonzero, m)
-    return Probe(len(d), k, rel(omp(d, x, k)), rel(omp(random_orthonormal(x.shape[1], m, seed), x, k)))
+    return Probe(len(d), k, rel(omp(d, x, k)), rel(omp(random_orthonormal(x.shape[1], m, seed), x, k)), m)
 
 
 # --------------------------------------------------------------------------- fields on a plane
@@ -847,7 +848,13 @@ def ood_verdict(result: OODResult) -> str:
     """One plain sentence per OOD set saying which score separates it from the in-distribution set
     better (AUROC), and by how much."""
     lines = []
-    for ood in result.table["OOD set"].unique():
+    sets = list(result.table["OOD set"].unique())
+    winners = {result.winner(o) for o in sets}
+    if len(winners) == 1 and "tie" not in winners:
+        name = "Reconstruction error" if winners == {"reconstruction"} else "The trajectory score"
+        lines.append(f"{name} wins on {'every one' if len(sets) > 1 else 'the one'} of the {len(sets)} OOD set"
+                     f"{'s' if len(sets) > 1 else ''}.")
+    for ood in sets:
         t = result.table[result.table["OOD set"] == ood].set_index("score")
         a_t, a_r = float(t.loc["trajectory", "AUROC"]), float(t.loc["reconstruction", "AUROC"])
         w = result.winner(ood)

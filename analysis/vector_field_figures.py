@@ -181,7 +181,7 @@ def convergence_figure(residuals, tol: float, max_lines: int = 40):
                       xaxis=dict(title="step t", gridcolor="#eee"),
                       yaxis=dict(title="residual ||zₜ − zₜ₋₁||²", type="log", gridcolor="#eee", exponentformat="power"),
                       yaxis2=dict(title="starts still moving", overlaying="y", side="right", rangemode="tozero",
-                                  showgrid=False),
+                                  showgrid=False, tickmode="auto", nticks=5, tickformat="d"),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
     return _finish(fig)
 
@@ -248,13 +248,16 @@ def ood_figure(scores: dict, in_name: str = "digits (held-out)"):
         colour = SET_COLOURS.get(name, pal[(k + 4) % len(pal)])
         label = in_name if name == "in" else name
         for col, score in ((1, "trajectory"), (2, "reconstruction")):
-            fig.add_trace(go.Histogram(x=s[score], name=label, legendgroup=label, showlegend=col == 1,
+            values = np.asarray(s[score], dtype=float)
+            if score == "reconstruction":  # log-spaced bins: the sets differ by orders of magnitude
+                values = np.log10(np.maximum(values, 1e-12))
+            fig.add_trace(go.Histogram(x=values, name=label, legendgroup=label, showlegend=col == 1,
                                        marker_color=colour, opacity=0.55, nbinsx=40, histnorm="probability"),
                           row=1, col=col)
-    fig.update_layout(barmode="overlay", height=360, font=FONT, margin=dict(l=10, r=10, t=40, b=10),
-                      plot_bgcolor="white", legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
-    fig.update_xaxes(type="log", row=1, col=2, title="MSE per sample (log)")
-    fig.update_xaxes(title="score", row=1, col=1)
+    fig.update_layout(barmode="overlay", height=400, font=FONT, margin=dict(l=10, r=10, t=40, b=10),
+                      plot_bgcolor="white", legend=dict(orientation="h", yanchor="top", y=-0.28, x=0))
+    fig.update_xaxes(row=1, col=2, title="log₁₀ MSE per sample")
+    fig.update_xaxes(title="trajectory score", row=1, col=1)
     fig.update_yaxes(title="fraction of set", gridcolor="#eee")
     return _finish(fig)
 
@@ -265,9 +268,9 @@ def probe_figure(probe):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Box(y=probe.attractor_error, name=f"{probe.atoms} decoded noise attractors",
+    fig.add_trace(go.Box(y=probe.attractor_error, name=f"noise attractors ({probe.atoms})",
                          marker_color="#e45756", boxmean=True))
-    fig.add_trace(go.Box(y=probe.random_error, name=f"random orthonormal basis ({min(probe.atoms, 64)} atoms)",
+    fig.add_trace(go.Box(y=probe.random_error, name=f"random basis ({probe.random_atoms})",
                          marker_color="#999", boxmean=True))
     fig.update_layout(height=340, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                       showlegend=False, yaxis=dict(title=f"relative error, {probe.n_nonzero} atoms per image",
