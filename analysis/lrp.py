@@ -981,7 +981,8 @@ def text_faithfulness(model, sentences: list[str], relevances: dict, target: Cal
         m = (mask.bool() & (k | special)).long()
         with torch.no_grad():
             hidden = clone(**{**enc, "attention_mask": m}).last_hidden_state
-            return target(sentence_embedding(hidden, m)).double().numpy()
+            f = target(sentence_embedding(hidden, m))
+            return (f[0] if isinstance(f, tuple) else f).double().numpy()
 
     rng = np.random.default_rng(seed)
     maps = {}
@@ -1022,6 +1023,50 @@ def dataset_faithfulness(model, ds, target: str = "predicted", rule: str = "epsi
               **{f"aopc {m}": res.per_sample_aopc[m] for m in methods}}
     store.put(key, arrays, {"model": model.ref, "data": ds.name}, kind="lrp")
     return res
+
+
+def text_dataset_relevance(model, ds, topic: str = "predicted", rule: str = "epsilon", epsilon: float = 1e-6,
+                           gamma: float = 0.25, batch_size: int = 32, store=None, progress=None) -> dict:
+    """Token relevance of every sentence of a text dataset for the model's topic probe (see
+    :func:`fit_topic_probe`), cached in the store. Returns {"relevance", "mask", "ids"} padded to the
+    longest sentence (n, tokens), and "output" (n,)."""
+    from .store import default_store, make_key
+
+    store = store or default_store()
+    key = make_key("lrp_text_dataset", model=model.sha256, data=ds.sha256, topic=topic, rule=rule,
+                   epsilon=float(epsilon), gamma=float(gamma), version=1)
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    target = fit_topic_probe(model, ds, store=store).target(topic)
+    texts = [str(t) for t in ds.inputs]
+    parts = []
+    for i in range(0, len(texts), batch_size):
+        a = attribute(model, texts[i: i + batch_size], target, rule=rule, epsilon=epsilon, gamma=gamma)
+        ids = [model.tokenizer.convert_tokens_to_ids(t) for t in a.tokens]
+        parts.append((a.input_relevance, a.mask, np.asarray(ids), a.output))
+        if progress:
+            progress(min(1.0, (i + batch_size) / len(texts)), f"{model.name}: {min(len(texts), i + batch_size)}"
+                                                              f"/{len(texts)} sentences")
+    width = max(p[0].shape[1] for p in parts)
+
+    def pad(x, value=0):
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+
+    result = {"relevance": np.concatenate([pad(p[0]) for p in parts]),
+              "mask": np.concatenate([pad(p[1].astype(np.int8)) for p in parts]).astype(bool),
+              "ids": np.concatenate([pad(p[2], -1) for p in parts]), "output": np.concatenate([p[3] for p in parts])}
+    store.put(key, result, {"model": model.ref, "data": ds.name, "rule": rule}, kind="lrp")
+    return result
+
+
+def text_agreement(a: dict, b: dict) -> np.ndarray:
+    """Per-sentence rank agreement of two models' token relevance (from :func:`text_dataset_relevance`);
+    the two models must split the sentences into the same tokens."""
+    if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
+        raise UserInputError("The two models split the sentences into different tokens: their token maps "
+                             "cannot be ranked against each other.")
+    return rank_agreement(a["relevance"], b["relevance"], a["mask"])
 
 
 def image_from_upload(data: bytes, filename: str, shape=(8, 8)) -> np.ndarray:
@@ -1170,6 +1215,7 @@ def _register_page() -> None:
         spec.Param("at_text", "str", help="text: a typed sentence"),
         spec.Param("at_second", "str", help="text: the second sentence (similarity)"),
         spec.Param("at_text_faith", "bool", False, help="text: token-removal curves"),
+        spec.Param("at_text_dataset", "bool", False, help="text: agreement over every sentence of the dataset"),
         spec.Param("at_layer_a", "str", help="hidden layer of A (default: the last before the output)"),
         spec.Param("at_layer_b", "str", help="hidden layer of B"),
     ))

@@ -235,7 +235,7 @@ def text_view(sel, ds, models, data_key, rule, eps, gamma):
     with maps_area:
         atts, probes = text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, data_key, ds)
     with rest_area:
-        text_comparison(models, atts, probes, texts, mode, data_key, ds)
+        text_comparison(models, atts, probes, texts, mode, data_key, ds, (rule, eps, gamma))
     with hidden_area:
         unit_view(atts, layers)
 
@@ -285,7 +285,7 @@ def text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, dat
     return atts, probes
 
 
-def text_comparison(models, atts, probes, texts, mode, data_key, ds):
+def text_comparison(models, atts, probes, texts, mode, data_key, ds, rule_args):
     a, b = atts["A"], atts["B"]
     if a.input_relevance.shape == b.input_relevance.shape and a.tokens == b.tokens:
         rho = lrp.rank_agreement(a.input_relevance, b.input_relevance, a.mask)
@@ -295,6 +295,19 @@ def text_comparison(models, atts, probes, texts, mode, data_key, ds):
     else:
         st.info("The two models split the sentences into different tokens: their maps cannot be ranked "
                 "against each other.")
+    if mode == "topic" and st.toggle("Agreement over the whole dataset", key="at_text_dataset",
+                                     bind="query-params",
+                                     help=f"Explains all {len(ds)} sentences with both models (cached afterwards)."):
+        bar = Progress("Explaining every sentence…")
+        with user_errors():
+            full = [lrp.text_dataset_relevance(m, ds, "predicted", *rule_args,
+                                               progress=lambda f, msg, k=k: bar(0.5 * (k + f), msg))
+                    for k, m in enumerate(models.values())]
+            rho = lrp.text_agreement(*full)
+            bar.done()
+            st.metric(f"Rank agreement over the {len(ds)} sentences (mean)", f"{np.nanmean(rho):.3f}",
+                      help="Each sentence explained for its predicted topic under each model's own probe.")
+            show_figure(lf.agreement_histogram(rho), key="at_text_agree")
     if mode == "topic" and st.toggle("Faithfulness: remove tokens, most relevant first", key="at_text_faith",
                                      bind="query-params", help="Runs each model once per removal step."):
         bar = Progress("Token removal…")

@@ -399,3 +399,24 @@ def test_uploaded_image_becomes_one_digits_row():
     np.testing.assert_array_equal(grid, expected)
     with pytest.raises(UserInputError, match="not an image"):
         lrp.image_from_upload(b"not a picture", "x.png")
+
+
+def test_text_dataset_relevance_is_cached_and_agrees_with_itself(tiny_bert_dir):
+    from analysis import data as data_mod
+
+    m = models.load(f"hf:{tiny_bert_dir}")
+    ds = data_mod.load("text", n=12)
+    full = lrp.text_dataset_relevance(m, ds, batch_size=5)
+    assert full["relevance"].shape == full["mask"].shape == full["ids"].shape and len(full["output"]) == 12
+    again = lrp.text_dataset_relevance(m, ds, batch_size=5)
+    np.testing.assert_array_equal(again["relevance"], full["relevance"])
+    one = lrp.attribute(m, [ds.inputs[7]], lrp.fit_topic_probe(m, ds).target("predicted"))
+    np.testing.assert_allclose(full["relevance"][7, : one.mask.shape[1]][one.mask[0]], one.input_relevance[0][one.mask[0]],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lrp.text_agreement(full, full), 1.0)
+    target = lrp.fit_topic_probe(m, ds).target("predicted")
+    sentences = list(ds.inputs[:3])
+    a = lrp.attribute(m, sentences, target)
+    f = lrp.text_faithfulness(m, sentences, {"lrp": a.input_relevance}, target, steps=4)
+    np.testing.assert_allclose(f.curves["lrp"][0], a.output.mean(), rtol=1e-4)  # nothing removed yet
+    assert set(f.aopc) == {"lrp", "random"} and f.fractions[-1] == 1
