@@ -308,7 +308,7 @@ def test_concurrent_attributions_equal_sequential(tiny_bert_dir):
 def toy():
     """20 features, the class depends on features 0..4 only."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(600, 20, generator=g)
+    x = torch.randn(400, 20, generator=g)
     w = torch.tensor([2.0, -2.0, 1.5, -1.5, 1.0])
     y = (x[:, :5] @ w > 0).long()
     torch.manual_seed(0)
@@ -420,3 +420,16 @@ def test_text_dataset_relevance_is_cached_and_agrees_with_itself(tiny_bert_dir):
     f = lrp.text_faithfulness(m, sentences, {"lrp": a.input_relevance}, target, steps=4)
     np.testing.assert_allclose(f.curves["lrp"][0], a.output.mean(), rtol=1e-4)  # nothing removed yet
     assert set(f.aopc) == {"lrp", "random"} and f.fractions[-1] == 1
+
+
+def test_true_target_uses_labels_and_the_prediction_where_there_is_none():
+    m = models.load("zoo:mlp-s0")
+    ds = data.load("digits", n=8)
+    labels = ds.labels.copy()
+    labels[2] = -1  # e.g. an uploaded image
+    a = lrp.attribute(m, ds.inputs, "true", labels=labels)
+    pred = lrp.attribute(m, ds.inputs, "predicted").target
+    np.testing.assert_array_equal(a.target, np.where(labels < 0, pred, labels))
+    with torch.no_grad():
+        logits = m.module(torch.as_tensor(ds.inputs)).numpy()
+    np.testing.assert_allclose(a.output, logits[np.arange(8), a.target], rtol=1e-6)
