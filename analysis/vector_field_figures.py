@@ -230,8 +230,8 @@ def regime_figure(df, x: str, x_title: str, reference_col: str | None = None):
                                  line=dict(color="#b279a2"), showlegend=False), row=1, col=4)
     fig.update_xaxes(title=x_title, type="category", gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee")
-    fig.update_layout(height=340, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
-                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0))
+    fig.update_layout(height=380, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="top", y=-0.32, x=0))
     return _finish(fig)
 
 

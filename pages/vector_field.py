@@ -251,9 +251,13 @@ def regimes_view():
         loaded = {label: load_model(r) for label, r in items}
         todo = [label for label, m in loaded.items() if not vf.is_cached(m, train_x, test_x, **params)]
         per = 12 if family == "conv-ae" and x == "bottleneck" else 3
-        if todo and not st.button(f"Compute {len(todo)} model(s) (about {per * len(todo)} s)", key=f"vf_run_{x}"):
-            st.info(f"Not computed yet for these parameters: {', '.join(items[[l for l, _ in items].index(t)][1] for t in todo)}.")
-            continue
+        if todo:
+            slot = st.empty()
+            if not slot.button(f"Compute {len(todo)} model(s) (about {per * len(todo)} s)", key=f"vf_run_{x}"):
+                st.info("Not computed yet for these parameters: "
+                        f"{', '.join(r for label, r in items if label in todo)}.")
+                continue
+            slot.empty()  # the results replace the button
         rbar = Progress(f"{title}…")
         with user_errors():
             df = vf.regime(loaded, train_x, test_x, progress=rbar, **params)

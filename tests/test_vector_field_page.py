@@ -92,6 +92,12 @@ def test_attractor_gallery_memorization_probing_and_regimes():
     regime = figures(at)[0]
     assert [str(v) for v in regime["data"][0]["x"]] == ["2", "8", "32"]
     assert len(at.dataframe) == 1 and at.dataframe[0].value["bottleneck"].tolist() == ["2", "8", "32"]
+    [b for b in at.button if b.label.startswith("Compute")][0].click().run()  # the training checkpoints
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.dataframe) == 2  # the bottleneck panel stays: its analyses are in the store now
+    epochs = at.dataframe[1].value
+    assert epochs["epoch"].tolist() == ["0", "1", "5", "20", "150"]
+    assert epochs["attractors (noise starts)"].tolist()[0] == 1  # untrained: one attractor
 
 
 def test_ood_table_and_verdict():
@@ -104,3 +110,22 @@ def test_ood_table_and_verdict():
     assert "noise: reconstruction error wins" in verdict
     hist = figures(at)[0]
     assert {t["type"] for t in hist["data"]} == {"histogram"}
+
+
+def test_an_uploaded_torchscript_autoencoder_as_model_a():
+    import io
+
+    import torch
+
+    from tests.test_vector_field import ScriptedAE
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(ScriptedAE()), buf)
+    ref = models.upload(buf.getvalue(), "my_ae.pt")
+    at = open_page(sidebar={"a": ref}, **SMALL)
+    assert at.selectbox(key="vf_model").value == ref
+    assert ref in at.selectbox(key="vf_model").options and "zoo:mlp-ae-b2" in at.selectbox(key="vf_model").options
+    field = figures(at)[0]
+    assert "PCA plane of the training latents (3-D latent" in field["layout"]["title"]["text"]
+    assert not at.error
