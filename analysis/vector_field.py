@@ -558,30 +558,20 @@ def _on(fn, dev):
     return lambda t: fn(t.to(dev))
 
 
-def encode_all(encode, x, batch_size: int = 1024, device=None) -> np.ndarray:
+def map_rows(fn, x, batch_size: int = 1024) -> np.ndarray:
+    """``fn`` (encode or decode) on the rows of ``x`` in batches, without gradients; returns float32
+    (n, d) with each output flattened per row ((0, 0) for no rows)."""
     import torch
 
     x = np.asarray(x, dtype=np.float32)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out.append(encode(torch.from_numpy(x[i: i + batch_size])).float().cpu().numpy())
-    z = np.concatenate(out)
-    return z.reshape(len(z), -1)
-
-
-def decode_all(decode, z, batch_size: int = 1024) -> np.ndarray:
-    import torch
-
-    z = np.asarray(z, dtype=np.float32)
-    if len(z) == 0:
+    if len(x) == 0:
         return np.zeros((0, 0), dtype=np.float32)
     out = []
     with torch.no_grad():
-        for i in range(0, len(z), batch_size):
-            out.append(decode(torch.from_numpy(z[i: i + batch_size])).float().cpu().numpy())
-    d = np.concatenate(out)
-    return d.reshape(len(d), -1)
+        for i in range(0, len(x), batch_size):
+            out.append(fn(torch.from_numpy(x[i: i + batch_size])).float().cpu().numpy())
+    y = np.concatenate(out)
+    return y.reshape(len(y), -1)
 
 
 def noise_inputs(shape, n: int, seed: int = 0) -> np.ndarray:
@@ -681,9 +671,9 @@ def analyse(model, train_x, test_x, n_starts: int = 300, n_noise: int = 200, max
         import torch
 
         report(0.02, "encoding the training set")
-        z_train = encode_all(enc, train_x)
-        z_test = encode_all(enc, test_x[test_index])
-        z_noise = encode_all(enc, noise_inputs(train_x.shape[1:], n_noise, seed))
+        z_train = map_rows(enc, train_x)
+        z_test = map_rows(enc, test_x[test_index])
+        z_noise = map_rows(enc, noise_inputs(train_x.shape[1:], n_noise, seed))
         runs = []
         for i, (name, z0) in enumerate((("training", z_train[start_index]), ("held-out", z_test), ("noise", z_noise))):
             sub = lambda f, m, i=i, name=name: report(0.05 + 0.28 * (i + f), f"{name} starts: {m}")
@@ -692,8 +682,8 @@ def analyse(model, train_x, test_x, n_starts: int = 300, n_noise: int = 200, max
         report(0.9, "Jacobians at the attractors")
         rho = jacobian_spectral_radius(enc, dec, atts[0].points.astype(np.float32))
         rho_noise = jacobian_spectral_radius(enc, dec, atts[2].points.astype(np.float32))
-        decoded = decode_all(dec, atts[0].points)
-        noise_decoded = decode_all(dec, atts[2].points)
+        decoded = map_rows(dec, atts[0].points)
+        noise_decoded = map_rows(dec, atts[2].points)
     flat_train = train_x.reshape(len(train_x), -1)
     if len(decoded):
         sim, nearest = max_cosine(decoded, flat_train)
@@ -735,7 +725,7 @@ def trajectories_of(model, x, max_steps: int = DEFAULTS["max_steps"], tol: float
     import torch
 
     with latent_access(model, device) as (enc, dec):
-        z0 = encode_all(enc, x)
+        z0 = map_rows(enc, x)
         return iterate(enc, dec, torch.from_numpy(z0), max_steps, tol, record_every=1)
 
 
@@ -809,7 +799,7 @@ def ood_scores(model, train_attractors, in_x, out_sets: dict, max_steps: int = D
         if hit is None:
             report(i / len(sets), f"trajectories of {name}")
             with latent_access(model, device) as (enc, dec):
-                z0 = encode_all(enc, x)
+                z0 = map_rows(enc, x)
                 traj = iterate(enc, dec, torch.from_numpy(z0), max_steps, tol, record_every=1)
                 hit = {"trajectory": trajectory_score(traj, train_attractors),
                        "reconstruction": reconstruction_error(enc, dec, torch.from_numpy(x))}
