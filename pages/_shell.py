@@ -8,6 +8,15 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+# Libraries that import each other lazily (pandas <-> pyarrow, plotly -> narwhals -> pandas) are
+# imported here once: every session imports this module first (app.py) and Python's per-module lock
+# makes the others wait until it is complete. Imported for the first time by several sessions at
+# once, a library could be handed out half-initialised ("partially initialized module 'pandas' has
+# no attribute 'Series'"): the import system breaks the lock cycle that way. Found by benchmarks/load.py.
+import pandas  # noqa: E402,F401  isort: skip
+import pyarrow  # noqa: E402,F401  isort: skip
+import plotly.graph_objects  # noqa: E402,F401  isort: skip
+
 from analysis import data as data_mod
 from analysis import models as models_mod
 from analysis.errors import UserInputError
