@@ -57,7 +57,6 @@ else:  # a browser session: the Streamlit script
     open_short_link()  # ?a=<id>: expand the saved view into the URL before any widget exists
     if warning := st.session_state.pop("_link_warning", None):
         st.warning(warning)
-    st.session_state["_selection"] = sidebar()
     pages = [
         st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
                 default=True),
@@ -75,7 +74,8 @@ else:  # a browser session: the Streamlit script
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
     ]
     current = st.navigation(pages)
-    st.session_state["_page"] = current.url_path or "models"
+    st.session_state["_page"] = current.url_path or "models"  # before the sidebar: link checks need it
+    st.session_state["_selection"] = sidebar()
     share_slot = st.sidebar.container()
     try:
         current.run()

@@ -465,6 +465,19 @@ class LatentFunctionalMap:
 
 
 # --------------------------------------------------------------------------- convenience and sweeps
+ROBUST_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # class shifts of the robustness panel (page and CLI)
+
+
+def default_layer(model) -> str:
+    """The layer the page and the CLI compare by default: the penultimate one, or an autoencoder's
+    bottleneck (its latent space) when it has one."""
+    if model.kind == "autoencoder":
+        for name in model.layers:
+            if name.endswith("bottleneck"):
+                return name
+    return model.layers[max(0, len(model.layers) - 2)]
+
+
 def match_quality(p2p, labels=None) -> dict:
     """With aligned rows: fraction of matches that are the same sample, and of the same class."""
     p2p = np.asarray(p2p)

@@ -10,9 +10,9 @@ from analysis.errors import UserInputError
 from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
 DESCRIPTOR_OPTIONS = list(fmaps.DESCRIPTORS)
-RETRIEVAL_COUNTS = (3, 5, 10, 20, 50, 100)
-STITCH_COUNTS = (3, 5, 10, 20, 50, 100, 200)
-ROBUST_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+RETRIEVAL_COUNTS = tr.RETRIEVAL_COUNTS
+STITCH_COUNTS = stitching.STITCH_COUNTS
+ROBUST_ALPHAS = fmaps.ROBUST_ALPHAS
 AUTO_RUN_S = 4.0
 
 
@@ -22,12 +22,7 @@ def layer_acts(ref: str, data_key: tuple, layer: str, _model, _ds) -> np.ndarray
 
 
 def _default_layer(model) -> int:
-    """The penultimate layer; an autoencoder's bottleneck (its latent space) when it has one."""
-    if model.kind == "autoencoder":
-        for i, name in enumerate(model.layers):
-            if name.endswith("bottleneck"):
-                return i
-    return max(0, len(model.layers) - 2)
+    return model.layers.index(fmaps.default_layer(model))
 
 
 def sweep(kind: str, key: dict, seconds: float, label: str, compute):

@@ -111,3 +111,32 @@ def test_module_entry_point_runs_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "A accuracy" in proc.stdout and (tmp_path / "o" / "scores.csv").exists()
     assert (env_store / "index.sqlite").exists()  # --store was used
+
+
+@pytest.mark.usefixtures("apptest_navigation")
+@pytest.mark.parametrize("page, extra", [
+    ("projections", ["--dims", "3"]),
+    ("functional-maps", ["--fm-anchors", "8", "--fm-eigs", "20"]),
+])
+def test_the_page_opens_a_cli_result_without_computing_it_again(page, extra, tmp_path):
+    assert main([page, "--n", "100", *extra, "--out", str(tmp_path), "--quiet"]) == 0
+    store = default_store()
+    keys = set(store.keys())
+    assert keys, "the CLI stored its results"
+    link = (tmp_path / "link.txt").read_text().strip()
+    query = {k: v for k, v in __import__("urllib.parse").parse.parse_qs(link.split("?", 1)[1]).items()}
+    lists = {p.key for p in spec_mod.params_of(page) if p.kind == "list"}
+    at = AppTest.from_file(APP, default_timeout=180)
+    # AppTest can only switch to a page with its own url_path after a first run: open the link's
+    # sidebar on the Report page (which computes nothing), then the page with the link's parameters.
+    at.switch_page("pages/report.py")
+    for step in ("sidebar", "page"):
+        for k, v in query.items():
+            at.query_params[k] = v if k in lists else v[-1]
+        at.run()
+        if step == "sidebar":
+            at.switch_page(f"pages/{page.replace('-', '_')}.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.get("plotly_chart")) >= 2, [w.value for w in at.warning] + [e.value for e in at.error]
+    new = set(store.keys()) - keys
+    assert not new, [store.meta(k) for k in new]  # everything the page shows came from the store
