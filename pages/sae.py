@@ -92,9 +92,12 @@ def obtain(tag: str, ref: str, model, layer: str, params: dict, acts):
     what = (f"{tag}: a {S.KIND_NAMES[params['kind']]} SAE with {params['expansion'] * acts.shape[1]} latents on "
             f"`{layer}` of `{ref}` ({len(acts)} inputs x {acts.shape[1]} dims, {params['steps']} steps): "
             f"about {est:.0f} s.")
-    if est > AUTO_TRAIN_S and not st.button(f"Train ({tag})", key=f"sae_train_{tag}", type="primary"):
-        st.info("Will train " + what + " Press the button to start.")
-        return None
+    if est > AUTO_TRAIN_S:
+        note = st.empty()
+        note.info("Will train " + what + " Press the button to start.")
+        if not st.button(f"Train ({tag})", key=f"sae_train_{tag}", type="primary"):
+            return None
+        note.empty()
     bar = Progress("Training " + what)
     live = st.empty()
     state = {"n": 0}
