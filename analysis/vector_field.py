@@ -35,6 +35,7 @@ from .errors import UserInputError
 
 CACHE_VERSION = 1
 DEFAULTS = {"max_steps": 500, "tol": 1e-6, "merge_cos": 0.99}
+FALLBACK_MODEL = "zoo:mlp-ae-b2"  # analysed when neither sidebar model is an autoencoder (2-D latent: exact field)
 
 
 # --------------------------------------------------------------------------- iteration

@@ -17,7 +17,7 @@ from analysis import vector_field_figures as vff
 from analysis.errors import UserInputError
 from pages._shell import Progress, load_dataset, load_model, selection, show_figure, show_table, user_errors
 
-FALLBACK = "zoo:mlp-ae-b2"
+FALLBACK = vf.FALLBACK_MODEL
 ZOO_AES = [f"zoo:{e['name']}" for e in models.manifest()["models"] if e["kind"] == "autoencoder"]
 
 
