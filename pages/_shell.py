@@ -189,28 +189,37 @@ def _check_data_ref(v: str) -> None:
 
 
 def _link_problems() -> None:
-    """Once per session: the values of the opened link that were refused (unknown parameters,
-    out-of-range numbers, unknown choices) and so replaced by defaults, in one sidebar message.
-    Model and dataset references have their own messages (_with_url_value)."""
+    """The values of the opened link that were refused (unknown parameters, out-of-range numbers,
+    unknown choices) and so replaced by defaults, in one message at the top of the page. Checked
+    once per session; shown until the user changes the sidebar (a rerun right after opening, e.g.
+    the URL being corrected, must not wipe it). Model and dataset references have their own
+    messages (_with_url_value)."""
     query = st.session_state.get("_link_query")
-    if not query or st.session_state.get("_link_checked"):
-        return
-    st.session_state["_link_checked"] = True
-    from analysis import spec as spec_mod
+    if query and not st.session_state.get("_link_checked"):
+        st.session_state["_link_checked"] = True
+        from analysis import spec as spec_mod
 
-    query = {k: v[0] if len(v) == 1 else v for k, v in query.items() if k not in ("a", "b", "data")}
-    page = st.session_state.get("_page", "models")
-    try:
-        spec_mod.params_of(page)
-    except UserInputError:
-        page = "models"  # a page that declares no parameters: check the sidebar's only
-        query = {k: v for k, v in query.items() if k in {p.key for p in spec_mod.SIDEBAR}}
-    try:
-        _, problems = spec_mod.AnalysisSpec.from_query(page, query)
-    except UserInputError as exc:
-        problems = [str(exc)]
-    if problems:
-        st.sidebar.warning("From the link: " + " ".join(problems) + " Showing the default for those.")
+        query = {k: v[0] if len(v) == 1 else v for k, v in query.items() if k not in ("a", "b", "data")}
+        page = st.session_state.get("_page", "models")
+        try:
+            spec_mod.params_of(page)
+        except UserInputError:
+            page = "models"  # a page that declares no parameters: check the sidebar's only
+            query = {k: v for k, v in query.items() if k in {p.key for p in spec_mod.SIDEBAR}}
+        try:
+            _, problems = spec_mod.AnalysisSpec.from_query(page, query)
+        except UserInputError as exc:
+            problems = [str(exc)]
+        if problems:
+            st.session_state["_link_message"] = (
+                "From the link: " + " ".join(problems) + " Showing the default for those.",
+                st.session_state.get("_selection"))
+    shown = st.session_state.get("_link_message")
+    if shown:
+        if shown[1] == st.session_state.get("_selection"):
+            st.warning(shown[0])
+        else:
+            del st.session_state["_link_message"]
 
 
 def _upload_panel() -> None:

@@ -205,7 +205,7 @@ def test_hostile_upload_in_the_real_widget_and_a_crashing_link(browser, tmp_path
         page.goto(base + "/?n=1e400&seed=-inf")  # used to crash the whole script (int(inf))
         B.wait_rendered(page, RENDER_MS)
         no_exception(page, proc)
-        expect(page.get_by_test_id("stSidebar").get_by_text("must be a finite number").first).to_be_visible()
+        expect(page.get_by_test_id("stMain").get_by_text("must be a finite number").first).to_be_visible()
         page.get_by_test_id("stSidebar").get_by_text("Upload a model or data").click()
         uploader = page.get_by_test_id("stFileUploader").first
         expect(uploader).to_contain_text("200MB")  # the limit is stated in the uploader
