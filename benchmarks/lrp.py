@@ -32,33 +32,47 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def paired_times(fa, fb, repeats: int) -> tuple[float, float, float]:
+    """Median time of each and the median of the per-pair ratios b / a, the two run alternately so
+    that a change in machine load hits both (the CPU may be shared)."""
+    fa(), fb()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(np.array(tb) / np.array(ta)))
+
+
 def main() -> int:
     import torch
 
     from analysis import data, lrp, models
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeats} runs\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} alternating runs\n")
 
     x = data.load("digits", n=64).inputs
-    print(f"{'model':<12}{'rule':<9}{'RepLens /s':>12}{'captum /s':>12}{'ratio':>8}{'max |diff| / max |R|':>28}")
+    print(f"{'model':<12}{'rule':<9}{'RepLens /s':>12}{'captum /s':>12}{'ratio':>8}{'max |diff| / max |R|':>32}")
     for ref in ("zoo:mlp-s0", "zoo:cnn-s0"):
         m = models.load(ref)
         for rule in ("epsilon", "zplus"):
-            ours = best_time(lambda: lrp.attribute(m, x, "predicted", rule=rule), args.repeats)
-            theirs = best_time(lambda: lrp.attribute(m, x, "predicted", rule=rule, backend="captum"), args.repeats)
+            ours, theirs, ratio = paired_times(lambda: lrp.attribute(m, x, "predicted", rule=rule),
+                                               lambda: lrp.attribute(m, x, "predicted", rule=rule, backend="captum"),
+                                               args.repeats)
             diffs = []
             for net, xx in ((m, x), (copy.deepcopy(m.module).double(), torch.as_tensor(x, dtype=torch.float64))):
                 a = lrp.attribute(net, xx, "predicted", rule=rule, epsilon=1e-9).relevance
                 b = lrp.attribute(net, xx, "predicted", rule=rule, epsilon=1e-9, backend="captum").relevance
                 diffs.append(np.abs(a - b).max() / np.abs(b).max())
-            print(f"{ref:<12}{rule:<9}{len(x) / ours:>12.0f}{len(x) / theirs:>12.0f}{theirs / ours:>7.1f}x"
-                  f"{f'{diffs[0]:.1e} (f32), {diffs[1]:.1e} (f64)':>28}")
+            print(f"{ref:<12}{rule:<9}{len(x) / ours:>12.0f}{len(x) / theirs:>12.0f}{ratio:>7.1f}x"
+                  f"{f'{diffs[0]:.1e} (f32), {diffs[1]:.1e} (f64)':>32}")
 
     ds = data.load("text", n=64, seed=0)
     m = models.load("hf:minilm")
