@@ -62,9 +62,10 @@ QUANTILES = (0.5, 0.9, 0.99)
 SAELENS_ARCHITECTURE = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 CACHE_VERSION = 1
-# Sustained float32 multiply-adds per second of one training step on this project's 2-core CPU
-# (measured with benchmarks/sae.py); the estimate shown before training uses it.
-FLOPS_PER_SECOND = 3.0e10
+# Sustained float32 FLOP/s of a training step (12 * batch * d * m FLOP) on this project's 2-core CPU:
+# benchmarks/sae.py measured ~2.1e10 on a quiet machine; a lower figure covers a shared one. The
+# estimate shown before training uses it.
+FLOPS_PER_SECOND = 1.5e10
 STEP_OVERHEAD_S = 1e-3
 SMALL_WORK = 5e7  # multiply-adds of one encoder product below which one thread is faster
 
@@ -489,7 +490,7 @@ def sweep_params(params: dict) -> list[dict]:
 
 def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
     """About how long :func:`train_sae` takes on this machine's CPU (encoder, decoder and their
-    gradients: ~12 * batch * d * m multiply-adds per step, plus a fixed cost per step)."""
+    gradients: ~12 * batch * d * m floating-point operations per step, plus a fixed cost per step)."""
     b = min(int(batch_size), int(n))
     m = int(expansion) * int(d_in)
     return steps * (12.0 * b * d_in * m / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05
