@@ -72,13 +72,13 @@ def image_view(sel, ds, models, data_key, rule, eps, gamma):
     gallery = list(range(min(GALLERY, len(ds))))
     picked = c3.multiselect("Samples (positions in the gallery below)", gallery, default=gallery[:6],
                             key="at_samples", bind="query-params", max_selections=12)
-    with st.expander("Gallery", expanded=False):
+    with st.expander("Gallery", expanded=True):
         from analysis import figures
 
         st.image([figures.pixel_tile(ds.render(i)["image"]) for i in gallery],
-                 caption=[f"#{i} · {ds.label_of(i)}" for i in gallery], width=64)
+                 caption=[f"#{i} · {ds.label_of(i)}" for i in gallery], width=56)
         up = st.file_uploader("Or upload an image (it is turned grey, resized to 8x8 and scaled to [0, 1])",
-                              type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="at_upload")
+                              type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="at_upload", max_upload_size=5)
     rows = [int(i) for i in picked]
     x = np.asarray(ds.inputs, dtype=np.float32)[rows] if rows else np.zeros((0, ds.n_features), np.float32)
     labels = None if ds.labels is None else ds.labels[rows]

@@ -120,3 +120,25 @@ def test_share_link_restores_rule_and_samples(page, server):
     x = data.load("digits", n=500).inputs[[9, 4]]
     expected = lrp.attribute(models.load("zoo:mlp-s0"), x, "predicted", composite="epsilon-gamma-box")
     np.testing.assert_allclose(np.stack(maps[:2]), expected.input_relevance, rtol=1e-4, atol=1e-6)
+
+
+def test_an_uploaded_picture_is_explained_next_to_the_samples(page, server, tmp_path):
+    from PIL import Image
+
+    from analysis import lrp, models
+
+    img = np.full((64, 64), 255, np.uint8)  # a dark "1" on white paper
+    img[8:56, 28:36] = 0
+    Image.fromarray(img).save(tmp_path / "one.png")
+    _open(page, server, "/attributions?at_samples=0")
+    page.locator("[data-testid='stMain'] [data-testid='stFileUploaderDropzoneInput']").first.set_input_files(
+        str(tmp_path / "one.png"))
+    deadline = time.monotonic() + 60
+    while len(_maps(page)) != 4:  # (sample 0, upload) x (A, B)
+        assert time.monotonic() < deadline, f"{len(_maps(page))} maps after the upload"
+        page.wait_for_timeout(200)
+    B.wait_rendered(page, RENDER_MS)
+    row = lrp.image_from_upload((tmp_path / "one.png").read_bytes(), "one.png")
+    expected = lrp.attribute(models.load("zoo:mlp-s0"), row, "predicted").input_relevance
+    np.testing.assert_allclose(_maps(page)[1], expected[0], rtol=1e-4, atol=1e-6)
+    expect(page.get_by_test_id("stMain")).to_contain_text("upload → class")
