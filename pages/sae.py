@@ -144,6 +144,14 @@ def fresh(key: str, value):
     return value if value is not None and value != seen else None
 
 
+def clamp(key: str, top: int) -> None:
+    """Forget a kept index that no longer exists (a smaller SAE, fewer samples): the widget then
+    shows its default instead of failing on a value above its maximum."""
+    value = st.session_state.get(key)
+    if isinstance(value, (int, float)) and value > top:
+        del st.session_state[key]
+
+
 def clicked_index(event) -> int | None:
     pts = (event or {}).get("selection", {}).get("points", []) if event else []
     for p in pts:
@@ -242,6 +250,8 @@ table = table[[c for c in ("feature", "density", "max activation", "top class", 
 pending = st.session_state.pop("_sae_set_feature", None)
 if pending is not None:
     st.session_state["sae_feature"] = pending
+clamp("sae_feature", sae.d_sae - 1)
+clamp("sae_input", len(ds) - 1)
 t1, t2 = st.columns([1.3, 1.2])
 with t1:
     st.caption("Click a row to open a feature; click a column header to sort.")
@@ -366,6 +376,7 @@ with q2:
 pending_pair = st.session_state.pop("_sae_set_pair", None)
 if pending_pair is not None:
     st.session_state["sae_pair"] = pending_pair
+clamp("sae_pair", len(match.a) - 1)
 rank = st.number_input("Pair (rank by correlation, 0 = best)", 0, len(match.a) - 1, 0, key="sae_pair",
                        bind="query-params")
 fa, fb, r = int(match.a[rank]), int(match.b[rank]), float(match.correlation[rank])

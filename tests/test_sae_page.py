@@ -71,7 +71,7 @@ def test_default_view_trains_and_shows_metrics_browser_and_matching():
 
 
 def test_changing_the_feature_shows_its_statistics():
-    at = open_page()
+    at = open_page(sae_match=False)
     at.number_input(key="sae_feature").set_value(3).run()
     assert not at.exception
     assert any("Feature 3" in m.value for m in at.markdown)
@@ -80,8 +80,8 @@ def test_changing_the_feature_shows_its_statistics():
 
 
 def test_a_reload_takes_the_sae_from_the_store():
-    open_page()
-    at = open_page()
+    open_page(sae_match=False)
+    at = open_page(sae_match=False)
     assert any("from the result store" in c.value for c in at.caption)
 
 
@@ -119,3 +119,8 @@ def test_the_sweep_button_fills_the_frontier():
     topk = [t for t in frontier["data"] if t.get("name") == "TopK"][0]
     assert len(topk["x"]) == 5  # k = 8 (on show) and the sweep's 4, 16, 32, 64
     assert not [b for b in at.button if b.key == "sae_sweep"]  # nothing left to train
+
+
+def test_a_feature_index_beyond_the_sae_falls_back_to_the_default():
+    at = open_page(sae_match=False, sae_feature=5000, sae_input=10_000)  # 256 latents, 500 inputs
+    assert at.number_input(key="sae_feature").value < 256 and at.number_input(key="sae_input").value == 0
