@@ -146,8 +146,7 @@ def rule_set(rule: str = "epsilon", composite: str | None = None, epsilon: float
 def _stabilize(z, eps):
     import torch
 
-    sign = torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
-    return z + eps * sign
+    return z + torch.where(z >= 0, eps, -eps)  # eps * sign(z), with sign(0) = 1
 
 
 class _Op:
