@@ -1011,6 +1011,36 @@ def from_saelens_bytes(cfg_bytes: bytes, weights_bytes: bytes) -> SparseAutoenco
     return sae
 
 
+def from_saelens_upload(files: dict[str, bytes], d_in: int | None = None) -> tuple[SparseAutoencoder, str]:
+    """An SAE uploaded as its two SAELens files, or as one zip holding them (what the page's download
+    gives); returns it and the sha256 of its weights file. ``d_in``: the layer width it must read."""
+    import hashlib
+
+    from . import tabular
+
+    files = dict(files)
+    for name, data in files.items():
+        tabular.check_size(data, name)
+    zips = [n for n in files if n.lower().endswith(".zip")]
+    if zips:
+        try:
+            with zipfile.ZipFile(io.BytesIO(files[zips[0]])) as zf:
+                if sum(i.file_size for i in zf.infolist()) > 4 * tabular.max_upload_bytes():
+                    raise UserInputError(f"{zips[0]} unpacks to more than this server accepts.")
+                files = {Path(n).name: zf.read(n) for n in zf.namelist() if Path(n).name in (SAELENS_CFG, SAELENS_WEIGHTS)}
+        except zipfile.BadZipFile as exc:
+            raise UserInputError(f"{zips[0]} is not a zip archive.") from exc
+    cfg = next((d for n, d in files.items() if n.lower().endswith(".json")), None)
+    weights = next((d for n, d in files.items() if n.lower().endswith(".safetensors")), None)
+    if cfg is None or weights is None:
+        raise UserInputError(f"An SAELens SAE is two files: {SAELENS_CFG} and {SAELENS_WEIGHTS} (or a zip of both).")
+    sae = from_saelens_bytes(cfg, weights)
+    if d_in is not None and sae.d_in != d_in:
+        raise UserInputError(f"This SAE reads {sae.d_in}-dimensional activations but the layer has {d_in}: pick the "
+                             "layer it was trained on.")
+    return sae, hashlib.sha256(weights).hexdigest()
+
+
 def saelens_zip(sae: SparseAutoencoder, metadata: dict | None = None) -> bytes:
     """The two SAELens files in one zip (for a download button)."""
     from safetensors.torch import save

@@ -181,17 +181,32 @@ except UserInputError as exc:
     st.error(str(exc))
     st.stop()
 key = S.store_key(model.sha256, ds.sha256, layer, "mean", params_checked)
-with user_errors("Training"):
-    sae = obtain(which, ref, model, layer, params, acts)
+with st.expander("Open an SAE trained elsewhere (SAELens files) instead of training one"):
+    st.caption(f"`cfg.json` + `sae_weights.safetensors` as SAELens saves them (standard, topk, jumprelu), or the zip "
+               f"this page downloads. It must read `{layer}` of {which} ({acts.shape[1]} dimensions).")
+    files = st.file_uploader("SAE files", type=["json", "safetensors", "zip"], accept_multiple_files=True,
+                             key="sae_upload")
+sae = None
+if files:
+    try:
+        sae, sha = S.from_saelens_upload({f.name: f.getvalue() for f in files}, acts.shape[1])
+        key = f"upload-{sha}"
+    except UserInputError as exc:
+        st.error(f"Upload: {exc}")
+if sae is None:
+    with user_errors("Training"):
+        sae = obtain(which, ref, model, layer, params, acts)
 if sae is None:
     st.stop()
 
 # ------------------------------------------------------------------ metrics
 metrics = cached_metrics(key, sae, acts)
-source = "from the result store" if sae.cached else f"trained in {sae.train_info.get('seconds', 0):.1f} s"
+source = ("opened from uploaded SAELens files" if "saelens_cfg" in sae.train_info else
+          "from the result store" if sae.cached else f"trained in {sae.train_info.get('seconds', 0):.1f} s")
 st.subheader(f"{which} · `{layer}` · {sae.describe()}")
-st.caption(f"{source} · {sae.train_info.get('samples_per_second', 0):,.0f} activations/s while training · "
-           f"metrics on the {metrics.n} inputs of the dataset")
+speed = sae.train_info.get("samples_per_second")
+st.caption(f"{source}" + (f" · {speed:,.0f} activations/s while training" if speed else "")
+           + f" · metrics on the {metrics.n} inputs of the dataset")
 m = st.columns(7)
 m[0].metric("L0", f"{metrics.l0:.1f}", help="Mean number of active latents per input.")
 m[1].metric("Var. explained", f"{metrics.fve:.3f}",

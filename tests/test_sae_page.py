@@ -124,3 +124,24 @@ def test_the_sweep_button_fills_the_frontier():
 def test_a_feature_index_beyond_the_sae_falls_back_to_the_default():
     at = open_page(sae_match=False, sae_feature=5000, sae_input=10_000)  # 256 latents, 500 inputs
     assert at.number_input(key="sae_feature").value < 256 and at.number_input(key="sae_input").value == 0
+
+
+def test_an_uploaded_saelens_sae_is_browsed_instead_of_training(tmp_path):
+    from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(300, 128)).astype(np.float32)
+    sae = S.from_arrays({"W_enc": w.T.copy(), "W_dec": w, "b_enc": np.zeros(300, np.float32),
+                         "b_dec": np.zeros(128, np.float32)}, "topk", k=5)
+    zipped = S.saelens_zip(sae)
+    back, _ = S.from_saelens_upload({"sae.zip": zipped}, 128)
+    assert np.array_equal(back.arrays()["W_dec"], w)
+    with pytest.raises(S.UserInputError, match="reads 128"):
+        S.from_saelens_upload({"sae.zip": zipped}, 64)
+    at = open_page(sae_match=False)
+    rec = UploadedFileRec(file_id="f1", name="sae.zip", type="application/zip", data=zipped)
+    at.session_state["sae_upload"] = [UploadedFile(rec, None)]
+    at.run()
+    assert not at.exception
+    assert any("opened from uploaded SAELens files" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert "300 latents" in at.subheader[0].value and float(metric(at, "L0")) == pytest.approx(5, abs=0.01)
