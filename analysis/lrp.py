@@ -252,9 +252,10 @@ def _functions():
         """y = f(x) forward; backward f(x)/x: the relevance passes through unchanged."""
 
         @staticmethod
-        def forward(ctx, x, y):
+        def forward(ctx, x, f):
+            y = f(x)
             ctx.save_for_backward(x, y)
-            return y.clone()
+            return y
 
         @staticmethod
         def backward(ctx, g):
@@ -360,9 +361,10 @@ def _make_mode():
                 rest = args[1:]
                 return fn["Pooling"].apply(args[0], lambda t: func(t, *rest, **kwargs), tape.rs.epsilon)
             if func in elementwise:
-                x = args[0]
-                y = func(*args, **kwargs)
-                return fn["Identity"].apply(x, y.detach()) if grads(x) else y
+                x, rest = args[0], args[1:]
+                if not grads(x):
+                    return func(*args, **kwargs)
+                return fn["Identity"].apply(x, lambda t: func(t, *rest, **kwargs))
             if func is F.layer_norm:
                 return _layer_norm(*args, **kwargs)
             if func is getattr(F, "rms_norm", None):
