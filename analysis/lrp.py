@@ -1194,6 +1194,51 @@ def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon
     return result
 
 
+# --------------------------------------------------------------------------- headless run (CLI)
+def run_page(spec, progress=None, device=None):
+    """The Attributions page's dataset-level numbers for digits classifiers, headless: both models'
+    relevance (same store keys as the page), rank agreement, conservation, pixel flipping with
+    AOPC, and the maps of the chosen samples. Returns an :class:`analysis.runners.PageResult`."""
+    import pandas as pd
+
+    from . import lrp_figures as lf
+    from .runners import PageResult, _inputs
+
+    ds, model_a, model_b, prov = _inputs(spec)
+    p = spec.params
+    if ds.kind != "image":
+        raise UserInputError("The headless Attributions run covers digits classifiers; text views need the page.")
+    target = str(int(p["at_class"])) if p["at_target"] == "class" else p["at_target"]
+    kw = dict(target=target, rule=p["at_rule"], epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]))
+    models_ = {"A": model_a, "B": model_b}
+    full, faith = {}, {}
+    for k, (slot, m) in enumerate(models_.items()):
+        step = None if progress is None else (lambda f, msg, k=k: progress(0.5 * (k + f), msg))
+        full[slot] = dataset_relevance(m, ds, progress=step, **kw)
+        faith[slot] = dataset_faithfulness(m, ds, n=100, **kw)
+    summary = pair_summary(full["A"], full["B"])
+    out = PageResult(spec, provenance=prov)
+    out.numbers["rank agreement of A and B (dataset mean)"] = float(np.nanmean(summary["agreement"]))
+    for j, slot in enumerate(models_):
+        out.numbers[f"median sum(R) / f, {slot}"] = summary["conservation"][j]
+        for method, value in faith[slot].aopc.items():
+            out.numbers[f"AOPC {slot} {method}"] = value
+    rows = [int(i) for i in p["at_samples"] if 0 <= int(i) < len(ds)]
+    x = np.asarray(ds.inputs, dtype=np.float32)[rows]
+    for slot, m in models_.items():
+        att = attribute(m, x, int(target) if target.isdigit() else target, rule=p["at_rule"],
+                        epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]),
+                        labels=None if ds.labels is None else ds.labels[rows], device=device)
+        out.figures[f"at_maps_{slot}"] = lf.relevance_grid(
+            x, att.input_relevance, [f"#{i} → class {int(c)}" for i, c in zip(rows, att.target)], ds.image_shape)
+    out.figures["at_agree"] = lf.agreement_histogram(summary["agreement"])
+    out.figures["at_conservation"] = lf.conservation_figure(
+        {f"{s} · {models_[s].ref}": (full[s]["output"], summary["sums"][j]) for j, s in enumerate(models_)})
+    out.figures["at_faith"] = lf.faithfulness_figure(faith)
+    out.tables["agreement per sample"] = pd.DataFrame({"row": ds.indices, "spearman": summary["agreement"]})
+    return out
+
+
 # --------------------------------------------------------------------------- the page's parameters
 PAGE_EPSILONS = (1e-9, 1e-6, 1e-3, 0.01, 0.1, 0.25)
 PAGE_GAMMAS = (0.0, 0.1, 0.25, 0.5, 1.0)

@@ -310,12 +310,19 @@ def run_vector_field(spec: AnalysisSpec, progress: Progress | None = None, devic
     return out
 
 
+def run_attributions(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
+    from .lrp import run_page
+
+    return run_page(spec, progress=progress, device=device)
+
+
 RUNNERS: dict[str, Callable[..., PageResult]] = {
     "models": run_models,
     "similarity": run_similarity,
     "projections": run_projections,
     "functional-maps": run_functional_maps,
     "vector-field": run_vector_field,
+    "attributions": run_attributions,
 }
 
 
