@@ -55,6 +55,22 @@ def pca(x, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return coords, ratio
 
 
+def _safe_scale(x: np.ndarray, method: str) -> np.ndarray:
+    """t-SNE's Barnes-Hut tree (scikit-learn) crashes the whole process (segmentation fault) on a
+    constant layer, and when squared distances under- or overflow (spread below ~1e-20 or above
+    ~1e100). Refuse the first; bring the second to a spread near 1 by an exact power of two (the
+    embedding does not depend on the scale). Ordinary data is left untouched."""
+    centred = x - x.mean(0)
+    spread = float(np.abs(centred).max()) if centred.size else 0.0
+    if spread == 0.0:
+        name = {"tsne": "t-SNE", "umap": "UMAP"}.get(method, method)
+        raise UserInputError(f"Every sample of this layer has the same values: {name} cannot place "
+                             "them. Pick another layer (or PCA, which shows them as one point).")
+    if 1e-6 <= spread <= 1e6:
+        return x
+    return centred * 2.0 ** -np.round(np.log2(spread))
+
+
 def _check(method: str, n_components: int, n: int, params: dict) -> dict:
     if method not in METHODS:
         raise UserInputError(f"Unknown projection {method!r}; use one of {', '.join(METHODS)}.")
@@ -96,6 +112,8 @@ def project(x, method: str = "pca", n_components: int = 2, seed: int = 0, store=
     if progress:
         progress(0.05, f"{method.upper()} on {x.shape[0]} samples x {x.shape[1]} dimensions…")
     explained = None
+    if method != "pca":
+        x = _safe_scale(x, method)
     if method == "pca":
         coords, explained = pca(x, n_components)
     elif method == "umap":

@@ -122,6 +122,25 @@ def _load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_parquet_inflation(data: bytes, filename: str) -> None:
+    """Refuse a Parquet file whose rows would take far more memory than the file: run-length and
+    dictionary encoding let a few hundred kB hold 10^8 zeros (a Parquet bomb). The footer says how
+    many rows and which types, before anything is decoded."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    rows, inflated = meta.num_rows, 0
+    for field in meta.schema.to_arrow_schema():
+        try:
+            inflated += rows * max(field.type.bit_width // 8, 1)
+        except ValueError:  # variable width (text, nested): at least a Python object per row
+            inflated += rows * 64
+    limit = 4 * max_upload_bytes()
+    if inflated > limit:
+        raise UserInputError(f"{filename} would inflate to about {inflated / 2**20:.0f} MB in memory ({rows:,} rows), "
+                             f"over this server's limit of {limit / 2**20:.0f} MB for unpacked uploads.")
+
+
 def load_frame(data: bytes, filename: str):
     """A pandas DataFrame from .csv or .parquet bytes."""
     import pandas as pd
@@ -137,6 +156,7 @@ def load_frame(data: bytes, filename: str):
                 ) from exc
             df = pd.read_csv(io.StringIO(text))
         else:
+            _check_parquet_inflation(data, filename)
             df = pd.read_parquet(io.BytesIO(data))
     except UserInputError:
         raise
@@ -166,6 +186,12 @@ def numeric_matrix(arr, what: str, min_rows: int = 2) -> np.ndarray:
         raise UserInputError(f"{what} has zero columns.")
     if arr.shape[0] < min_rows:
         raise UserInputError(f"{what} has {arr.shape[0]} row(s); at least {min_rows} are needed.")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        with np.errstate(invalid="ignore"):
+            huge = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+        if huge.any():
+            raise UserInputError(f"{what} has {int(huge.sum())} value(s) beyond float32's range (±3.4e38), "
+                                 "e.g. " f"{arr[huge].flat[0]:.3g}; rescale the data and upload again.")
     arr = arr.astype(np.float32, copy=False)
     bad = ~np.isfinite(arr)
     if bad.any():

@@ -367,3 +367,40 @@ def test_debiased_cka_without_a_value_is_a_clear_error(y):
     with pytest.warns(similarity.SimilarityWarning, match="undefined"):
         df = similarity.similarity_matrix({"x": x}, {"y": y}, "debiased_linear_cka")
     assert np.isnan(df.iloc[0, 0])
+
+
+TSNE_CRASH = """
+import sys, warnings
+import numpy as np
+sys.path.insert(0, {root!r})
+warnings.simplefilter("ignore")
+from analysis import projection
+from analysis.errors import UserInputError
+x = np.random.default_rng(0).normal(size=(12, 4)) * {scale}
+if {constant}:
+    x[:] = 1.0
+try:
+    p = projection.project(x, "tsne", {k}, 0, use_cache=False, perplexity=5.0)
+    print("coords", bool(np.isfinite(p.coords).all()))
+except UserInputError as exc:
+    print("refused", exc)
+"""
+
+
+@pytest.mark.parametrize("scale,constant,k,expect", [
+    (1.0, True, 2, "refused Every sample"), (1.0, True, 3, "refused Every sample"),
+    (1e-25, False, 2, "coords True"), (1e150, False, 3, "coords True"), (1.0, False, 2, "coords True")])
+def test_tsne_never_crashes_the_process(scale, constant, k, expect, tmp_path):
+    """Regression: scikit-learn's Barnes-Hut t-SNE died with a segmentation fault (taking the whole
+    server with it) on a constant layer and on spreads whose squared distances under/overflow.
+    Run in a child process so that a regression fails this test instead of killing the run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    code = TSNE_CRASH.format(root=root, scale=scale, constant=constant, k=k)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "REPLENS_STORE": str(tmp_path)})
+    assert out.returncode == 0, f"child died with {out.returncode}: {out.stderr[-500:]}"
+    assert out.stdout.strip().startswith(expect), out.stdout

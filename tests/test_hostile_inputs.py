@@ -156,6 +156,8 @@ def catalog(marker: Path) -> list[tuple[str, str, str, bytes, str]]:
         ("zip bomb (.npz, 8x the limit inflated)", "both", "bomb.npz", _zip_bomb(), "would inflate"),
         ("not a zip (.npz)", "both", "x.npz", b"PK\x03\x04 this is not a zip", "not a valid .npz"),
         ("random bytes (.parquet)", "both", "x.parquet", b"PAR1" + bytes(300), "could not be read as Parquet"),
+        ("Parquet bomb (15 kB of run-length zeros, 2M rows)", "both", "bomb.parquet",
+         _parquet(pd.DataFrame({"a": np.zeros(2_000_000, np.int64), "t": ["x"] * 2_000_000})), "would inflate"),
         # size and names
         ("over the size limit", "both", "huge.npy", _npy(np.ones((LIMIT_MB * 2**20 // 8 + 64,), np.float64)),
          "upload limit on this server is 1 MB"),
@@ -171,6 +173,7 @@ def catalog(marker: Path) -> list[tuple[str, str, str, bytes, str]]:
         ("ragged CSV (missing field)", "both", "short.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n", "NaN/inf"),
         ("CSV with text in numeric columns", "both", "mixed.csv", b"a,b\n1,2\nx,4\n", "not numeric"),
         ("CSV with inf", "both", "inf.csv", b"a,b\n1,2\ninf,4\n5,6\n", "NaN/inf"),
+        ("values beyond float32", "both", "huge.npy", _npy(np.array([[1.0, 1e300], [2, 3], [4, 5]])), "float32's range"),
         ("npy with NaN", "both", "nan.npy", _npy(np.array([[1.0, np.nan], [2, 3], [4, 5]])), "NaN/inf"),
         ("one row", "both", "one.csv", b"a,b\n1,2\n", "at least 2"),
         ("zero columns (npy)", "both", "zero.npy", _npy(np.ones((5, 0), np.float32)), "zero columns"),
@@ -231,7 +234,7 @@ def test_every_hostile_file_is_refused_by_the_library(path, tmp_path, isolated_s
 def test_catalog_size():
     """The report quotes this number: the distinct hostile inputs tried."""
     cases = catalog(Path("/nonexistent"))
-    assert len({c[0] for c in cases}) == len(cases) >= 40
+    assert len({c[0] for c in cases}) == len(cases) >= 42
 
 
 def test_path_like_upload_name_stays_in_the_store(isolated_store, tmp_path):
