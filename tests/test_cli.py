@@ -118,6 +118,7 @@ def test_module_entry_point_runs_in_a_fresh_process(tmp_path):
     ("projections", ["--dims", "3"]),
     ("functional-maps", ["--fm-anchors", "8", "--fm-eigs", "20"]),
     ("vector-field", ["--vf-starts", "40", "--vf-noise", "20", "--vf-grid", "20", "--vf-ood-n", "40"]),
+    ("sae", ["--sae-steps", "60", "--sae-exp", "2"]),
 ])
 def test_the_page_opens_a_cli_result_without_computing_it_again(page, extra, tmp_path):
     assert main([page, "--n", "100", *extra, "--out", str(tmp_path), "--quiet"]) == 0
