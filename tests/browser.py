@@ -203,3 +203,26 @@ def pick_selectbox(page, label: str, option_text: str, timeout_ms: float = 15_00
                                  f"not {option_text!r}")
         page.wait_for_timeout(50)
     return clicked_at
+
+
+# ------------------------------------------------------------------ what every browser test module shares
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # CI installs both: never skip there
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    expect = sync_playwright = None
+
+
+def _marks() -> list:
+    import pytest
+
+    return [
+        pytest.mark.browser,
+        pytest.mark.skipif(sync_playwright is None and not IN_CI,
+                           reason="playwright is not installed (pip install playwright; never `playwright install`)"),
+        pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK) and not IN_CI,
+                           reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)"),
+    ]
+
+
+MARKS = _marks()  # pytestmark of every browser test module

@@ -6,7 +6,6 @@ serves the whole module. Run with `python -m pytest tests/test_browser.py -v`.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 import sys
@@ -18,36 +17,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so `tests.browser` imports under plain `pytest`
 from tests import browser as B  # noqa: E402
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # CI installs both: never skip there
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI,
-                       reason="playwright is not installed (pip install playwright; never `playwright install`)"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI,
-                       reason=f"no Chromium at {B.CHROMIUM} (apt-get install -y chromium)"),
-]
+expect = B.expect
+sync_playwright = B.sync_playwright
+pytestmark = B.MARKS
 
 RENDER_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
-    yield base_url, proc
-    B.stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = B.launch_browser(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the library's numbers; choosing a rule in the page re-draws them and lands in th
 link with a rule and samples restores that view."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -15,19 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
-from tests.test_browser import browser, server  # noqa: E402,F401 (module fixtures: one server, one Chromium)
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
-]
+expect = B.expect
+sync_playwright = B.sync_playwright
+pytestmark = B.MARKS
 RENDER_MS = 180_000
 
 # The relevance heatmaps of every chart, as nested lists (Plotly keeps typed arrays; decode them).

@@ -5,7 +5,6 @@ Needs playwright and Debian's Chromium (/usr/bin/chromium); never skipped when C
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -16,25 +15,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
-]
+expect = B.expect
+sync_playwright = B.sync_playwright
+pytestmark = B.MARKS
 RENDER_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
-    yield base_url, proc
-    B.stop_server(proc)
 
 
 @pytest.fixture

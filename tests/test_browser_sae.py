@@ -2,7 +2,6 @@
 feature (and the URL follows), and a reload takes the SAE from the result store."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -14,17 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
-]
+sync_playwright = B.sync_playwright
+pytestmark = B.MARKS
 RENDER_MS = 240_000
 # A small SAE and the PCA decoder map keep the test short (UMAP's first call compiles for ~30 s).
 QUERY = "/sae?sae_exp=2&sae_steps=100&sae_map=pca&sae_match=false"
@@ -49,21 +39,6 @@ POINT_JS = """(current) => {
   return {feature: t.customdata[best], x: r.left + xa._offset + xa.l2p(t.x[best]),
           y: r.top + ya._offset + ya.l2p(t.y[best])};
 }"""
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
-    yield base_url, proc
-    B.stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = B.launch_browser(p)
-        yield b
-        b.close()
 
 
 def _open(browser, url, proc):

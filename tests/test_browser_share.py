@@ -3,39 +3,20 @@ browser without recomputation, short links survive a server restart behind a pat
 an exported report opens offline in Chromium with every pinned figure drawn."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
-]
+sync_playwright = B.sync_playwright
+pytestmark = B.MARKS
 RENDER_MS = 120_000
 
 FIGURE_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(el =>
     JSON.stringify(el.data.map(t => [t.type, t.z || null, t.x || null, t.y || null])))"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = B.launch_browser(p)
-        yield b
-        b.close()
 
 
 def new_page(browser):

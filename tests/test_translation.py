@@ -137,7 +137,7 @@ def test_retrieval_curve_lfm_beats_few_anchor_procrustes():
 # ----------------------------------------------------------------- zero-shot stitching
 @pytest.fixture(scope="module")
 def two_seeds():
-    from analysis import activations, data, models
+    from analysis import data, models
 
     ds = data.load("digits", n=400, seed=0)
     a, b = models.load("zoo:mlp-s0"), models.load("zoo:mlp-s1")
