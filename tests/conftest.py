@@ -61,3 +61,27 @@ def apptest_navigation(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+# ------------------------------------------------------------------ browser tests (tests/browser.py)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One `streamlit run app.py` per browser test module, with its own empty result store:
+    yields (base_url, process)."""
+    from tests import browser as B
+
+    proc, base_url = B.start_server(store_dir=tmp_path_factory.mktemp("replens-store"))
+    yield base_url, proc
+    B.stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium, one per browser test module."""
+    from tests import browser as B
+
+    with B.sync_playwright() as p:
+        b = B.launch_browser(p)
+        yield b
+        b.close()
+
