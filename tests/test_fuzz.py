@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 
 import numpy as np
@@ -22,10 +23,13 @@ from analysis import data, projection, similarity, tabular
 from analysis.errors import UserInputError
 from analysis.store import Store, make_key
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.function_scoped_fixture])
-FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                      HealthCheck.function_scoped_fixture])
+# CI replays the same examples every run (a failure there is reproducible, never flaky); a local run
+# explores new ones each time (and hypothesis keeps the failing ones in .hypothesis/).
+_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_COMMON = dict(deadline=None, derandomize=_CI, database=None if _CI else settings.default.database,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, **_COMMON)
+FEW = settings(max_examples=15, **_COMMON)
 
 # Values a layer can take: ordinary, tiny, huge (float32 range), exact zeros; NaN/inf separately.
 finite = st.one_of(st.floats(-1e3, 1e3, allow_nan=False, width=32),
