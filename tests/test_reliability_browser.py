@@ -23,27 +23,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(sync_playwright is None and not IN_CI, reason="playwright is not installed"),
-    pytest.mark.skipif(not os.access(B.CHROMIUM, os.X_OK) and not IN_CI, reason=f"no Chromium at {B.CHROMIUM}"),
-]
+expect = B.expect
+pytestmark = B.MARKS  # browser mark; never skipped when CI=true
 
 RENDER_MS = 240_000  # 8 sessions share 2 cores
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = B.launch_browser(p)
-        yield b
-        b.close()
 
 
 def new_page(browser):
