@@ -189,6 +189,15 @@ def align(p_a, p_b, scale: bool = True) -> Alignment:
     return Alignment(aligned, r, c, mu_a - c * mu_b @ r, residual)
 
 
+def _check_knn_memory(n: int) -> None:
+    """The neighbour search holds an n x n similarity matrix and two temporaries of that size."""
+    from .resources import USABLE_FRACTION, available_bytes, check_fits
+
+    fit = int((USABLE_FRACTION * available_bytes() / 24) ** 0.5)
+    check_fits(24.0 * n * n, f"Neighbourhood agreement on {n:,} samples",
+               f"Use fewer samples (about {fit:,} fit) or colour by another property.")
+
+
 def knn_agreement(x_a, x_b, k: int = 10) -> np.ndarray:
     """Per sample: the fraction of its k nearest neighbours (cosine, self excluded) that the two
     representations share. 1 for identical spaces; about k/(n-1) when rows are unrelated."""
@@ -197,6 +206,7 @@ def knn_agreement(x_a, x_b, k: int = 10) -> np.ndarray:
     xa, xb = as_matrix(x_a, "layer A"), as_matrix(x_b, "layer B")
     if xa.shape[0] != xb.shape[0]:
         raise UserInputError("The two layers have different numbers of samples.")
+    _check_knn_memory(xa.shape[0])
     na, nb = _knn(xa, k), _knn(xb, k)
     if na is None or nb is None:
         return np.full(xa.shape[0], np.nan)

@@ -172,3 +172,14 @@ def test_similarity_page_refuses_with_the_estimate_and_offers_the_minibatch_way(
     at.number_input(key="batch").set_value(1024).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(b.label == "Compute" for b in at.button)
+
+
+def test_neighbourhood_agreement_refuses_what_does_not_fit(monkeypatch):
+    from analysis import projection
+
+    monkeypatch.setenv(resources.LIMIT_ENV, "100")
+    x = np.zeros((5000, 2), np.float32)
+    with pytest.raises(UserInputError, match=r"Neighbourhood agreement on 5,000 samples .*about 1,869 fit"):
+        projection.knn_agreement(x, x, k=5)
+    small = np.random.default_rng(0).normal(size=(300, 3))
+    np.testing.assert_array_equal(projection.knn_agreement(small, small, k=5), np.ones(300))
