@@ -85,3 +85,12 @@ def browser():
         yield b
         b.close()
 
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh browser context (no cookies, no session shared with other tests)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(120_000)
+    pg = context.new_page()
+    yield pg
+    context.close()

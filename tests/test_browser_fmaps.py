@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
@@ -19,17 +18,6 @@ expect = B.expect
 sync_playwright = B.sync_playwright
 pytestmark = B.MARKS
 RENDER_MS = 120_000
-
-
-@pytest.fixture
-def page(server):
-    with sync_playwright() as p:
-        browser = B.launch_browser(p)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(RENDER_MS)
-        yield context.new_page()
-        context.close()
-        browser.close()
 
 
 def _query(page) -> dict[str, str]:

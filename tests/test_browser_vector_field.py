@@ -9,7 +9,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import browser as B  # noqa: E402
@@ -18,17 +17,6 @@ expect = B.expect
 sync_playwright = B.sync_playwright
 pytestmark = B.MARKS
 RENDER_MS = 180_000
-
-
-@pytest.fixture
-def page(server):
-    with sync_playwright() as p:
-        browser = B.launch_browser(p)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(30_000)
-        yield context.new_page()
-        context.close()
-        browser.close()
 
 
 def test_vector_field_link_figures_and_url(page, server):
