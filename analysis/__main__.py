@@ -6,7 +6,7 @@ Examples::
 
     python -m analysis similarity --model-a zoo:mlp-s0 --model-b zoo:cnn-s0 --measure linear_cka --out results/
     python -m analysis similarity --model-a hf:minilm --model-b hf:minilm-random --data text --report sim.html
-    python -m analysis projections --method pca --proj-a fc2 --device cuda --out results/
+    python -m analysis projections --method pca --proj-a net.fc2 --device cuda --out results/
     python -m analysis link "http://host:8501/similarity?a=zoo:mlp-s0&b=zoo:mlp-s1&measure=rbf_cka" --out r/
 
 Outputs under ``--out``: one CSV per table, one Plotly JSON per figure, ``summary.json`` (the
@@ -26,7 +26,16 @@ from . import spec as spec_mod
 from .spec import _num
 from .errors import UserInputError
 
-_OPTION_NAMES = {"a": "model-a", "b": "model-b"}  # long names for the sidebar's one-letter keys
+_OPTION_NAMES = {"a": "model-a", "b": "model-b"}
+COMMAND_HELP = {
+    "models": "both models' scores on the data and their layer tables",
+    "similarity": "layer-by-layer similarity of A and B (and A-A, B-B) under one measure",
+    "projections": "PCA / UMAP / t-SNE of a layer of A and of B, B aligned to A, and A through its layers",
+    "functional-maps": "latent functional map, stitching, retrieval and robustness between a layer of A and of B",
+    "vector-field": "latent dynamics of an autoencoder: attractors, memorization, the field, OOD scores",
+    "attributions": "LRP relevance of A and B on the data: conservation, agreement, faithfulness",
+    "sae": "sparse autoencoders on a layer of A and of B, their metrics and matched features",
+}  # long names for the sidebar's one-letter keys
 
 
 def _option(key: str) -> str:
@@ -62,12 +71,12 @@ class TerminalProgress:
 def build_parser() -> argparse.ArgumentParser:
     from .runners import RUNNERS
 
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.replace("``", "'"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Run 'python -m analysis <command> --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="command")
     for page in RUNNERS:
-        p = sub.add_parser(page, help=f"the {page} page, headless",
+        p = sub.add_parser(page, help=COMMAND_HELP.get(page, f"the {page} page, headless"),
                            description=f"Compute the {page} page's analysis without the dashboard.")
         for param in spec_mod.params_of(page):
             kw = {"dest": param.key, "default": None, "metavar": param.kind.upper()}
