@@ -42,6 +42,13 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
         from streamlit.runtime.pages_manager import PagesManager
 
         PagesManager.uses_pages_directory = False
+        # The shell's data and plotting libraries, imported here (before any session exists) rather
+        # than by the first session: they import each other lazily, and an import race between
+        # sessions can hand out a half-initialised module (see pages/_shell.py).
+        import pandas  # noqa: F401
+        import plotly.graph_objects  # noqa: F401
+        import pyarrow  # noqa: F401
+
         threading.Thread(target=_warm_up, name="replens-warm-up", daemon=True).start()
         yield
 
