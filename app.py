@@ -17,15 +17,15 @@ LOGO = str(HERE / "assets" / "logo.svg")
 
 
 def _warm_up() -> None:
-    """Import the heavy modules (torch, the model code) once per server process, and run the
-    default view's models once (first forward passes are slow; results land in the store)."""
-    from analysis import data, evaluate, models
-    from pages._defaults import DEFAULT_A, DEFAULT_B, DEFAULT_DATA, DEFAULT_N, DEFAULT_SEED
+    """Import the heavy modules (torch, the model code) once per server process, load the default
+    view's models, and start the job workers (each imports and loads the same in its own process)."""
+    from analysis import jobs, views
 
     try:
-        ds = data.load(DEFAULT_DATA, n=DEFAULT_N, seed=DEFAULT_SEED)
-        for ref in (DEFAULT_A, DEFAULT_B):
-            evaluate.evaluate(models.load(ref), ds)
+        views.warm_up()
+        ex = jobs.get_executor("pool")
+        for i in range(getattr(ex, "workers", 0)):
+            ex.submit(jobs.Task("analysis.views:warm_up", {}, f"{i:064x}"[-64:], "warm-up"))
     except Exception:  # a warm-up must never take the server down; the page reports real errors
         pass
 
@@ -58,7 +58,7 @@ else:  # a browser session: the Streamlit script
     st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
     from pages._share import open_short_link, share_panel
-    from pages._shell import sidebar
+    from pages._shell import PageStop, sidebar
 
     st.logo(LOGO)
     open_short_link()  # ?a=<id>: expand the saved view into the URL before any widget exists
@@ -86,6 +86,8 @@ else:  # a browser session: the Streamlit script
     share_slot = st.sidebar.container()
     try:
         current.run()
+    except PageStop:  # a page ended early (a button, a message): the share panel is still drawn
+        pass
     finally:  # after the page (even one that stopped early): the link then holds every widget's value
         if st.session_state["_page"] != "report":
             with share_slot:

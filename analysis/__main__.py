@@ -69,13 +69,11 @@ class TerminalProgress:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runners import RUNNERS
-
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.replace("``", "'"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Run 'python -m analysis <command> --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    for page in RUNNERS:
+    for page in COMMAND_HELP:
         p = sub.add_parser(page, help=COMMAND_HELP.get(page, f"the {page} page, headless"),
                            description=f"Compute the {page} page's analysis without the dashboard.")
         for param in spec_mod.params_of(page):
@@ -101,6 +99,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
     g.add_argument("--store", type=Path, help="result store folder (default: $REPLENS_STORE or the user cache)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--base-url", default=os.environ.get("REPLENS_BASE_URL"),
+                   help="the dashboard's address (e.g. http://lab-server:8501), so link.txt holds a link that "
+                        "opens; default: $REPLENS_BASE_URL")
 
 
 def spec_from_args(args: argparse.Namespace) -> spec_mod.AnalysisSpec:
@@ -132,9 +133,9 @@ def _list_keys(page: str) -> set[str]:
         return set()
 
 
-def write_outputs(result, out: Path | None, report: Path | None) -> list[Path]:
+def write_outputs(result, out: Path | None, report: Path | None, base_url: str | None = None) -> list[Path]:
     from . import report as report_mod
-    from .runners import report_items
+    from .views.outputs import report_items
 
     written = []
     if out is not None:
@@ -152,13 +153,28 @@ def write_outputs(result, out: Path | None, report: Path | None) -> list[Path]:
         summary = {"spec": result.spec.to_json(), "numbers": result.numbers, "provenance": result.provenance,
                    "versions": report_mod.package_versions()}
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        (out / "link.txt").write_text(f"/{result.spec.page}?{result.spec.query_string()}\n")
+        (out / "link.txt").write_text(_link_text(result.spec, base_url))
         written += [out / "summary.json", out / "link.txt"]
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(report_mod.build_html(report_items(result), f"RepLens · {result.spec.page}"))
         written.append(report)
     return written
+
+
+def _link_text(spec, base_url: str | None) -> str:
+    if base_url:
+        return spec.url(base_url) + "\n"
+    return (f"/{spec.page}?{spec.query_string()}\n"
+            "# No dashboard address was given (--base-url or $REPLENS_BASE_URL): put this path after your "
+            "RepLens server's address, e.g. http://localhost:8501\n")
+
+
+def _show(value) -> str:
+    """Numbers as a reader wants them (0.7234, not 0.7233999999999999)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,20 +185,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.store is not None:
         os.environ["REPLENS_STORE"] = str(args.store)
-    from .runners import run
+    from . import jobs
+    from .views.outputs import headless
 
+    # The CLI runs on the user's own machine: their folders are fair game, and jobs run right here.
+    os.environ.setdefault("REPLENS_ALLOW_LOCAL_PATHS", "1")
+    jobs.set_executor(jobs.make_executor("inline"))
     bar = TerminalProgress(args.quiet)
     try:
         spec = spec_from_args(args)
-        result = run(spec, progress=bar, device=args.device)
+        result = headless(spec, progress=bar, device=args.device)
     except UserInputError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar.close()
     for name, value in result.numbers.items():
-        print(f"{name}: {value}")
-    for path in write_outputs(result, args.out, args.report):
+        print(f"{name}: {_show(value)}")
+    for path in write_outputs(result, args.out, args.report, args.base_url):
         print(f"wrote {path}")
     print(f"view: /{spec.page}?{spec.query_string()}")
     return 0

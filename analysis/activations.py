@@ -73,6 +73,16 @@ def cache_key(model, ds, layer: str, pooling: str) -> str:
                     v=CACHE_VERSION)
 
 
+def is_cached(model, ds, layer: str, pooling: str = "mean", store=None) -> bool:
+    """Whether ``extract`` would read this layer from the store (or from an embeddings file) rather
+    than run the model: estimates count forward passes only for what is missing."""
+    from .store import default_store
+
+    if getattr(model, "kind", "") == "embeddings":
+        return True
+    return cache_key(model, ds, layer, pooling) in (store or default_store())
+
+
 def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", device=None,
             progress: Callable[[float, str], None] | None = None, batch_size: int = 128,
             store=None, use_cache: bool = True) -> Activations:

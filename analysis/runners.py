@@ -49,63 +49,6 @@ def _layers(model, wanted, what: str) -> list[str]:
     return list(wanted)
 
 
-def run_models(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    import pandas as pd
-
-    from . import evaluate
-    from .models import layer_table
-
-    ds, model_a, model_b, prov = _inputs(spec)
-    out = PageResult(spec, provenance=prov)
-    for slot, model in (("A", model_a), ("B", model_b)):
-        ev = evaluate.evaluate(model, ds, device=device)
-        out.numbers[f"{slot} {ev.metric}"] = ev.value
-        out.tables[f"layers_{slot}"] = layer_table(model, ds)
-        if progress:
-            progress(0.5 if slot == "A" else 1.0, f"evaluated {slot}")
-    out.tables["scores"] = pd.DataFrame([{"model": k.split()[0], "metric": k.split()[1], "value": v}
-                                         for k, v in out.numbers.items()])
-    return out
-
-
-def similarity_params(spec: AnalysisSpec) -> dict:
-    """The measure's own parameters, as the Similarity page passes them."""
-    from .similarity import MEASURES
-
-    return {k: spec.params[k] for k in ("threshold", "k", "variance", "rdm") if k in MEASURES[spec.params["measure"]].params}
-
-
-def run_similarity(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    from . import figures
-    from . import similarity as sim
-
-    ds, model_a, model_b, prov = _inputs(spec)
-    p = spec.params
-    layers_a = _layers(model_a, p.get("layers_a"), "layers_a")
-    layers_b = _layers(model_b, p.get("layers_b"), "layers_b")
-    m = sim.MEASURES[p["measure"]]
-    params = similarity_params(spec)
-    cka_family = m.family == "cka" and p["measure"] != "rbf_cka"
-    batch = int(p["batch"]) if (cka_family and p["batch"]) else None  # as the page: None = all at once
-    out = PageResult(spec, provenance=prov)
-    parts = {"AB": (model_a, model_b, layers_a, layers_b), "AA": (model_a, model_a, layers_a, layers_a),
-             "BB": (model_b, model_b, layers_b, layers_b)}
-    for i, (name, (ma, mb, lx, ly)) in enumerate(parts.items()):
-        sub = None if progress is None else (lambda f, msg, i=i: progress((i + f) / 3, f"{name}: {msg}"))
-        df = sim.layer_similarity(ma, mb, ds, p["measure"], lx, ly, p["pooling"], batch, device=device,
-                                  progress=sub, **params)
-        out.tables[f"similarity_{name}"] = df
-        title = {"AB": f"{m.label}: {p['a']} (A) vs {p['b']} (B)", "AA": f"A–A ({p['a']})",
-                 "BB": f"B–B ({p['b']})"}[name]
-        axes = {"AA": {"x_title": "model A layer"}, "BB": {"y_title": "model B layer"}}.get(name, {})  # as the page
-        out.figures[f"heatmap_{name}"] = figures.similarity_heatmap(
-            df, title, *m.value_range, best=sim.best_matches(df) if name == "AB" else None, colorbar_title=m.label,
-            **axes)
-    best = sim.best_matches(out.tables["similarity_AB"])
-    out.numbers = {f"best match for A:{a}": f"B:{b} ({v:.4f})" for a, b, v in best}
-    return out
-
-
 def run_projections(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
     import pandas as pd
 
@@ -148,26 +91,6 @@ def run_projections(spec: AnalysisSpec, progress: Progress | None = None, device
                                                           f"A · {p['a']} · {last} (aligned to the previous layer)",
                                                           [f"{m} 1", f"{m} 2", f"{m} 3"], ds.label_names, [])
     return out
-
-
-def report_items(result: PageResult) -> list[dict]:
-    """The result as report items (see analysis.report), figures first."""
-    import time
-
-    import pandas as pd
-
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    base = {"page": result.spec.page, "spec": result.spec.to_json(), "provenance": result.provenance,
-            "pinned": stamp, "notes": ""}
-    items = []
-    for name, fig in result.figures.items():
-        title = (fig.layout.title.text if fig.layout.title else None) or name
-        items.append({**base, "id": name, "kind": "figure", "title": title, "caption": title, "figure": fig.to_json()})
-    for name, df in result.tables.items():
-        keep_index = not isinstance(df.index, pd.RangeIndex)
-        items.append({**base, "id": name, "kind": "table", "title": name, "caption": name,
-                      "csv": df.to_csv(index=keep_index), "html": df.to_html(index=keep_index, border=0)})
-    return items
 
 
 def _layer(model, wanted, default: str, what: str) -> str:
@@ -370,8 +293,6 @@ def run_sae(spec: AnalysisSpec, progress: Progress | None = None, device=None) -
 
 
 RUNNERS: dict[str, Callable[..., PageResult]] = {
-    "models": run_models,
-    "similarity": run_similarity,
     "projections": run_projections,
     "functional-maps": run_functional_maps,
     "vector-field": run_vector_field,

@@ -30,10 +30,11 @@ def _num(x) -> str:
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a view. ``kind`` is int, float, bool, str (a name: layer, model reference,
-    option), text (free text a user typed) or list (of str). ``default=None``
-    means the page chooses it from the models (e.g. the last layer); ``choices`` may be a callable
-    so that lists owned by analysis modules are read when needed, not copied here."""
+    """One parameter of a view: the one source of its widget (label, range, step, help), its URL key
+    and its CLI option. ``kind`` is int, float, bool, str (a name: layer, model reference, option),
+    text (free text a user typed) or list (of str). ``default=None`` means the view chooses it from
+    the models (e.g. the last layer); ``choices`` may be a callable so that lists owned by analysis
+    modules are read when needed, not copied here."""
 
     key: str
     kind: str
@@ -42,6 +43,9 @@ class Param:
     lo: float | None = None
     hi: float | None = None
     help: str = ""
+    label: str = ""  # the widget's label (the key when empty)
+    domain: str = ""  # values that depend on the models: "layer:a", "layers:b", ... (see analysis.views)
+    step: float | None = None  # widget step for numbers
 
     def options(self) -> list | None:
         c = self.choices() if callable(self.choices) else self.choices
@@ -106,18 +110,6 @@ class Param:
         return str(value)
 
 
-def _measures():
-    from .similarity import MEASURES
-
-    return list(MEASURES)
-
-
-def _poolings():
-    from .activations import POOLINGS
-
-    return list(POOLINGS)
-
-
 def _projections():
     from .projection import METHODS
 
@@ -143,21 +135,6 @@ SIDEBAR: tuple[Param, ...] = (
 
 # Page parameters, by the page's URL path. Keys are the pages' widget keys (bound to the URL).
 PAGES: dict[str, tuple[Param, ...]] = {
-    "models": (),
-    "similarity": (
-        Param("measure", "str", "linear_cka", choices=_measures),
-        Param("pooling", "str", "mean", choices=_poolings),
-        Param("batch", "int", 0, lo=0, hi=100_000, help="minibatch size (0: all samples at once)"),
-        Param("threshold", "float", 1.0, choices=(0.2, 0.4, 0.8, 1.0, 2.0), help="RBF width × median distance"),
-        Param("k", "int", 10, lo=1, hi=100, help="neighbours (k-NN measures)"),
-        Param("variance", "float", 0.99, choices=(0.9, 0.95, 0.99, 0.999), help="variance kept (SVCCA)"),
-        Param("rdm", "str", "correlation", choices=("correlation", "euclidean"), help="RSA distance"),
-        Param("layers_a", "list", help="layers of A in the map (default: all)"),
-        Param("layers_b", "list", help="layers of B in the map (default: all)"),
-        Param("stretch", "bool", False, help="colour scale stretched to the values shown"),
-        Param("cell_a", "str", help="drill-down layer of A (default: best match)"),
-        Param("cell_b", "str", help="drill-down layer of B"),
-    ),
     "projections": (
         Param("method", "str", "pca", choices=_projections),
         Param("dims", "int", 2, choices=(2, 3)),
@@ -183,12 +160,18 @@ PAGE_MODULES = {"functional-maps": "fmaps", "vector-field": "vector_field", "att
 
 
 def all_pages() -> list[str]:
+    from . import views
+
     for page in PAGE_MODULES:
         params_of(page)
-    return sorted(PAGES)
+    return sorted(set(PAGES) | set(views.pages()))
 
 
 def params_of(page: str) -> tuple[Param, ...]:
+    from . import views
+
+    if views.has(page):
+        return SIDEBAR + views.get(page).params
     if page not in PAGES and page in PAGE_MODULES:
         import importlib
 
@@ -248,8 +231,8 @@ class AnalysisSpec:
                 values[key] = schema[key].parse(raw)
             except UserInputError as exc:
                 problems.append(f"Ignored {exc}")
-        if strict and problems:
-            raise UserInputError(" ".join(problems))
+        if strict and problems:  # the CLI: say what is wrong, not what a page would have ignored
+            raise UserInputError(" ".join(q.removeprefix("Ignored ") for q in problems))
         for p in schema.values():
             values.setdefault(p.key, p.default)
         return cls(page, values), problems

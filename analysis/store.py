@@ -303,3 +303,47 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------ one caching mechanism
+CODE_VERSION = 1
+
+
+def digest(kind: str, parts: Mapping[str, Any]) -> str:
+    """The store key of a result: sha256 of the canonical JSON of its kind, its parts (content hashes
+    of models and data, parameters) and the code version."""
+    return make_key(kind, parts=parts, code=CODE_VERSION)
+
+
+def _cached(self: "Store", kind: str, parts: Mapping[str, Any], compute):
+    """The stored value of (kind, parts), else ``compute()``'s value, stored without pickle."""
+    value = self.lookup(kind, parts)
+    if value is not None:
+        return value
+    from . import codec
+
+    value = compute()
+    skeleton, arrays = codec.encode(value)
+    self.put(digest(kind, parts), arrays, meta={"codec": skeleton}, kind=kind)
+    return value
+
+
+def _lookup(self: "Store", kind: str, parts: Mapping[str, Any]):
+    from . import codec
+
+    key = digest(kind, parts)
+    meta = self.meta(key)
+    if meta is None or "codec" not in meta:
+        return None
+    arrays = self.get(key)
+    if arrays is None:
+        return None
+    try:
+        return codec.decode(meta["codec"], arrays)
+    except (KeyError, ValueError, TypeError, AttributeError):  # written by another version: recompute
+        self.delete(key)
+        return None
+
+
+Store.cached = _cached
+Store.lookup = _lookup

@@ -21,7 +21,13 @@ from analysis import data as data_mod
 from analysis import models as models_mod
 from analysis.errors import UserInputError
 
-from pages._defaults import DEFAULT_A, DEFAULT_B, DEFAULT_DATA, DEFAULT_N, DEFAULT_SEED  # noqa: F401
+from analysis import settings
+from analysis import spec as spec_mod
+from analysis.views import inputs as inputs_mod
+
+DEFAULTS = {p.key: p.default for p in spec_mod.SIDEBAR}
+DEFAULT_A, DEFAULT_B, DEFAULT_DATA = DEFAULTS["a"], DEFAULTS["b"], DEFAULTS["data"]
+DEFAULT_N, DEFAULT_SEED = DEFAULTS["n"], DEFAULTS["seed"]
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "torchscript", "safetensors", "npy", "npz", "csv", "parquet"]
 DATA_FILE_TYPES = ["npy", "npz", "csv", "parquet"]
 
@@ -36,20 +42,38 @@ class Selection:
     split: str
 
 
+class PageStop(Exception):
+    """Raised by a page to end its run early (instead of st.stop(), which would also drop what the
+    app draws after the page: the share panel)."""
+
+
+def halt():
+    raise PageStop()
+
+
 def allow_local_paths() -> bool:
-    return os.environ.get(models_mod.LOCAL_PATHS_ENV, "") == "1"
+    return settings.allow_local_paths()
 
 
-# ------------------------------------------------------------------ cached loaders
-@st.cache_resource(show_spinner=False, max_entries=16)
-def load_model(ref: str):
-    """Loaded models are shared by all sessions: never mutate one (each holds a lock for hooks)."""
-    return models_mod.load(ref, allow_local=allow_local_paths())
+# Loaded models and datasets are shared by every session and every job in this process: one cache.
+load_model = inputs_mod.load_model
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
 def load_dataset(name: str, n: int, seed: int, split: str):
-    return data_mod.load(name, n=n, seed=seed, split=split)
+    return inputs_mod.load_dataset(name, n, seed, split)
+
+
+def show_error(message: str) -> None:
+    """A message a user can act on (never a traceback); user values in it are shown as text."""
+    st.error(inert(message))
+
+
+def inert(text: str) -> str:
+    """Markdown-inert text: every character markdown or HTML would act on is escaped."""
+    out = []
+    for ch in str(text):
+        out.append("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch)
+    return "".join(out)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -139,10 +163,7 @@ def _drop_non_finite_numbers() -> None:
     number_input converts it with int() and the whole script fails. _link_problems reports them."""
     import math
 
-    from analysis import spec as spec_mod
-
-    numeric = {p.key for params in [spec_mod.SIDEBAR, *spec_mod.PAGES.values()] for p in params
-               if p.kind in ("int", "float")}
+    numeric = {p.key for page in spec_mod.all_pages() for p in spec_mod.params_of(page) if p.kind in ("int", "float")}
     for key in numeric & set(st.query_params.keys()):
         try:
             ok = math.isfinite(float(st.query_params.get(key)))
@@ -272,6 +293,49 @@ def _take_upload(file, upload, select_key: str) -> None:
 def selection() -> Selection:
     _link_problems()
     return st.session_state["_selection"]
+
+
+def prepare(page: str, pair: bool = True):
+    """The page's view and a context for the current spec: values that no longer fit the models
+    (layers of a previous model) are replaced by defaults with a note, before any widget exists;
+    models that cannot read the data stop the page with one message (and an offer to switch)."""
+    from analysis import views
+    from pages._share import current_spec
+    from pages._widgets import apply_fixes
+
+    sel = selection()
+    view = views.get(page)
+    st.title(view.title)
+    before = current_spec(page)
+    try:
+        spec, notes = view.resolve(before)
+        ctx = view.context(spec)
+        ctx.ds  # noqa: B018 - load it here, where a bad dataset gets its message
+        if pair:
+            ctx.check_pair()
+    except UserInputError as exc:
+        show_error(str(exc))
+        _offer_matching_data(sel)
+        halt()
+    apply_fixes({k: v for k, v in spec.params.items() if v != before.params.get(k)})
+    for note in notes:
+        st.info(inert(note), icon=":material/info:")
+    if pair:
+        st.caption(f"{inert(sel.model_a)} (A) vs {inert(sel.model_b)} (B) · {inert(ctx.ds.describe())}")
+    return view, ctx
+
+
+def _offer_matching_data(sel: Selection) -> None:
+    """A text model with numeric data (or the reverse) is a sidebar choice away from working: offer it."""
+    refs = (sel.model_a, sel.model_b)
+    try:
+        kinds = {load_model(r).input_kind for r in refs}
+    except UserInputError:
+        return
+    target = "text" if kinds == {"text"} else ("digits" if "text" not in kinds and sel.dataset == "text" else None)
+    if target and target != sel.dataset and st.button(f"Use the '{target}' dataset", type="primary"):
+        st.session_state["_set_data"] = target
+        st.rerun()
 
 
 def pair_or_stop(sel: Selection):

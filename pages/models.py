@@ -1,26 +1,16 @@
-"""Models page: both models side by side — summary, layer table, score on the chosen data,
-and sample inputs with each model's prediction (or reconstruction)."""
+"""Models page: both models side by side (summary, layer table, score on the chosen data) and a
+gallery of samples with each model's prediction or reconstruction. Widgets -> spec -> view."""
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from analysis import evaluate as evaluate_mod
 from analysis import figures
-from analysis import models as models_mod
-from analysis.errors import UserInputError
-from pages._shell import Progress, load_dataset, load_model, selection, show_table, user_errors
+from pages._jobs import run_sections
+from pages._shell import inert, prepare, show_table
+from pages._share import current_spec
 
 N_SAMPLES_SHOWN = 12
 METRIC_NAMES = {"accuracy": "Accuracy", "mse": "Recon. MSE", "knn_accuracy": "k-NN probe"}
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_evaluation(ref: str, data_key: tuple, _model, _ds):
-    return evaluate_mod.evaluate(_model, _ds)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_layer_table(ref: str, data_key: tuple, _model, _ds):
-    return models_mod.layer_table(_model, _ds)
 
 
 def compact(n: int) -> str:
@@ -30,111 +20,77 @@ def compact(n: int) -> str:
     return str(n)
 
 
-sel = selection()
-st.title("Models")
-ds = None
-with user_errors("Dataset"):
-    ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
-if ds is None:
-    st.stop()
-st.caption(ds.describe())
-data_key = (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
+def model_column(card) -> None:
+    st.markdown(f"**{inert(card.kind.capitalize())}** · {inert(card.architecture)}")
+    m2, m3 = st.columns(2)
+    m2.metric("Parameters", compact(card.parameters), help=f"{card.parameters:,} parameters")
+    label = METRIC_NAMES[card.metric]
+    shown = "n/a" if card.value is None else (f"{card.value:.4f}" if card.metric == "mse" else f"{100 * card.value:.1f}%")
+    m3.metric(label, shown, help=card.explanation)
+    st.caption(" · ".join([f"sha256 {card.sha256[:12]}"] + [inert(f) for f in card.facts]))
+    if not card.hookable:
+        st.info("TorchScript modules cannot take forward hooks, so only the model's output is available as a "
+                "layer. For per-layer analyses upload safetensors weights of a zoo architecture or an embeddings file.")
+    table = card.layers.assign(parameters=card.layers["parameters"].map("{:,}".format)).set_index("layer")
+    show_table(table, f"layer_table_{card.ref}", f"Layers of {card.ref}", static=True)
 
-loaded: dict[str, tuple] = {}
+
+view, ctx = prepare("models", pair=False)
+ds = ctx.ds
+st.caption(inert(ds.describe()))
+spec = current_spec()
+cards = {}
 cols = st.columns(2, gap="large")
-for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1])):
+for slot, col in (("A", cols[0]), ("B", cols[1])):
     with col:
         st.subheader(f"Model {slot}")
-        st.markdown(f"`{ref}`")
-        try:
-            with st.spinner(f"Loading {ref}…"):
-                model = load_model(ref)
-            model.check_data(ds)
-        except UserInputError as exc:
-            st.error(str(exc))
-            continue
-        bar = Progress(f"Running {ref} on {len(ds)} samples…")
-        with user_errors(f"Model {slot}"):
-            ev = cached_evaluation(ref, data_key, model, ds)
-            table = cached_layer_table(ref, data_key, model, ds)
-            bar.done()
-            loaded[slot] = (model, ev)
-            m2, m3 = st.columns(2)
-            m2.metric("Parameters", compact(model.num_parameters()), help=f"{model.num_parameters():,} parameters")
-            label = METRIC_NAMES[ev.metric]
-            if ev.value is None:
-                m3.metric(label, "n/a", help=ev.explanation)
-            elif ev.metric == "mse":
-                m3.metric(label, f"{ev.value:.4f}", help=ev.explanation)
-            else:
-                m3.metric(label, f"{100 * ev.value:.1f}%", help=ev.explanation)
-            st.markdown(f"**{model.kind.capitalize()}** · {model.architecture}")
-            facts = [f"sha256 `{model.sha256[:12]}`"]
-            for k, name in (("seed", "seed"), ("epochs", "epochs"), ("train_samples", "training samples")):
-                if model.info.get(k) is not None:
-                    facts.append(f"{name} {model.info[k]}")
-            if model.info.get("note"):
-                facts.append(model.info["note"])
-            st.caption(" · ".join(facts))
-            if getattr(model, "scripted", False):
-                st.info("TorchScript modules cannot take forward hooks, so only the model's output is "
-                        "available as a layer. For per-layer analyses upload safetensors weights of a zoo "
-                        "architecture or an embeddings file.")
-            # A static table: a handful of rows, and it draws faster than the interactive grid.
-            show_table(table.assign(parameters=table["parameters"].map("{:,}".format)).set_index("layer"),
-                       f"layer_table_{slot}", f"Layers of {ref}", static=True)
+        st.markdown(f"`{spec.params[slot.lower()].replace('`', '')}`")
+        result, ready = run_sections(view, spec, [f"model_{slot.lower()}"], what=f"model {slot} on {len(ds)} samples")
+        if ready:
+            cards[slot] = getattr(result, f"model_{slot.lower()}")
+            model_column(cards[slot])
 
-if not loaded:
-    st.stop()
+if cards:
+    st.divider()
+    st.subheader("Samples")
+    show = np.sort(np.random.default_rng(spec.params["seed"]).choice(len(ds), min(N_SAMPLES_SHOWN, len(ds)), replace=False))
 
-st.divider()
-st.subheader("Samples")
-rng = np.random.default_rng(sel.seed)
-show = np.sort(rng.choice(len(ds), size=min(N_SAMPLES_SHOWN, len(ds)), replace=False))
+    def pred_name(card, i):
+        if card.predictions is None:
+            return "–"
+        code = int(card.predictions[i])
+        return ds.label_names[code] if ds.label_names and code < len(ds.label_names) else str(code)
 
-
-def pred_name(ev, i):
-    if ev.predictions is None:
-        return "–"
-    code = int(ev.predictions[i])
-    return ds.label_names[code] if ds.label_names and code < len(ds.label_names) else str(code)
-
-
-if ds.kind == "image":
-    # Plain images, not a Plotly figure: the page loads faster and the gallery needs no interaction.
-    captions = []
-    for i in show:
-        parts = [f"label {ds.label_of(i)}" if ds.labels is not None else f"row {int(ds.indices[i])}"]
-        for slot, (model, ev) in loaded.items():
-            if ev.predictions is not None:
-                mark = "" if ds.labels is None else (" ✓" if int(ev.predictions[i]) == int(ds.labels[i]) else " ✗")
-                parts.append(f"{slot}: {pred_name(ev, i)}{mark}")
-        captions.append(" · ".join(parts))
-    st.caption("Inputs (label, and each classifier's prediction: ✓ correct, ✗ wrong)")
-    st.image([figures.pixel_tile(ds.render(i)["image"]) for i in show], caption=captions, width=88)
-    for slot, (model, ev) in loaded.items():
-        if ev.reconstructions is not None:
-            errs = [f"error {ev.per_row_error[i]:.3f}" for i in show]
-            st.caption(f"Model {slot} reconstructions (per-pixel squared error)")
-            st.image([figures.pixel_tile(ev.reconstructions[i].reshape(ds.image_shape)) for i in show],
-                     caption=errs, width=88)
-else:
-    import pandas as pd
-
-    table = {"row": [int(ds.indices[i]) for i in show]}
-    table["sample"] = [ds.hover_text(i) if ds.kind == "text" else np.array2string(
-        np.asarray(ds.inputs[i]), precision=2, threshold=8) for i in show]
-    if ds.labels is not None:
-        table["label"] = [ds.label_of(i) for i in show]
-    for slot, (model, ev) in loaded.items():
-        if ev.predictions is not None:
-            table[f"{slot} prediction"] = [pred_name(ev, i) for i in show]
-    show_table(pd.DataFrame(table), "samples_table", "Samples and predictions")
-    if any(ev.metric == "knn_accuracy" for _, ev in loaded.values()):
-        st.caption("Text encoders have no classifier head: their prediction is the majority label of the "
-                   "5 nearest other sentences in the last layer (cosine), a probe of how the layer groups topics.")
-
-both = [ev for _, ev in loaded.values() if ev.predictions is not None]
-if len(both) == 2:
-    agree = float(np.mean(both[0].predictions == both[1].predictions))
-    st.metric("A and B predict the same label", f"{100 * agree:.1f}% of samples")
+    if ds.kind == "image":
+        # Plain images, not a Plotly figure: the page loads faster and the gallery needs no interaction.
+        captions = []
+        for i in show:
+            parts = [f"label {ds.label_of(i)}" if ds.labels is not None else f"row {int(ds.indices[i])}"]
+            for slot, card in cards.items():
+                if card.predictions is not None:
+                    mark = "" if ds.labels is None else (" ✓" if int(card.predictions[i]) == int(ds.labels[i]) else " ✗")
+                    parts.append(f"{slot}: {pred_name(card, i)}{mark}")
+            captions.append(" · ".join(parts))
+        st.caption("Inputs (label, and each classifier's prediction: ✓ correct, ✗ wrong)")
+        st.image([figures.pixel_tile(ds.render(i)["image"]) for i in show], caption=captions, width=88)
+        for slot, card in cards.items():
+            if card.reconstructions is not None:
+                st.caption(f"Model {slot} reconstructions (per-pixel squared error)")
+                st.image([figures.pixel_tile(card.reconstructions[i].reshape(ds.image_shape)) for i in show],
+                         caption=[f"error {card.per_row_error[i]:.3f}" for i in show], width=88)
+    else:
+        table = {"row": [int(ds.indices[i]) for i in show]}
+        table["sample"] = [ds.hover_text(i) if ds.kind == "text" else np.array2string(
+            np.asarray(ds.inputs[i]), precision=2, threshold=8) for i in show]
+        if ds.labels is not None:
+            table["label"] = [ds.label_of(i) for i in show]
+        for slot, card in cards.items():
+            if card.predictions is not None:
+                table[f"{slot} prediction"] = [pred_name(card, i) for i in show]
+        show_table(pd.DataFrame(table), "samples_table", "Samples and predictions")
+        if any(card.metric == "knn_accuracy" for card in cards.values()):
+            st.caption("Text encoders have no classifier head: their prediction is the majority label of the "
+                       "5 nearest other sentences in the last layer (cosine), a probe of how the layer groups topics.")
+    both = [card for card in cards.values() if card.predictions is not None]
+    if len(both) == 2:
+        st.metric("A and B predict the same label", f"{100 * float(np.mean(both[0].predictions == both[1].predictions)):.1f}% of samples")

@@ -53,7 +53,7 @@ def start_server(port: int | None = None, store_dir: str | os.PathLike | None = 
     port = port or free_port()
     if store_dir is None:
         store_dir = tempfile.mkdtemp(prefix="replens-store-")
-    env = dict(os.environ, REPLENS_STORE=str(store_dir), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, REPLENS_STORE=str(store_dir), PYTHONUNBUFFERED="1", REPLENS_JOBS="pool")
     log = tempfile.NamedTemporaryFile(prefix=f"streamlit-{port}-", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--browser.gatherUsageStats", "false", *extra_args]
@@ -119,6 +119,7 @@ _BUSY_JS = """() => {
       + "[data-testid='stStatusWidgetRunningManIcon'], [data-testid='stStatusWidgetStopButton']"))
     return 'status widget running';
   if (document.querySelector("[data-testid='stSpinner']")) return 'spinner';
+  if (document.querySelector("[data-testid='stProgress']")) return 'job running';
   if (document.querySelector("[data-testid='stSkeleton'], [data-testid='stAppSkeleton']"))
     return 'skeleton';
   return '';

@@ -8,14 +8,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# AppTest runs the app in this process: its jobs run inline (finished when submitted). Browser
+# tests start a real server, which uses the process pool (tests/browser.py sets that explicitly).
+os.environ.setdefault("REPLENS_JOBS", "inline")
 
 
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
-    """Every test gets its own empty result store."""
+    """Every test gets its own empty result store (and forgets the jobs and loaded inputs of others)."""
     root = tmp_path / "store"
     monkeypatch.setenv("REPLENS_STORE", str(root))
+    from analysis import jobs
+
+    previous = jobs.set_executor(None)
+    if previous is not None:
+        previous.shutdown()
     return root
 
 

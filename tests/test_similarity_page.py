@@ -68,7 +68,7 @@ def test_default_view_shows_three_heatmaps_and_drill_down():
     np.testing.assert_allclose(array(heat["z"]), ref.to_numpy(), atol=1e-9)
     best = [t for t in ab["data"] if t.get("name") == "best match in B"][0]
     assert len(best["x"]) == 7
-    stats = [t for t in at.toggle if (t.key or "").startswith("stats_")][0]
+    stats = at.toggle(key="stats")
     if not stats.value:  # the page leaves statistics it expects to be slow (a busy machine) to the user
         stats.set_value(True).run()
     labels = [m.label for m in at.metric]
@@ -117,9 +117,20 @@ def test_incompatible_data_is_a_message():
 
 
 def test_long_runs_wait_for_the_button(monkeypatch):
-    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 1e3)  # make the estimate huge
+    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 3e7)  # about 100 s: long, under the server's ceiling
     at = open_page()
     assert any("Will compute" in i.value for i in at.info)
     assert not at.get("plotly_chart")
-    at.button[0].click().run()
+    [b for b in at.button if b.label == "Compute"][0].click().run()
     assert at.get("plotly_chart")
+
+
+def test_a_job_over_the_servers_ceiling_is_refused_with_the_way_around(monkeypatch):
+    monkeypatch.setenv("REPLENS_MAX_JOB_S", "60")
+    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 1e6)  # hours
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("pages/similarity.py").run()
+    errors = [e.value.replace("\\", "") for e in at.error]  # markdown escapes, as the page sends them
+    assert any("over this server" in e and "REPLENS_MAX_JOB_S" in e and "minibatch" in e for e in errors), errors
+    assert not at.get("plotly_chart") and not at.exception

@@ -1,0 +1,98 @@
+"""Figures of the Similarity view, from its Result (no numerics here): the page, the CLI and the
+report draw the same figures."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import paired_scatter, per_class_figure, similarity_heatmap, stability_figure
+
+
+def _measure(name: str):
+    from ..similarity import MEASURES
+
+    return MEASURES[name]
+
+
+def colour_range(result, measure: str, stretch: bool) -> tuple[float, float]:
+    """The colour scale of the three maps: the measure's whole range, or (``stretch``) the values
+    shown, so near-identical models do not all read as one colour."""
+    lo, hi = _measure(measure).value_range
+    if not stretch or result.matrices is None:
+        return lo, hi
+    m = result.matrices
+    values = np.concatenate([df.to_numpy(dtype=float).ravel() for df in (m.ab, m.aa, m.bb)])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return lo, hi
+    vlo, vhi = float(values.min()), float(values.max())
+    return vlo, (vhi if vhi > vlo else vlo + 1e-6)
+
+
+def heatmap_ab(result, p) -> object:
+    m, info = result.matrices, _measure(p["measure"])
+    lo, hi = colour_range(result, p["measure"], p["stretch"])
+    return similarity_heatmap(m.ab, f"{info.label}: A ({p['a']}) vs B ({p['b']})", lo, hi, best=m.best,
+                              colorbar_title=info.label)
+
+
+def self_maps(result, p) -> tuple[object, object]:
+    m, info = result.matrices, _measure(p["measure"])
+    lo, hi = colour_range(result, p["measure"], p["stretch"])
+    aa = similarity_heatmap(m.aa, f"{info.label}: A–A ({p['a']})", lo, hi, x_title="model A layer",
+                            colorbar_title=info.label)
+    bb = similarity_heatmap(m.bb, f"{info.label}: B–B ({p['b']})", lo, hi, y_title="model B layer",
+                            colorbar_title=info.label)
+    return aa, bb
+
+
+def drill_scatter(result, ds) -> object:
+    d = result.drill
+    hover = [ds.hover_text(i) for i in range(len(ds))]
+    return paired_scatter(d.coords_a, d.coords_b, ds.labels, hover,
+                          f"A · {d.cell_a} (PCA, {100 * d.explained_a[:2].sum():.0f}% of variance)",
+                          f"B · {d.cell_b} (PCA, {100 * d.explained_b[:2].sum():.0f}% of variance)", ds.label_names)
+
+
+def stability(result, p) -> object:
+    s = result.statistics
+    return stability_figure(s.stability, _measure(p["measure"]).label, s.value, (s.ci_low, s.ci_high))
+
+
+def per_class(result, p) -> object:
+    return per_class_figure(result.drill.per_class, _measure(p["measure"]).label, result.drill.value)
+
+
+def compare_map(df, name: str) -> object:
+    from ..similarity import best_matches
+
+    info = _measure(name)
+    return similarity_heatmap(df, info.label, *info.value_range, best=best_matches(df), colorbar_title="")
+
+
+def all_figures(result, spec, ctx) -> dict:
+    """Every figure the result supports, by name (the CLI and the report)."""
+    p, out, ds = spec.params, {}, ctx.ds
+    if result.matrices is not None:
+        out["heatmap_AB"] = heatmap_ab(result, p)
+        out["heatmap_AA"], out["heatmap_BB"] = self_maps(result, p)
+    if result.drill is not None:
+        out["drill_scatter"] = drill_scatter(result, ds)
+        if len(result.drill.per_class):
+            out["drill_classes"] = per_class(result, p)
+    if result.statistics is not None:
+        out["drill_stability"] = stability(result, p)
+    for name, df in (result.compare or {}).items():
+        out[f"compare_{name}"] = compare_map(df, name)
+    return out
+
+
+def all_tables(result) -> dict:
+    out = {}
+    if result.matrices is not None:
+        out.update(similarity_AB=result.matrices.ab, similarity_AA=result.matrices.aa,
+                   similarity_BB=result.matrices.bb)
+    if result.drill is not None and len(result.drill.per_class):
+        out["per_class"] = result.drill.per_class
+    if result.statistics is not None:
+        out["stability"] = result.statistics.stability
+    return out

@@ -1,0 +1,64 @@
+"""Estimates that learn: every finished job records its estimated and its actual run time in the
+result store, and later estimates of the same kind are corrected by the median ratio of the last
+runs on this machine. A cost model's constants come from one machine; this is how "about N s"
+stays within 2x of the truth on another one.
+"""
+from __future__ import annotations
+
+import hashlib
+import statistics
+import threading
+
+KEEP = 20  # runs remembered per kind
+_LOCK = threading.Lock()
+_CACHE: dict[str, float] = {}
+
+
+def _doc_id(kind: str) -> str:
+    return hashlib.sha256(f"timing:{kind}".encode()).hexdigest()[:32]
+
+
+def _store():
+    from ..store import default_store
+
+    return default_store()
+
+
+def history(kind: str) -> list[dict]:
+    try:
+        body = _store().get_doc("timing", _doc_id(kind))
+    except Exception:  # estimates never break a page: no history is a valid answer
+        return []
+    return list((body or {}).get("runs", []))
+
+
+def record(task, seconds: float) -> None:
+    """Keep (estimate, actual) for the task's kind. Cached results (a few ms) teach nothing."""
+    kind, estimate = getattr(task, "kind", ""), float(task.cost.seconds)
+    if not kind or estimate <= 0 or seconds < 0.05:
+        return
+    with _LOCK:
+        runs = (history(kind) + [{"estimate": estimate, "actual": float(seconds)}])[-KEEP:]
+        try:
+            _store().put_doc("timing", _doc_id(kind), {"kind": kind, "runs": runs}, name=kind)
+        except Exception:
+            return
+        _CACHE.pop(kind, None)
+
+
+def correction(kind: str) -> float:
+    """Median of actual / estimated time over the recent runs of ``kind`` (1 with no history),
+    bounded to [1/8, 8] so one odd run cannot make an estimate absurd."""
+    with _LOCK:
+        if kind in _CACHE:
+            return _CACHE[kind]
+    runs = history(kind)
+    ratios = [r["actual"] / r["estimate"] for r in runs if r.get("estimate", 0) > 0]
+    value = min(max(statistics.median(ratios), 0.125), 8.0) if ratios else 1.0
+    with _LOCK:
+        _CACHE[kind] = value
+    return value
+
+
+def corrected(kind: str, seconds: float) -> float:
+    return seconds * correction(kind)

@@ -1,0 +1,64 @@
+"""One view module per page: its parameters and its pipeline (see :mod:`analysis.views.base`).
+
+``get(page)`` gives the page's :class:`View`; ``run(spec)`` computes a whole view (the CLI);
+``run_task`` is what a job runs (a page submits the sections it still needs).
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import Context, Plan, Section, View
+
+# page url path -> module under analysis.views
+MODULES = {"models": "models", "similarity": "similarity"}
+_VIEWS: dict[str, View] = {}
+
+
+def has(page: str) -> bool:
+    return page in MODULES
+
+
+def pages() -> list[str]:
+    return list(MODULES)
+
+
+def get(page: str) -> View:
+    if page not in _VIEWS:
+        if page not in MODULES:
+            from ..errors import UserInputError
+
+            raise UserInputError(f"Unknown view {page!r}; views: {', '.join(MODULES)}.")
+        _VIEWS[page] = View(importlib.import_module(f"{__name__}.{MODULES[page]}"))
+    return _VIEWS[page]
+
+
+def run(spec, progress=None, cancel=None, sections=None, device=None, store=None):
+    """The view's whole result for a spec (every wanted section): the CLI and library entry point."""
+    return get(spec.page).compute(spec, progress, cancel, sections, device, store)
+
+
+def run_task(spec: dict, sections: list[str], progress=None) -> dict:
+    """A job's entry point (analysis.jobs): compute the sections into the store; return their names."""
+    from ..spec import AnalysisSpec
+
+    s = AnalysisSpec.from_json(spec)
+    get(s.page).compute(s, progress, sections=sections)
+    return {"page": s.page, "sections": list(sections)}
+
+
+def warm_up(progress=None) -> dict:
+    """Import the model code and load the default view's models and data in this process (a server
+    or a job worker), so the first page does not pay for it."""
+    from ..spec import SIDEBAR
+    from .inputs import load_dataset, load_model
+
+    d = {p.key: p.default for p in SIDEBAR}
+    load_dataset(d["data"], d["n"], d["seed"], d["split"])
+    for ref in (d["a"], d["b"]):
+        load_model(ref)
+    import torch  # noqa: F401
+
+    return {}
+
+
+__all__ = ["View", "Section", "Context", "Plan", "get", "has", "pages", "run", "run_task"]

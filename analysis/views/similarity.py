@@ -1,0 +1,310 @@
+"""Similarity view: the layer-by-layer matrix of A against B under one measure (plus A–A and B–B),
+a drill-down on one cell (both layers' PCA, per-class values), its statistics (bootstrap interval,
+permutation test, stability) and several measures side by side."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserInputError
+from ..jobs import Cost
+from ..spec import Param
+from .base import Section
+
+PAGE, TITLE, VERSION = "similarity", "Similarity", 1
+MEASURE_PARAMS = ("threshold", "k", "variance", "rdm")
+COMPARE_DEFAULT = ["linear_cka", "debiased_linear_cka", "procrustes", "svcca"]
+N_BOOT = N_PERM = 200
+
+
+def _measures():
+    from ..similarity import MEASURES
+
+    return list(MEASURES)
+
+
+def _poolings():
+    from ..activations import POOLINGS
+
+    return list(POOLINGS)
+
+
+PARAMS = (
+    Param("measure", "str", "linear_cka", choices=_measures, label="Measure"),
+    Param("pooling", "str", "mean", choices=_poolings, label="Pooling",
+          help="How token or spatial axes are reduced: mean (valid tokens / positions), first token, or "
+               "flatten (spatial layers only)."),
+    Param("batch", "int", 0, lo=0, hi=100_000, label="Minibatch size",
+          help="0 computes on all samples at once. A size uses the minibatch CKA estimator (Nguyen et al. "
+               "2021): unbiased HSIC per batch, averaged; memory stays bounded. CKA family except RBF."),
+    Param("threshold", "float", 1.0, choices=(0.2, 0.4, 0.8, 1.0, 2.0), label="RBF width (× median distance)",
+          help="RBF width × median distance"),
+    Param("k", "int", 10, lo=1, hi=100, label="Neighbours k", help="neighbours (k-NN measures)"),
+    Param("variance", "float", 0.99, choices=(0.9, 0.95, 0.99, 0.999), label="Variance kept",
+          help="variance kept (SVCCA)"),
+    Param("rdm", "str", "correlation", choices=("correlation", "euclidean"), label="RDM", help="RSA distance"),
+    Param("layers_a", "list", domain="layers:a", label="Layers of A", help="layers of A in the map (default: all)"),
+    Param("layers_b", "list", domain="layers:b", label="Layers of B", help="layers of B in the map (default: all)"),
+    Param("stretch", "bool", False, label="Stretch colours to the values shown",
+          help="colour scale stretched to the values shown"),
+    Param("cell_a", "str", domain="layer:a", label="Layer of A", help="drill-down layer of A (default: best match)"),
+    Param("cell_b", "str", domain="layer:b", label="Layer of B", help="drill-down layer of B"),
+    Param("stats", "bool", False, label="Bootstrap CI, permutation test and stability",
+          help="statistics of the drill-down cell"),
+    Param("compare", "list", COMPARE_DEFAULT, choices=_measures, label="Measures",
+          help="measures shown side by side"),
+    Param("compare_on", "bool", False, label="Show the comparison", help="compute the side-by-side measures"),
+)
+
+
+# ------------------------------------------------------------------ the spec's derived choices
+def measure_params(p) -> dict:
+    """The chosen measure's own parameters (only those it takes)."""
+    from ..similarity import MEASURES
+
+    return {k: p[k] for k in MEASURE_PARAMS if k in MEASURES[p["measure"]].params}
+
+
+def batch_size(p, measure: str | None = None) -> int | None:
+    """The minibatch size the measure uses: CKA-family measures other than RBF take it; 0 = all at once."""
+    from ..similarity import MEASURES
+
+    m = MEASURES[measure or p["measure"]]
+    return int(p["batch"]) if (m.family == "cka" and m.name != "rbf_cka" and p["batch"]) else None
+
+
+def layers(ctx, side: str) -> list[str]:
+    model = ctx.model_a if side == "a" else ctx.model_b
+    chosen = ctx.p[f"layers_{side}"]
+    return list(chosen) if chosen else list(model.layers)
+
+
+def resolve(ctx) -> dict:
+    """Layer names from another model (the sidebar changed) fall back to the defaults, with a note."""
+    changes = {}
+    for side in ("a", "b"):
+        model = ctx.model_a if side == "a" else ctx.model_b
+        chosen = ctx.p[f"layers_{side}"]
+        if chosen and any(l not in model.layers for l in chosen):
+            kept = [l for l in chosen if l in model.layers]
+            changes[f"layers_{side}"] = kept or None
+            ctx.notes.append(f"Some layers in the link are not layers of {model.ref} (model {side.upper()}); "
+                             f"showing {'the remaining ones' if kept else 'all its layers'}.")
+        cell = ctx.p[f"cell_{side}"]
+        if cell is not None and cell not in model.layers:
+            changes[f"cell_{side}"] = None
+            ctx.notes.append(f"The drill-down layer in the link is not a layer of {model.ref}; showing the best match.")
+    return changes
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Matrices:
+    ab: object  # DataFrame A layers x B layers
+    aa: object
+    bb: object
+    best: list  # (A layer, B layer, value)
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class Drill:
+    cell_a: str
+    cell_b: str
+    value: float
+    coords_a: np.ndarray
+    coords_b: np.ndarray
+    explained_a: np.ndarray
+    explained_b: np.ndarray
+    per_class: object  # DataFrame class, n, value (empty without labels)
+    dims: tuple
+    stats_seconds: float
+
+
+@dataclass
+class Statistics:
+    value: float
+    ci_low: float
+    ci_high: float
+    level: float
+    p_value: float
+    n_perm: int
+    null_mean: float
+    stability: object  # DataFrame n, mean, std, repeats
+
+
+@dataclass
+class Result:
+    matrices: Matrices | None = None
+    drill: Drill | None = None
+    statistics: Statistics | None = None
+    compare: dict | None = None  # measure -> DataFrame
+
+
+# ------------------------------------------------------------------ sections
+MATRIX_READS = ("measure", "pooling", "batch", "threshold", "k", "variance", "rdm", "layers_a", "layers_b")
+
+
+def _dims(ctx, side: str, pooling: str | None = None) -> list[int]:
+    from ..activations import pooled_dims
+
+    model = ctx.model_a if side == "a" else ctx.model_b
+    return pooled_dims(model, ctx.ds, layers(ctx, side), pooling or ctx.p["pooling"])
+
+
+def _pairs(ctx):
+    la, lb = layers(ctx, "a"), layers(ctx, "b")
+    return {"AB": (ctx.model_a, ctx.model_b, la, lb), "AA": (ctx.model_a, ctx.model_a, la, la),
+            "BB": (ctx.model_b, ctx.model_b, lb, lb)}
+
+
+def _matrix_cost(ctx, measure: str | None = None) -> Cost:
+    from .. import similarity as sim
+
+    measure = measure or ctx.p["measure"]
+    n, b = len(ctx.ds), batch_size(ctx.p, measure)
+    da, db = _dims(ctx, "a"), _dims(ctx, "b")
+    seconds = sum(sim.estimate_seconds(n, x, y, measure, b) for x, y in ((da, db), (da, da), (db, db)))
+    memory = max(sim.estimate_bytes(n, x, y, measure, b) for x, y in ((da, db), (da, da), (db, db)))
+    return Cost(seconds + _forward_seconds(ctx), int(memory))
+
+
+def _forward_seconds(ctx) -> float:
+    """Running both models over the data when their activations are not stored yet."""
+    from ..activations import is_cached
+
+    todo = [m for m, side in ((ctx.model_a, "a"), (ctx.model_b, "b"))
+            if not all(is_cached(m, ctx.ds, l, ctx.p["pooling"]) for l in layers(ctx, side))]
+    per_row = {"text": 4e-3, "image": 2e-5}.get(ctx.ds.kind, 2e-5)
+    return len(todo) * len(ctx.ds) * per_row
+
+
+def _matrices(ctx, progress) -> Matrices:
+    import warnings
+
+    from .. import similarity as sim
+
+    ctx.check_pair()
+    p, out = ctx.p, {}
+    for i, (name, (ma, mb, lx, ly)) in enumerate(_pairs(ctx).items()):
+        sub = lambda f, m, i=i, name=name: progress((i + f) / 3, f"{name}: {m}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sim.SimilarityWarning)
+            out[name] = sim.layer_similarity(ma, mb, ctx.ds, p["measure"], lx, ly, p["pooling"], batch_size(p),
+                                             device=ctx.device, progress=sub, **measure_params(p))
+    notes = list(dict.fromkeys(w for df in out.values() for w in df.attrs.get("warnings", [])))
+    for df in out.values():
+        df.attrs.clear()  # everything said there is in `notes`; attrs do not survive the store anyway
+    return Matrices(out["AB"], out["AA"], out["BB"], sim.best_matches(out["AB"]), notes)
+
+
+def _cell(ctx) -> tuple[str, str]:
+    best = ctx.value("matrices").best
+    la, lb = layers(ctx, "a"), layers(ctx, "b")
+    cell_a = ctx.p["cell_a"] if ctx.p["cell_a"] in la else (best[0][0] if best else la[0])
+    cell_b = ctx.p["cell_b"] if ctx.p["cell_b"] in lb else (best[0][1] if best else lb[0])
+    return cell_a, cell_b
+
+
+def _cell_acts(ctx, cell_a: str, cell_b: str):
+    from ..activations import extract
+
+    xa = extract(ctx.model_a, ctx.ds, [cell_a], ctx.p["pooling"], ctx.device)[cell_a]
+    xb = extract(ctx.model_b, ctx.ds, [cell_b], ctx.p["pooling"], ctx.device)[cell_b]
+    return xa, xb
+
+
+def _drill(ctx, progress) -> Drill:
+    import pandas as pd
+
+    from .. import projection
+    from .. import similarity as sim
+
+    cell_a, cell_b = _cell(ctx)
+    xa, xb = _cell_acts(ctx, cell_a, cell_b)
+    value = float(ctx.value("matrices").ab.loc[cell_a, cell_b])
+    ca, ra = projection.pca(xa)
+    cb, rb = projection.pca(xb)
+    p = ctx.p
+    table = pd.DataFrame({"class": [], "n": [], "value": []})
+    if ctx.ds.labels is not None and np.isfinite(value):
+        table = sim.per_class_similarity(xa, xb, ctx.ds.labels, p["measure"], **measure_params(p))
+        if ctx.ds.label_names:
+            table["class"] = [ctx.ds.label_names[int(c)] for c in table["class"]]
+        table["class"] = table["class"].astype(str)
+    seconds = sim.statistics_seconds(xa, xb, p["measure"], N_BOOT, N_PERM, **measure_params(p)) \
+        if np.isfinite(value) else 0.0
+    return Drill(cell_a, cell_b, value, ca, cb, ra, rb, table, (xa.shape[1], xb.shape[1]), float(seconds))
+
+
+def _statistics(ctx, progress) -> Statistics:
+    from .. import similarity as sim
+
+    drill = ctx.value("drill")
+    if not np.isfinite(drill.value):
+        raise UserInputError("This cell is undefined (a constant layer): there are no statistics to compute.")
+    xa, xb = _cell_acts(ctx, drill.cell_a, drill.cell_b)
+    params = measure_params(ctx.p)
+    progress(0.05, "bootstrap and permutation test")
+    s = sim.cell_statistics(xa, xb, ctx.p["measure"], n_boot=N_BOOT, n_perm=N_PERM, **params)
+    progress(0.8, "stability on subsets")
+    curve = sim.stability_curve(xa, xb, ctx.p["measure"], **params)
+    return Statistics(s.value, s.ci_low, s.ci_high, s.level, s.p_value, s.n_perm, s.null_mean, curve)
+
+
+def _statistics_cost(ctx) -> Cost:
+    drill = ctx.stored("drill")
+    n = len(ctx.ds)
+    return Cost(drill.stats_seconds if drill is not None else 1.0, int(8 * n * n * 6))
+
+
+def _compare(ctx, progress) -> dict:
+    from .. import similarity as sim
+
+    ctx.check_pair()
+    p, out = ctx.p, {}
+    chosen = list(p["compare"] or [])
+    for i, name in enumerate(chosen):
+        m = sim.MEASURES[name]
+        out[name] = sim.layer_similarity(ctx.model_a, ctx.model_b, ctx.ds, name, layers(ctx, "a"), layers(ctx, "b"),
+                                         p["pooling"], device=ctx.device,
+                                         progress=lambda f, msg, i=i: progress((i + f) / len(chosen), msg),
+                                         **{k: v for k, v in m.params.items()})
+        out[name].attrs.clear()
+    return out
+
+
+def _compare_cost(ctx) -> Cost:
+    total = Cost()
+    for name in ctx.p["compare"] or []:
+        total = total + _matrix_cost(ctx, name)
+    return total
+
+
+MATRIX_AROUND = ("Use fewer samples or layers, or linear CKA with a minibatch size (its memory does not grow "
+                 "with the number of samples).")
+SECTIONS = (
+    Section("matrices", _matrices, MATRIX_READS, "abd", _matrix_cost, title="the layer-by-layer maps",
+            ways_around=MATRIX_AROUND),
+    Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", title="the drill-down"),
+    Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost,
+            wanted=lambda ctx: bool(ctx.p["stats"]), title="bootstrap, permutation test and stability",
+            ways_around="Use fewer samples."),
+    Section("compare", _compare, ("compare", "pooling", "layers_a", "layers_b"), "abd", _compare_cost,
+            wanted=lambda ctx: bool(ctx.p["compare_on"] and ctx.p["compare"]), title="the measure comparison",
+            ways_around=MATRIX_AROUND),
+)
+
+
+def summary(result) -> dict:
+    out = {}
+    if result.matrices is not None:
+        out.update({f"best match for A:{a}": f"B:{b} ({v:.4f})" for a, b, v in result.matrices.best})
+    if result.drill is not None:
+        out[f"drill-down value ({result.drill.cell_a} vs {result.drill.cell_b})"] = result.drill.value
+    if result.statistics is not None:
+        s = result.statistics
+        out.update({"bootstrap CI": f"[{s.ci_low:.4f}, {s.ci_high:.4f}]", "permutation p-value": s.p_value,
+                    "null mean": s.null_mean})
+    return out
