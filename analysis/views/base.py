@@ -178,12 +178,18 @@ class View:
     # ------------------------------------------------------------------ the pipeline
     def resolve(self, spec: AnalysisSpec, store=None) -> tuple[AnalysisSpec, list[str]]:
         """The spec with every value that no longer fits the current models replaced by the default,
-        plus one note per replaced value (never an empty view)."""
-        fix = getattr(self.module, "resolve", None)
-        if fix is None:
-            return spec, []
+        plus one note per replaced value (never an empty view). Parameters with a ``domain`` are
+        checked here (layers of A or B, classes of the data); a view's own ``resolve(ctx)`` adds
+        what only it knows."""
         ctx = self.context(spec, store=store)
-        changes = fix(ctx) or {}
+        changes = {}
+        for p in self.params:
+            if p.domain and spec.params.get(p.key) is not None:
+                changes.update(_fit_domain(ctx, p, spec.params[p.key]))
+        fix = getattr(self.module, "resolve", None)
+        if fix is not None:
+            ctx.p = {**spec.params, **changes}
+            changes.update(fix(ctx) or {})
         if not changes:
             return spec, ctx.notes
         return AnalysisSpec(self.page, {**spec.params, **changes}), ctx.notes
@@ -241,6 +247,35 @@ class View:
             return values
         known = {f.name for f in fields(self.result_type)}
         return self.result_type(**{k: v for k, v in values.items() if k in known})
+
+
+def _domain_values(ctx: Context, domain: str) -> tuple[list, str]:
+    """The values a domain allows now, and how to name where they come from."""
+    what, _, side = domain.partition(":")
+    if what in ("layer", "layers"):
+        model = ctx.model_a if side == "a" else ctx.model_b
+        return list(model.layers), f"a layer of {model.ref} (model {side.upper()})"
+    if what == "class":
+        ds = ctx.ds
+        names = ds.label_names or ([str(c) for c in sorted({int(v) for v in ds.labels})] if ds.labels is not None else [])
+        return [str(n) for n in names], f"a class of the dataset '{ds.name}'"
+    raise ValueError(f"unknown parameter domain {domain!r}")
+
+
+def _fit_domain(ctx: Context, p: Param, value) -> dict:
+    allowed, where = _domain_values(ctx, p.domain)
+    if p.kind == "list":
+        bad = [v for v in value if v not in allowed]
+        if not bad:
+            return {}
+        kept = [v for v in value if v in allowed]
+        ctx.notes.append(f"{bad[0]!r} is not {where}: "
+                         f"{'showing the others' if kept else 'showing the default'} for {p.label or p.key}.")
+        return {p.key: kept or None}
+    if value in allowed:
+        return {}
+    ctx.notes.append(f"{value!r} is not {where}: showing the default for {p.label or p.key}.")
+    return {p.key: None}
 
 
 def _scaled(progress, start: float, width: float, name: str):

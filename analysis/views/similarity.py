@@ -80,24 +80,6 @@ def layers(ctx, side: str) -> list[str]:
     return list(chosen) if chosen else list(model.layers)
 
 
-def resolve(ctx) -> dict:
-    """Layer names from another model (the sidebar changed) fall back to the defaults, with a note."""
-    changes = {}
-    for side in ("a", "b"):
-        model = ctx.model_a if side == "a" else ctx.model_b
-        chosen = ctx.p[f"layers_{side}"]
-        if chosen and any(l not in model.layers for l in chosen):
-            kept = [l for l in chosen if l in model.layers]
-            changes[f"layers_{side}"] = kept or None
-            ctx.notes.append(f"Some layers in the link are not layers of {model.ref} (model {side.upper()}); "
-                             f"showing {'the remaining ones' if kept else 'all its layers'}.")
-        cell = ctx.p[f"cell_{side}"]
-        if cell is not None and cell not in model.layers:
-            changes[f"cell_{side}"] = None
-            ctx.notes.append(f"The drill-down layer in the link is not a layer of {model.ref}; showing the best match.")
-    return changes
-
-
 # ------------------------------------------------------------------ results
 @dataclass
 class Matrices:
