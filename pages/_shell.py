@@ -326,15 +326,24 @@ def prepare(page: str, pair: bool = True):
 
 
 def _offer_matching_data(sel: Selection) -> None:
-    """A text model with numeric data (or the reverse) is a sidebar choice away from working: offer it."""
-    refs = (sel.model_a, sel.model_b)
+    """A text model with numeric data (or the reverse) is one click away from working: offer the
+    dataset that model A reads, with a model B that reads it too."""
     try:
-        kinds = {load_model(r).input_kind for r in refs}
+        kind_a, kind_b = (load_model(r).input_kind for r in (sel.model_a, sel.model_b))
     except UserInputError:
         return
-    target = "text" if kinds == {"text"} else ("digits" if "text" not in kinds and sel.dataset == "text" else None)
-    if target and target != sel.dataset and st.button(f"Use the '{target}' dataset", type="primary"):
-        st.session_state["_set_data"] = target
+    text_a = kind_a == "text"
+    data = "text" if text_a else ("digits" if sel.dataset == "text" else sel.dataset)
+    b_fits = (kind_b == "text") == text_a or kind_b == "any"
+    model_b = sel.model_b if b_fits else ("hf:minilm-random" if sel.model_a != "hf:minilm-random" else "hf:minilm") \
+        if text_a else DEFAULT_B
+    if (data, model_b) == (sel.dataset, sel.model_b):
+        return
+    label = f"Use the '{data}' dataset" + ("" if model_b == sel.model_b else f" and {model_b} as model B")
+    if st.button(label, type="primary", key="_offer_data"):
+        st.session_state["_set_data"] = data
+        if model_b != sel.model_b:
+            st.session_state["_set_b"] = model_b
         st.rerun()
 
 

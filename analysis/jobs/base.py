@@ -66,6 +66,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     result: Any = None
+    worker_pid: int | None = None  # the process running it (pool backends)
     owned: bool = False  # started for a browser session: cancelled when its sessions are all gone
     orphaned_since: float | None = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -78,11 +78,12 @@ class PoolExecutor(Executor):
     def _listen(self) -> None:
         while True:
             try:
-                key, fraction, message = self._queue.get()
+                key, fraction, message, pid = self._queue.get()
             except (EOFError, OSError):
                 return
             job = self.get(key)
             if job is not None and job.state not in (DONE, FAILED, CANCELLED):
+                job.worker_pid = pid
                 self._progress(job, fraction, message)
 
     def _start(self, job: Job) -> None:

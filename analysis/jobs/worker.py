@@ -64,8 +64,10 @@ def init_pool_worker(queue, threads: int) -> None:
 def pool_entry(task: Task):
     """The function a pool process runs for one task; its return value must be small (results go
     to the store, not through the pipe)."""
+    pid = os.getpid()
+
     def send(fraction: float, message: str) -> None:
         if _QUEUE is not None:
-            _QUEUE.put((task.key, fraction, message))
+            _QUEUE.put((task.key, fraction, message, pid))
 
     return run(task, send)
