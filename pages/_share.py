@@ -146,8 +146,10 @@ def pin(kind: str, title: str, payload: dict) -> None:
     item = {"id": uuid.uuid4().hex[:16], "kind": kind, "title": title, "caption": title, "notes": "",
             "page": spec.page, "spec": spec.to_json(), "provenance": _provenance(spec),
             "pinned": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
-    st.session_state.setdefault(REPORT_KEY, []).append(item)
-    st.toast(f"Pinned '{title}' to the report ({len(st.session_state[REPORT_KEY])} items).")
+    items = report_items()
+    items.append(item)
+    keep_report()
+    st.toast(f"Pinned '{title}' to the report ({len(items)} items).")
 
 
 def pin_button(key: str, on_click) -> None:
@@ -160,5 +162,43 @@ def figure_title(fig, fallback: str) -> str:
     return text or fallback
 
 
+def _browser_key() -> str | None:
+    """A key for this browser (not this tab's session): the hash of Streamlit's XSRF token, a
+    secret cookie that lives as long as the browser keeps it. A reload or a link opened in the same
+    tab starts a new session but keeps the cookie, so the working report comes back. None when
+    there is no such cookie (XSRF protection off, AppTest)."""
+    import hashlib
+
+    try:
+        raw = st.context.cookies.get("_streamlit_xsrf")
+    except Exception:  # noqa: BLE001 - no browser context
+        return None
+    if not raw:
+        return None
+    try:  # the cookie's text changes per response (masked); its token does not
+        from streamlit.web.server.starlette.starlette_app_utils import decode_xsrf_token_string
+
+        token = decode_xsrf_token_string(raw)[0]
+    except Exception:  # noqa: BLE001 - another Streamlit version: no persistence rather than a wrong one
+        return None
+    return hashlib.sha256(b"replens working report|" + token).hexdigest()[:32] if token else None
+
+
 def report_items() -> list[dict]:
-    return st.session_state.setdefault(REPORT_KEY, [])
+    """This browser's working report: restored from the store when a session starts."""
+    if REPORT_KEY not in st.session_state:
+        key, items = _browser_key(), []
+        if key:
+            body = default_store().get_doc("working-report", key)
+            items = list((body or {}).get("items", []))
+        st.session_state[REPORT_KEY] = items
+    return st.session_state[REPORT_KEY]
+
+
+def keep_report() -> bool:
+    """Save the working report for this browser; False when it cannot outlive this tab."""
+    key = _browser_key()
+    if key is None:
+        return False
+    default_store().put_doc("working-report", key, {"items": report_items()}, name="working report")
+    return True

@@ -11,17 +11,30 @@ import streamlit as st
 from analysis import report as report_mod
 from analysis.spec import AnalysisSpec
 from analysis.store import default_store
-from pages._share import base_url, report_items
+from pages._share import base_url, keep_report, report_items
+from pages._shell import inert
 
 store = default_store()
 st.title("Report")
 
-# A saved report opened from a link (?report=<id>) or from the gallery below.
+# A saved report opened from a link (?report=<id>) or from the gallery below. It replaces this
+# browser's working report only when that is empty or the user says so.
 wanted = st.query_params.get("report")
-if wanted and st.session_state.get("_report_id") != wanted:
+if wanted and st.session_state.get("_report_id") != wanted and st.session_state.get("_report_kept") != wanted:
     body = store.get_doc("report", wanted)
+    pinned = report_items()
     if body is None:
-        st.warning(f"No saved report with id {wanted[:20]!r} on this server.")
+        st.warning(f"No saved report with id {inert(wanted[:20])} on this server.")
+    elif pinned and st.session_state.get("_report_replace") != wanted:
+        st.warning(f"The link opens the saved report “{inert(body.get('title', ''))}”, which would replace the "
+                   f"{len(pinned)} items pinned in this browser.")
+        o1, o2, _ = st.columns([1, 1, 2])
+        if o1.button("Open the saved report", key="_report_open"):
+            st.session_state["_report_replace"] = wanted
+            st.rerun()
+        if o2.button("Keep my pinned items", key="_report_keep"):
+            st.session_state["_report_kept"] = wanted
+            st.rerun()
     else:
         st.session_state["_report_items"] = body["items"]
         st.session_state["_report_id"] = wanted
@@ -70,6 +83,11 @@ for i, item in enumerate(items):
             st.markdown(f"[Open this view]({url})")
         except Exception as exc:  # an item from an older version keeps its record
             st.caption(f"(view link unavailable: {exc})")
+
+# Captions, notes, order and removals are this browser's working report: kept in the store.
+if not keep_report() and items:
+    st.caption("This browser does not keep a session cookie, so the pinned items live in this tab only: "
+               "save the report to the gallery to keep it.")
 
 # ------------------------------------------------------------------ export and save
 if items:
