@@ -8,6 +8,12 @@ on a fresh server (the way one user works): wall time and median latency.
 
     python benchmarks/load.py                     # 8 sessions x 2 analyses, n = 60 samples
     python benchmarks/load.py --sessions 16 --rounds 3 --n 200
+    python benchmarks/load.py --cached            # a cached view's latency while 7 sessions compute
+
+``--cached`` answers issue #15's question: one session reopens a view that is already in the store
+while the other sessions run uncached analyses; its median and worst latency are compared with the
+same view opened with nothing else running. Computations run in job workers, not in the server's
+script threads, so the cached view should not wait behind them.
 
 Needs playwright (Python package) and Chromium at /usr/bin/chromium. Each pass gets a fresh result
 store, so every analysis is computed, not read back.
@@ -86,7 +92,7 @@ async def _session(browser, base: str, paths: list[str], n: int, timeout_s: floa
     page = await context.new_page()
     try:
         for path in paths:
-            url = f"{base}{path}{'&' if '?' in path else '?'}n={n}"
+            url = f"{base}{path}{'&' if '?' in path else '?'}n={n}" if n else f"{base}{path}"
             t0 = time.monotonic()
             error = None
             try:
@@ -142,6 +148,62 @@ def one_pass(sessions: int, rounds: int, n: int, timeout_s: float, concurrent: b
             "peak_mb": peak / 2**20, "idle_mb": idle_rss / 2**20, "server_alive": alive, "total": len(results)}
 
 
+CACHED = "/similarity?a=zoo:mlp-s0&b=zoo:mlp-s1&measure=linear_cka&n=300"
+HEAVY = [f"/similarity?a=zoo:cnn-s0&b=zoo:mlp-s{s % 3}&measure={m}&data=digits_noisy&n={n}"
+         for s, (m, n) in enumerate([("rsa", 1500), ("svcca", 3000), ("procrustes", 3000), ("rsa", 1800),
+                                     ("mutual_knn", 2500), ("pwcca", 3000), ("rsa", 2100)])]
+
+
+async def _reopen(browser, base: str, times: int, timeout_s: float, out: list) -> None:
+    context = await browser.new_context(viewport={"width": 1300, "height": 900})
+    page = await context.new_page()
+    try:
+        for _ in range(times):
+            t0 = time.monotonic()
+            await page.goto(base + CACHED)
+            await _wait_rendered(page, timeout_s)
+            await page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3")
+            out.append(time.monotonic() - t0)
+    finally:
+        await context.close()
+
+
+async def _cached_run(base: str, others: int, times: int, timeout_s: float) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=B.CHROMIUM, args=B.CHROMIUM_ARGS, headless=True)
+        await _reopen(browser, base, 1, timeout_s, [])  # computed once: from now on it is cached
+        alone: list = []
+        await _reopen(browser, base, times, timeout_s, alone)
+        busy: list = []
+        load: list = []
+        heavy = asyncio.gather(*(_session(browser, base, [HEAVY[i % len(HEAVY)]], 0, timeout_s, load)
+                                 for i in range(others)))
+        await asyncio.sleep(3.0)  # let the other sessions submit their jobs
+        await _reopen(browser, base, times, timeout_s, busy)
+        await heavy
+        await browser.close()
+    return {"alone": alone, "busy": busy, "load": load}
+
+
+def cached_pass(others: int, times: int, timeout_s: float) -> None:
+    store = tempfile.mkdtemp(prefix="replens-load-")
+    proc, base = B.start_server(store_dir=store, timeout_s=120)
+    try:
+        time.sleep(2.0)
+        r = asyncio.run(_cached_run(base, others, times, timeout_s))
+    finally:
+        B.stop_server(proc)
+    a, b = statistics.median(r["alone"]), statistics.median(r["busy"])
+    errors = [x for x in r["load"] if x["error"]]
+    print(f"RepLens cached view ({CACHED}) reopened {times} times, one server on loopback")
+    print(f"  alone:                       median {a:.2f} s, worst {max(r['alone']):.2f} s")
+    print(f"  while {others} sessions compute: median {b:.2f} s, worst {max(r['busy']):.2f} s")
+    print(f"  ratio busy / alone: median {b / a:.2f}x, worst {max(r['busy']) / max(r['alone']):.2f}x; "
+          f"the {others} computing sessions: {len(r['load']) - len(errors)} completed, {len(errors)} errors")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=8, help="concurrent browser sessions (default 8)")
@@ -149,7 +211,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60, help="samples per analysis (default 60)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds before one analysis counts as failed")
     ap.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time pass")
+    ap.add_argument("--cached", action="store_true",
+                    help="measure a cached view's latency while the other sessions compute (issue #15)")
+    ap.add_argument("--times", type=int, default=5, help="reopenings of the cached view (with --cached)")
     args = ap.parse_args()
+    if args.cached:
+        cached_pass(args.sessions - 1, args.times, args.timeout)
+        return
     if not 1 <= args.sessions <= 64:
         ap.error("--sessions must lie between 1 and 64 (the benchmark is bounded on purpose)")
 
