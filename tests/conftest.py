@@ -9,6 +9,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from tests.store_backends import postgres_server, store_backend  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +17,7 @@ def isolated_store(tmp_path, monkeypatch):
     """Every test gets its own empty result store."""
     root = tmp_path / "store"
     monkeypatch.setenv("REPLENS_STORE", str(root))
+    monkeypatch.delenv("REPLENS_DATABASE_URL", raising=False)  # SQLite unless a test asks for PostgreSQL
     return root
 
 
