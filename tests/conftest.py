@@ -9,7 +9,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from tests.store_backends import postgres_server, store_backend  # noqa: E402,F401  (fixtures)
+from tests.store_backends import own_postgres, postgres_server, store_backend  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(autouse=True)

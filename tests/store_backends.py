@@ -99,20 +99,29 @@ class PostgresServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
-    """A new server, or skip (fail under CI) when PostgreSQL or psycopg is missing."""
-    bindir = postgres_bindir()
-    missing = "PostgreSQL binaries (initdb, pg_ctl)" if bindir is None else None
+def require(what: str, present: bool) -> None:
+    """Skip a PostgreSQL test when ``what`` is missing, but fail under CI, which installs it."""
+    if present:
+        return
+    message = f"{what} not found: the PostgreSQL store tests cannot run"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI installs it: see .ci/run and requirements-cluster.txt)")
+    pytest.skip(message)
+
+
+def require_psycopg() -> None:
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
     except ImportError:
-        missing = "psycopg (pip install -r requirements-cluster.txt)"
-    if missing:
-        message = f"{missing} not found: the PostgreSQL store tests cannot run"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + " (CI installs them: see .ci/run)")
-        pytest.skip(message)
+        require("psycopg (pip install -r requirements-cluster.txt)", False)
+
+
+def start_postgres() -> PostgresServer:
+    """A new server, or skip (fail under CI) when PostgreSQL or psycopg is missing."""
+    require_psycopg()
+    bindir = postgres_bindir()
+    require("PostgreSQL binaries (initdb, pg_ctl)", bindir is not None)
     return PostgresServer(bindir)
 
 
@@ -121,6 +130,14 @@ def postgres_server():
     server = start_postgres()
     yield server
     store_mod._close_default_stores()
+    server.destroy()
+
+
+@pytest.fixture
+def own_postgres():
+    """A server of this test's own, for tests that stop or restart it."""
+    server = start_postgres()
+    yield server
     server.destroy()
 
 
@@ -146,6 +163,16 @@ class Backend:
         s = store_mod.Store(root, self.url_for(root))
         self._opened.append(s)
         return s
+
+    def env(self, root) -> dict:
+        """Environment variables for a subprocess whose default store is ``root`` on this backend."""
+        url = self.url_for(root)
+        return {"REPLENS_STORE": str(root), **({"REPLENS_DATABASE_URL": url} if url else {})}
+
+    def activate(self, root, monkeypatch) -> None:
+        """Make ``root`` this process's default store, on this backend."""
+        for name, value in self.env(root).items():
+            monkeypatch.setenv(name, value)
 
     def close(self) -> None:
         for s in self._opened:

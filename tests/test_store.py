@@ -390,6 +390,30 @@ def test_codec_round_trips_a_dataclass_of_arrays_tables_and_plain_values_exactly
     assert back.table["object"].dtype == object and back.table["object"].tolist()[1] is None  # None is not NaN
 
 
+def _values():
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    arrays = hnp.arrays(st.sampled_from([np.float32, np.float64, np.int8, np.uint64, np.bool_, np.complex128, "<U3"]),
+                        hnp.array_shapes(min_dims=0, max_dims=3, max_side=3))
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(max_size=8) | arrays
+    keys = st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+                        | st.dictionaries(keys, inner, max_size=3), max_leaves=12)
+
+
+def test_codec_round_trips_any_nesting_of_plain_values_and_arrays():
+    from hypothesis import given, settings
+
+    @settings(max_examples=80, deadline=None)
+    @given(_values())
+    def round_trip(value):
+        arrays, tree = encode(value)
+        assert_same(value, decode(arrays, json.loads(json.dumps(tree))))
+
+    round_trip()
+
+
 def test_codec_keeps_a_flat_dict_of_arrays_under_its_names():
     arrays, tree = encode({"values": np.ones((2, 2)), "layer names": np.array(["a", "b"])})
     assert set(arrays) == {"values", "layer_names"}

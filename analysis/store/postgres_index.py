@@ -37,7 +37,6 @@ class PostgresIndex:
                                  "installed: pip install -r requirements-cluster.txt") from None
         self.url = url
         self.location = redact(url)
-        self.retry_s = float(os.environ.get(RETRY_ENV, "30"))
         self._check_reachable()
         self._pid = os.getpid()
         self._pool_obj = self._new_pool()
@@ -77,7 +76,8 @@ class PostgresIndex:
         """``work(connection)``, sent again on a fresh connection while the server is away."""
         import psycopg
 
-        deadline = time.monotonic() + self.retry_s
+        retry_s = float(os.environ.get(RETRY_ENV, "30"))
+        deadline = time.monotonic() + retry_s
         delay, warned = 0.1, False
         while True:
             try:
@@ -90,11 +90,11 @@ class PostgresIndex:
                 if time.monotonic() + delay > deadline:
                     raise StoreUnavailableError(
                         f"The result store's database at {self.location} has not answered for "
-                        f"{self.retry_s:.0f} s ({self._reason(e)}). Nothing was saved; try again when it "
+                        f"{retry_s:g} s ({self._reason(e)}). Nothing was read or saved; try again when it "
                         "is back, or tell the server's administrator.") from None
                 if not warned:
                     log.warning("Lost the result store's database %s (%s); retrying for up to %.0f s.",
-                                self.location, self._reason(e), self.retry_s)
+                                self.location, self._reason(e), retry_s)
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
