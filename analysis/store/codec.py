@@ -50,14 +50,16 @@ class _Encoder:
         return name
 
     def node(self, v: Any, path: tuple) -> Any:
+        if isinstance(v, np.str_):  # before str and float: np.str_ and np.float64 subclass them
+            return {"$": "npstr", "value": str(v)}
+        if isinstance(v, np.bytes_):
+            return self.node(bytes(v), path)
+        if isinstance(v, np.generic):
+            return {"$": "scalar", "name": self.array(np.asarray(v), path)}
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
         if isinstance(v, np.ndarray):
             return {"$": "array", "name": self.array(v, path)}
-        if isinstance(v, (np.str_, np.bytes_)):
-            return {"$": "npstr", "value": str(v)} if isinstance(v, np.str_) else self.node(bytes(v), path)
-        if isinstance(v, np.generic):
-            return {"$": "scalar", "name": self.array(np.asarray(v), path)}
         if isinstance(v, bytes):
             return {"$": "bytes", "name": self.array(np.frombuffer(v, np.uint8), path)}
         if isinstance(v, list):

@@ -67,14 +67,21 @@ class Store:
         self.root = root if is_url(root) else Path(root).expanduser()
         if is_url(self.root) and not database_url:
             raise UserInputError(f"The result store {self.root} is not a folder, so its index cannot live in it: "
-                                 f"set {DATABASE_ENV} (postgresql://… for a shared store, or sqlite:///path/index.sqlite).")
-        self.files = open_files(self.root)
+                                 f"set {DATABASE_ENV} (postgresql://… for a shared store, or sqlite:////path/index.sqlite).")
         self.index = open_index(database_url, None if is_url(self.root) else self.root / "index.sqlite")
         self._stats_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-        self._open()
-        self.files.clean_tmp()
+        try:
+            self.files = open_files(self.root)
+            self._open()
+            self.files.clean_tmp()
+        except BaseException as e:
+            self.index.close()
+            if isinstance(e, OSError):
+                raise StoreUnavailableError(f"The result store in {self.root} cannot be opened ({e}). An administrator "
+                                            "should check that the folder exists and that this account may write there.") from None
+            raise
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, index={self.index.location!r})"
@@ -85,13 +92,8 @@ class Store:
 
     # ------------------------------------------------------------------ opening and repair
     def _open(self) -> None:
-        try:
-            self._open_locked()
-        except OSError as e:
-            raise StoreUnavailableError(f"The result store in {self.root} cannot be opened ({e}). An administrator "
-                                        "should check that the folder exists and that this account may write there.") from None
-
-    def _open_locked(self) -> None:
+        """Check that index and files belong together; build the index from the files where it is
+        new, lost or damaged."""
         with self.index.exclusive():
             try:
                 self.index.ensure_schema()
@@ -338,20 +340,12 @@ class Store:
 
     def read_blob(self, prefix: str, kind: str | None = None) -> tuple[bytes, dict]:
         info = self.find_blob(prefix, kind)
-        data = None
-        if info is not None:
-            rel = f"blobs/{info['sha256'][:2]}/{info['sha256']}"
-            data = self.files.read_bytes(rel)
-            if sha256_bytes(data) != info["sha256"]:  # damaged on disk: let the next upload rewrite it
-                log.warning("The uploaded file %s in %s is damaged; removed it.", info["sha256"][:16], self.root)
-                self.files.delete(rel)
-                data = None
-        if data is None:
+        if info is None:
             raise UserInputError(
                 f"No uploaded file with id {prefix!r} on this server. Upload the file again "
                 "(uploads are kept by content hash, so the same file gets the same id)."
             )
-        return data, info
+        return self.files.read_bytes(f"blobs/{info['sha256'][:2]}/{info['sha256']}"), info
 
     # ------------------------------------------------------------------ documents (specs, saved analyses, reports)
     def put_doc(self, kind: str, doc_id: str, body: Mapping[str, Any], name: str = "") -> None:

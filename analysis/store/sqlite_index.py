@@ -22,6 +22,7 @@ class SQLiteIndex:
     def __init__(self, path):
         self.path = Path(path)
         self.location = str(self.path)
+        self._anchor: sqlite3.Connection | None = None
 
     def _connect(self, path: Path | None = None) -> sqlite3.Connection:
         con = sqlite3.connect(path or self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -46,8 +47,22 @@ class SQLiteIndex:
                 for statement in SCHEMA:
                     con.execute(statement)
                 con.execute("COMMIT")
+            self._hold_open()
         except sqlite3.DatabaseError as e:
             raise _damage(e) from e
+
+    def _hold_open(self) -> None:
+        """Keep one idle connection for the life of the store. The last connection to close a WAL
+        database checkpoints it (an fsync of the whole file), and with a connection per statement
+        every statement would be the last one."""
+        if self._anchor is None:
+            self._anchor = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            self._anchor.execute("SELECT 1 FROM replens LIMIT 1").fetchall()  # attach to the WAL
+
+    def _let_go(self) -> None:
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -91,6 +106,7 @@ class SQLiteIndex:
                 fill(lambda sql, params=(), many=False: (con.executemany(sql, params) if many
                                                         else con.execute(sql, params)).fetchall())
                 con.execute("COMMIT")
+            self._let_go()  # the old file may be moved away: hold the new one after the swap
             if self._worth_keeping():
                 os.replace(self.path, self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
             for suffix in ("-wal", "-shm", "-journal"):  # never replay the old file's log onto the new one
@@ -111,7 +127,7 @@ class SQLiteIndex:
         return any(self.run(f"SELECT 1 FROM {t} LIMIT 1") for t in ("results", "blobs", "documents"))
 
     def close(self) -> None:
-        pass  # a connection per statement: nothing held
+        self._let_go()
 
 
 def _is_busy(e: sqlite3.DatabaseError) -> bool:
