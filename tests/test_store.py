@@ -528,8 +528,8 @@ def test_cached_recomputes_a_value_that_fails_the_callers_check(tmp_path):
 
 
 # ------------------------------------------------------------------ a damaged or lost index (SQLite)
-def _populated(root) -> tuple[Store, dict]:
-    s = Store(root)
+def _populated(root, s: Store | None = None) -> tuple[Store, dict]:
+    s = s or Store(root)
     keys = {i: make_key("r", i=i) for i in range(5)}
     for i, key in keys.items():
         s.put(key, {"x": np.full((3, 2), i, np.float32)}, {"i": i}, kind="similarity" if i % 2 else "activations")
@@ -569,9 +569,16 @@ def test_a_damaged_index_is_rebuilt_from_the_files(tmp_path, damage, caplog):
     with caplog.at_level(logging.WARNING, "analysis.store"):
         again = Store(tmp_path)
     _assert_everything_back(again, known)
-    assert "rebuilt it from the files" in caplog.text and str(tmp_path) in caplog.text
+    assert "Rebuilt the result store's index" in caplog.text and str(tmp_path) in caplog.text
     if damage is not Path.unlink:
         assert list(tmp_path.glob("index.sqlite.damaged-*"))  # kept for the administrator
+
+
+def test_rebuild_on_request_keeps_everything(tmp_path, store_backend):
+    s, known = _populated(tmp_path, store_backend.store(tmp_path))
+    s.rebuild_index()
+    _assert_everything_back(s, known)
+    _assert_everything_back(store_backend.store(tmp_path), known)
 
 
 def test_an_index_damaged_while_the_server_runs_is_rebuilt_at_the_next_request(tmp_path):

@@ -106,7 +106,7 @@ class Store:
                 damage = None
             files_id = self._files_id()
             if index_id is None and (damage or files_id):
-                self._rebuild(files_id or self._create_id(), damage or "missing")
+                self._rebuild(files_id or self._create_id(), f"damaged ({damage})" if damage else "missing or new")
             elif index_id is None:  # a new store, or one written before stores had an id
                 self._adopt_old_rows(self._create_id())
             elif files_id != index_id:
@@ -127,7 +127,8 @@ class Store:
             return None
         except records.DAMAGE as e:
             raise StoreUnavailableError(f"The result store's id file {self.files.location(ID_FILE)} is unreadable "
-                                        f"({e}). An administrator should restore or remove it.") from None
+                                        f"({e}). An administrator should restore it: the index keeps the same id, in "
+                                        "its table replens.") from None
 
     def _create_id(self) -> str:
         body = json.dumps({"store_id": uuid.uuid4().hex, "created": time.time()}).encode()
@@ -147,11 +148,11 @@ class Store:
             self.index.replace(fill)
         except (OSError, IndexDamaged) as e:
             raise StoreUnavailableError(
-                f"The result store's index {self.index.location} is damaged ({reason}) and could not be rebuilt "
-                f"from the files in {self.root} ({e}). An administrator should move the index away (or fix its "
-                "folder's permissions); RepLens rebuilds it from the files at the next start.") from None
-        log.warning("The result store's index %s was %s; rebuilt it from the files in %s: %d results, "
-                    "%d uploads, %d documents (%d unreadable or older files left out).",
+                f"The result store's index {self.index.location} ({reason}) could not be rebuilt from the files in "
+                f"{self.root} ({e}). An administrator should move the index away (or fix the folder's permissions); "
+                "RepLens rebuilds it from the files at the next start.") from None
+        log.warning("Rebuilt the result store's index %s (%s) from the files in %s: %d results, %d uploads, "
+                    "%d documents (%d unreadable or older files left out).",
                     self.index.location, reason, self.root, len(results), len(blobs), len(docs), skipped)
 
     def _adopt_old_rows(self, store_id: str) -> None:
@@ -183,12 +184,12 @@ class Store:
                     return  # another process (or thread) repaired it meanwhile
             except IndexDamaged:
                 pass
-            self._rebuild(self.store_id, damage)
+            self._rebuild(self.store_id, f"damaged ({damage})")
 
     def rebuild_index(self) -> None:
         """Rebuild the index from the files now (an administrator's tool; damage triggers it by itself)."""
         with self.index.exclusive():
-            self._rebuild(self.store_id, "rebuilt on request")
+            self._rebuild(self.store_id, "on request")
 
     def _count(self, hit: bool) -> None:
         with self._stats_lock:

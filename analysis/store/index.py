@@ -1,9 +1,10 @@
 """The store's index: one small interface, two backends (SQLite, PostgreSQL), one set of SQL.
 
-A backend runs one statement at a time (``run``), serialises start-up and repairs across
-processes (``exclusive``), says whether its storage is intact (``healthy``) and swaps in a whole
-new index at once (``replace``). The statements themselves are written once, here and in
-``core.py``, with ``?`` placeholders; the PostgreSQL backend translates them.
+A backend creates its tables (``ensure_schema``), runs one statement at a time (``run``),
+serialises start-up and repairs across processes (``exclusive``), says whether its storage is
+intact (``healthy``) and swaps in a whole new index at once (``replace``). The statements are
+written once, here and in ``core.py``, in the SQL both engines share (``INSERT … ON CONFLICT``),
+with ``?`` placeholders and no literal ``?`` or ``%``; the PostgreSQL backend translates them.
 
 The index only points at files: every row can be rebuilt from the files (see ``core.py``), so
 losing or damaging the index loses nothing that was stored.
@@ -15,6 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UserInputError
 
+# One row per (bytes, use): the same file uploaded as a model and as data keeps both uses.
+BLOBS_TABLE = ("CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
+               " size BIGINT NOT NULL, meta TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, PRIMARY KEY (sha256, kind))")
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,"
     " meta TEXT NOT NULL, size BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL)",
@@ -22,9 +26,7 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,"
     " body TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (kind, id))",
-    # One row per (bytes, use): the same file uploaded as a model and as data keeps both uses.
-    "CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
-    " size BIGINT NOT NULL, meta TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, PRIMARY KEY (sha256, kind))",
+    BLOBS_TABLE,
     "CREATE TABLE IF NOT EXISTS replens (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 TABLES = ("results", "documents", "blobs", "replens")
@@ -43,6 +45,8 @@ class IndexDamaged(Exception):
 
 class Index(Protocol):
     location: str  # for messages: the SQLite file, or the database URL without its password
+
+    def ensure_schema(self) -> None: ...
 
     def run(self, sql: str, params=(), many: bool = False) -> list: ...
 

@@ -30,35 +30,34 @@ _ABANDONED: list = []  # pools inherited through fork: never closed from the chi
 class PostgresIndex:
     def __init__(self, url: str):
         try:
-            import psycopg  # noqa: F401
+            import psycopg
             import psycopg_pool  # noqa: F401
         except ImportError:
             raise UserInputError("REPLENS_DATABASE_URL names a PostgreSQL database, but psycopg is not "
                                  "installed: pip install -r requirements-cluster.txt") from None
         self.url = url
         self.location = redact(url)
-        self._check_reachable()
         self._pid = os.getpid()
-        self._pool_obj = self._new_pool()
-
-    # ------------------------------------------------------------------ connections
-    def _check_reachable(self) -> None:
-        import psycopg
-
-        try:
-            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S).close()
+        try:  # one plain connection first: its error says why (refused, unknown host, bad password)
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+            self._pool_obj = self._new_pool()
         except psycopg.Error as e:
             raise StoreUnavailableError(
                 f"Cannot reach the result store's database at {self.location} ({self._reason(e)}). "
                 "Check REPLENS_DATABASE_URL and that PostgreSQL is running and accepts connections.") from None
 
+    # ------------------------------------------------------------------ connections
     def _new_pool(self):
         from psycopg_pool import ConnectionPool
 
         pool = ConnectionPool(self.url, min_size=1, max_size=POOL_SIZE, open=False, name="replens-store",
                               kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
                               timeout=CONNECT_TIMEOUT_S, max_idle=60)
-        pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        except BaseException:
+            pool.close()
+            raise
         return pool
 
     def _pool(self):

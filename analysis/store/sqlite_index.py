@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .index import SCHEMA, TABLES, IndexDamaged, Run
+from .index import BLOBS_TABLE, SCHEMA, TABLES, IndexDamaged, Run
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -144,7 +144,7 @@ def _upgrade_blobs(con: sqlite3.Connection) -> None:
     pk = [r[1] for r in sorted(con.execute("PRAGMA table_info(blobs)").fetchall(), key=lambda r: r[5]) if r[5]]
     if pk == ["sha256"]:
         con.execute("ALTER TABLE blobs RENAME TO blobs_by_sha")
-        con.execute(SCHEMA[3])
+        con.execute(BLOBS_TABLE)
         con.execute("INSERT INTO blobs (sha256, kind, name, size, meta, created)"
                     " SELECT sha256, kind, name, size, meta, created FROM blobs_by_sha")
         con.execute("DROP TABLE blobs_by_sha")
