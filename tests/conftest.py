@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # tests start a real server, which uses the process pool (tests/browser.py sets that explicitly).
 os.environ.setdefault("REPLENS_JOBS", "inline")
 
+from tests.store_backends import own_postgres, postgres_server, store_backend  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +20,7 @@ def isolated_store(tmp_path, monkeypatch):
     """Every test gets its own empty result store (and forgets the jobs and loaded inputs of others)."""
     root = tmp_path / "store"
     monkeypatch.setenv("REPLENS_STORE", str(root))
+    monkeypatch.delenv("REPLENS_DATABASE_URL", raising=False)  # SQLite unless a test asks for PostgreSQL
     from analysis import jobs
 
     previous = jobs.set_executor(None)

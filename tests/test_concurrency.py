@@ -1,7 +1,8 @@
 """Concurrent users at library level: analyses on shared cached models from many threads give the
 numbers of a one-at-a-time run and never change the shared model (LRP next to similarity,
 activations, projections); two processes writing the same result to one store both finish and
-leave one whole result. The 8-browser-session test is in tests/test_reliability_browser.py.
+leave one whole result, and eight threads read one store at once (both on the SQLite and on the
+PostgreSQL index: tests/store_backends.py). The 8-browser-session test is in tests/test_reliability_browser.py.
 """
 from __future__ import annotations
 
@@ -107,10 +108,10 @@ print(repr(df.to_numpy().tolist()), flush=True)
 """
 
 
-def test_two_processes_writing_the_same_result_leave_one_whole_result(tmp_path, monkeypatch):
+def test_two_processes_writing_the_same_result_leave_one_whole_result(tmp_path, monkeypatch, store_backend):
     store_dir, go = tmp_path / "shared", tmp_path / "go"
-    env = dict(os.environ, REPLENS_STORE=str(store_dir), OMP_NUM_THREADS="1")
-    Store(store_dir)  # create it first, as a running server would have
+    env = dict(os.environ, OMP_NUM_THREADS="1", **store_backend.env(store_dir))
+    store_backend.store(store_dir)  # create it first, as a running server would have
     script = WRITER.format(root=str(ROOT), go=str(go))
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -123,8 +124,8 @@ def test_two_processes_writing_the_same_result_leave_one_whole_result(tmp_path, 
         outputs.append(np.array(eval(out.strip().splitlines()[-1])))
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
-    monkeypatch.setenv("REPLENS_STORE", str(store_dir))
-    store = Store(store_dir)
+    store_backend.activate(store_dir, monkeypatch)
+    store = store_backend.store(store_dir)
     assert len(store.keys("similarity")) == 1
     acts = store.keys("activations")
     assert len(acts) == 14 and len(set(acts)) == 14  # one row per (model, layer): nothing doubled
@@ -140,12 +141,12 @@ def test_two_processes_writing_the_same_result_leave_one_whole_result(tmp_path, 
     np.testing.assert_allclose(fresh.to_numpy(), outputs[0], rtol=1e-12)
 
 
-def test_many_sessions_reading_the_store_at_once(tmp_path):
+def test_many_sessions_reading_the_store_at_once(tmp_path, store_backend):
     """Regression: np.load parses headers with ast.literal_eval, which on CPython < 3.11.9 raised
     "SystemError: AST constructor recursion depth mismatch" when threads parsed at once."""
     from analysis.store import make_key
 
-    store = Store(tmp_path)
+    store = store_backend.store(tmp_path)
     keys = [make_key("read", i=i) for i in range(20)]
     for i, k in enumerate(keys):
         store.put(k, {"x": np.full((3, 2), i, np.float32), "y": np.arange(i + 1)})

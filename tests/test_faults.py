@@ -5,11 +5,16 @@ than the machine has.
   no half-written activations), and the next request recomputes the same numbers.
 - Memory: a computation that would not fit is refused before it starts (before the models run),
   with the estimate and the way around it, in the library and on the Similarity page.
+- The store's PostgreSQL restarted mid-run: writes are retried and succeed, with a warning that
+  names the database without its password; down for longer than the retry window: one clear
+  message; unreachable at start-up: one clear message naming the URL without its password.
+The killed worker runs on both store backends (SQLite and PostgreSQL: tests/store_backends.py).
 The killed *server* (streamlit run, killed mid-computation, restarted) is in
 tests/test_reliability_browser.py.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -23,7 +28,8 @@ from streamlit.testing.v1 import AppTest
 
 from analysis import data, models, resources, similarity
 from analysis.errors import UserInputError
-from analysis.store import Store
+from analysis.store import Store, StoreUnavailableError, make_key
+from tests.store_backends import free_port, require_psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 N_LONG = 12_000  # digits_noisy rows: long enough to be killed half-way, short enough to recompute
@@ -56,9 +62,9 @@ def _run_until(proc, fraction: float, timeout_s: float = 120) -> float:
     raise AssertionError("the worker did not reach the middle of its computation")
 
 
-def test_worker_killed_mid_computation_leaves_a_whole_store_and_recomputes(tmp_path, monkeypatch):
+def test_worker_killed_mid_computation_leaves_a_whole_store_and_recomputes(tmp_path, monkeypatch, store_backend):
     store_dir = tmp_path / "store"
-    env = dict(os.environ, REPLENS_STORE=str(store_dir), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **store_backend.env(store_dir))
     proc = subprocess.Popen([sys.executable, "-c", WORKER.format(root=str(ROOT), n=N_LONG)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -70,26 +76,106 @@ def test_worker_killed_mid_computation_leaves_a_whole_store_and_recomputes(tmp_p
             proc.kill()
     assert reached < 1.0, "the worker finished before it could be killed: make N_LONG larger"
 
-    store = Store(store_dir)
+    store = store_backend.store(store_dir)
     assert store.keys("similarity") == []  # the partial result is absent
     for key in store.keys():  # every indexed result is whole and readable
         arrays = store.get(key)
         assert arrays is not None and arrays["x"].shape[0] == N_LONG
-    indexed = {store._connect().execute("SELECT path FROM results WHERE key=?", (k,)).fetchone()[0]
-               for k in store.keys()}
+    indexed = {path for (path,) in store.index.run("SELECT path FROM results")}
     on_disk = {str(p.relative_to(store_dir)) for p in (store_dir / "objects").rglob("*.npz")}
     assert on_disk == indexed  # no orphan array file and no index row without its file
 
     # The next request recomputes (in this process, same store) and gets the numbers of a clean run.
-    monkeypatch.setenv("REPLENS_STORE", str(store_dir))
+    store_backend.activate(store_dir, monkeypatch)
     ds = data.load("digits_noisy", n=N_LONG, seed=0)
     a, b = models.load("zoo:mlp-s0"), models.load("zoo:cnn-s0")
     recomputed = similarity.layer_similarity(a, b, ds, "linear_cka")
     assert recomputed.attrs["cached"] is False
     clean = similarity.layer_similarity(a, b, ds, "linear_cka", store=Store(tmp_path / "clean"))
     np.testing.assert_array_equal(recomputed.to_numpy(), clean.to_numpy())
-    assert len(Store(store_dir).keys("similarity")) == 1
+    assert len(store.keys("similarity")) == 1
     assert similarity.layer_similarity(a, b, ds, "linear_cka").attrs["cached"] is True
+
+
+# ------------------------------------------------------------------ the store's PostgreSQL
+PASSWORD = "s3cret-Pw"  # trust authentication ignores it; it must never reach a message
+
+
+def test_postgres_restarted_mid_run_the_writes_are_retried_and_succeed(tmp_path, own_postgres, caplog):
+    import threading
+
+    url = own_postgres.url(own_postgres.new_database().rsplit("/", 1)[1], password=PASSWORD)
+    store = Store(tmp_path, url)
+    written, errors = [], []
+
+    def write_loop():
+        try:
+            for i in range(60):
+                store.put(make_key("loop", i=i), {"x": np.full(1000, i)}, {"i": i})
+                written.append(i)
+                time.sleep(0.02)
+        except Exception as e:  # noqa: BLE001 - the test fails on it below
+            errors.append(e)
+
+    with caplog.at_level(logging.WARNING, "analysis.store"):
+        store.put(make_key("before"), {"x": np.ones(3)})
+        own_postgres.restart()  # between two writes
+        store.put(make_key("after"), {"x": np.ones(3)})
+        writer = threading.Thread(target=write_loop)
+        writer.start()
+        while len(written) < 10:
+            time.sleep(0.01)
+        own_postgres.restart()  # during a write loop
+        writer.join(120)
+    assert errors == [] and written == list(range(60))
+    assert len(store.keys()) == 62
+    for i in range(60):
+        np.testing.assert_array_equal(store.get(make_key("loop", i=i))["x"], np.full(1000, i))
+    lost = [r.getMessage() for r in caplog.records if "Lost the result store's database" in r.getMessage()]
+    assert lost and all(f"127.0.0.1:{own_postgres.port}" in m for m in lost)
+    assert PASSWORD not in caplog.text
+    store.close()
+
+
+def test_postgres_down_longer_than_the_retry_window_gives_one_clear_message(tmp_path, own_postgres, monkeypatch):
+    monkeypatch.setenv("REPLENS_DB_RETRY_S", "1.5")
+    url = own_postgres.url(own_postgres.new_database().rsplit("/", 1)[1], password=PASSWORD)
+    store = Store(tmp_path, url)
+    own_postgres.stop()
+    with pytest.raises(StoreUnavailableError) as info:
+        store.put(make_key("while down"), {"x": np.ones(3)})
+    text = str(info.value)
+    assert isinstance(info.value, UserInputError) and "\n" not in text
+    assert f"postgresql://postgres@127.0.0.1:{own_postgres.port}/" in text and "Nothing was read or saved" in text
+    assert PASSWORD not in text
+    own_postgres.start()
+    monkeypatch.setenv("REPLENS_DB_RETRY_S", "30")  # the pool may take a few seconds to reconnect
+    store.put(make_key("while down"), {"x": np.ones(3)})  # the same store works again once it is back
+    assert make_key("while down") in store
+    store.close()
+
+
+def test_postgres_unreachable_at_start_up_is_one_message_naming_the_url_without_its_password(tmp_path):
+    require_psycopg()
+    port = free_port()  # nothing listens there
+    url = f"postgresql://replens:{PASSWORD}@127.0.0.1:{port}/labstore?sslmode=disable"
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as info:
+        Store(tmp_path, url)
+    text = str(info.value)
+    assert isinstance(info.value, UserInputError) and "\n" not in text
+    assert f"postgresql://replens@127.0.0.1:{port}/labstore" in text and "REPLENS_DATABASE_URL" in text
+    assert PASSWORD not in text and "Traceback" not in text
+    assert time.monotonic() - started < 30  # refused at once, not after the write retries
+
+
+def test_a_database_url_of_another_kind_is_refused(tmp_path):
+    with pytest.raises(UserInputError, match="must start with postgresql://"):
+        Store(tmp_path, f"mysql://u:{PASSWORD}@host/db")
+    try:
+        Store(tmp_path, f"mysql://u:{PASSWORD}@host/db")
+    except UserInputError as e:
+        assert PASSWORD not in str(e)
 
 
 # ------------------------------------------------------------------ memory

@@ -100,7 +100,7 @@ class Context:
     def parts(self, section: Section) -> tuple[str, dict]:
         """The section's store kind and key parts: the parameters it reads, the content hashes of
         the inputs it uses, and the view's version."""
-        return (f"view:{self.view.page}:{section.name}",
+        return (f"{self.view.page}-{section.name}"[:40],
                 {"params": {k: self.p[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
                  "v": self.view.version})
 
