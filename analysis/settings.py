@@ -2,10 +2,9 @@
 
 One small function per setting, so the library, the pages and the tests read them the same way.
 
-| variable | default | meaning |
-| --- | --- | --- |
-| ``REPLENS_SHARED_SERVER`` | unset | ``1``: the app serves a lab (untrusted uploaders); stricter defaults below |
-| ``REPLENS_CODE_UPLOADS`` | ``off`` on a shared server, else ``on`` | accept uploads that are programs (TorchScript); they always run sandboxed |
+- ``REPLENS_SHARED_SERVER=1``: the app serves a lab (untrusted uploaders); stricter defaults below.
+- ``REPLENS_CODE_UPLOADS=on|off``: accept uploads that are programs (TorchScript); default off on a
+  shared server, else on. Accepted programs always run in the sandbox (analysis.models.sandbox).
 """
 from __future__ import annotations
 

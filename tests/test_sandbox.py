@@ -243,11 +243,14 @@ def test_a_worker_killed_mid_call_is_restarted_with_a_clear_error():
 
 
 def test_idle_worker_stops_and_comes_back(monkeypatch):
+    monkeypatch.setattr(sandbox, "IDLE_S", 1.0)
     net = H.mlp(1)
     m = models.load(models.upload(H.save(net), "mlp.pt"))
-    m.worker.idle_s = 0.5
     x = torch.zeros(3, 64)
-    m.run(models.Batch(x))
+    for _ in range(5):  # calls keep it alive: one timer, pushed back by each call
+        m.run(models.Batch(x))
+        time.sleep(0.3)
+    assert m.worker.alive
     deadline = time.monotonic() + 30
     while m.worker.alive and time.monotonic() < deadline:
         time.sleep(0.2)

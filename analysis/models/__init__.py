@@ -102,9 +102,10 @@ def _require_code_uploads(filename: str) -> None:
     from .. import settings
 
     if not settings.code_uploads():
+        default = ", the default on a shared server" if settings.shared_server() else ""
         raise UserInputError(
             f"{filename}: TorchScript files are programs, and this server does not run uploaded programs "
-            f"({settings.CODE_UPLOADS_ENV} is off{', the default on a shared server' if settings.shared_server() else ''}). "
+            f"({settings.CODE_UPLOADS_ENV} is off{default}). "
             "Upload safetensors weights of a zoo architecture or an embeddings file instead, or ask the "
             f"server's admin to set {settings.CODE_UPLOADS_ENV}=on (uploaded TorchScript then runs in a sandbox).")
 

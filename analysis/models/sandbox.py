@@ -89,7 +89,16 @@ class Limits:
 
 
 PROBE = Limits(cpu_s=10, memory=1 << 30, wall_s=30)  # loading, checking and the upload probe
-RUN = Limits(cpu_s=300, memory=8 << 30, wall_s=600)  # one batch, one encode/decode, one Jacobian
+RUN_MEMORY_CAP = 8 << 30
+REPLY_BYTES = 1 << 30  # the most one array coming back may hold (the server reads it whole)
+
+
+def run_limits() -> Limits:
+    """One batch, one encode/decode, one set of Jacobians: 300 s of CPU, 8 GB or the memory one
+    computation may plan for on this machine (analysis.resources), whichever is less."""
+    from ..resources import USABLE_FRACTION, available_bytes
+
+    return Limits(cpu_s=300, memory=int(min(RUN_MEMORY_CAP, available_bytes() * USABLE_FRACTION)), wall_s=600)
 
 
 class SandboxUnavailable(UserInputError):
@@ -161,8 +170,10 @@ def threads() -> int:
 def command(seccomp_fd: int, memory: int) -> list[str]:
     """The bwrap command line that starts one worker."""
     as_root = os.geteuid() == 0
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2", "OMP_WAIT_POLICY": "PASSIVE",
-           "OMP_NUM_THREADS": str(threads()), "MKL_NUM_THREADS": str(threads())}
+    # OMP_WAIT_POLICY: idle OpenMP threads sleep instead of spinning (spinning made each small call
+    # 30x slower on a busy 2-core machine)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2",
+           "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads()), "MKL_NUM_THREADS": str(threads())}
     worker = [os.path.realpath(sys.executable), "-I", "-B", f"{INSIDE}/sandbox_worker.py",
               "--threads", str(threads()), "--cpu-budget", str(CPU_BUDGET_S), "--memory", str(memory)]
     if as_root:
@@ -267,12 +278,13 @@ class ModelWorker:
     """One uploaded TorchScript model, loaded and checked in its own sandboxed worker process.
 
     :meth:`open` starts the worker, loads the file, checks its operators and probes it (under
-    :data:`PROBE`); :meth:`call` runs forward / encode / decode on a batch (under :data:`RUN`).
+    :data:`PROBE`); :meth:`call` runs forward / encode / decode on a batch (under :func:`run_limits`).
     Errors a user can cause raise :class:`UserInputError` naming ``filename``.
     """
 
-    def __init__(self, data: bytes, filename: str, idle_s: float = IDLE_S):
-        self.data, self.filename, self.idle_s = data, filename, idle_s
+    def __init__(self, data: bytes, filename: str, idle_s: float | None = None):
+        self.data, self.filename = data, filename
+        self.idle_s = IDLE_S if idle_s is None else idle_s
         self.operators: list[str] = []
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
@@ -281,6 +293,7 @@ class ModelWorker:
         self._cpu_used = 0.0
         self._last = time.monotonic()
         self._timer: threading.Timer | None = None
+        self._run_limits = run_limits()
 
     # -- public
     def open(self) -> dict:
@@ -292,9 +305,11 @@ class ModelWorker:
         self._arm_idle_timer()
         return _checked_probe(header)
 
-    def call(self, method: str, x: np.ndarray, jacobian: bool = False, limits: Limits = RUN) -> list[np.ndarray]:
+    def call(self, method: str, x: np.ndarray, jacobian: bool = False,
+             limits: Limits | None = None) -> list[np.ndarray]:
         """``[output]`` (or ``[output, per-row Jacobian]``) of ``method`` on the rows of ``x``."""
         x = np.ascontiguousarray(x)
+        limits = limits or self._run_limits
         with self._lock:
             if self._proc is None or self._proc.poll() is not None or self._cpu_used + limits.cpu_s > CPU_BUDGET_S:
                 self._stop()
@@ -340,9 +355,9 @@ class ModelWorker:
         fd = _seccomp_fd()
         self._stderr = tempfile.TemporaryFile()
         try:
-            self._proc = subprocess.Popen(command(fd, max(PROBE.memory, RUN.memory)), stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=self._stderr, pass_fds=(fd,),
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(command(fd, max(PROBE.memory, self._run_limits.memory)),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                          pass_fds=(fd,), start_new_session=True)
         except OSError as exc:
             raise SandboxUnavailable(_admin_message(f"bwrap could not be started ({exc.strerror})")) from exc
         finally:
@@ -388,17 +403,24 @@ class ModelWorker:
                 pass
         return status
 
-    def _arm_idle_timer(self) -> None:
-        self._last = time.monotonic()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(self.idle_s, self._stop_if_idle)
+    def _arm_idle_timer(self, delay: float | None = None) -> None:
+        """Note the last use; one timer at a time checks for idleness (not one per call)."""
+        if delay is None:
+            self._last = time.monotonic()
+            if self._timer is not None and self._timer.is_alive():
+                return
+        self._timer = threading.Timer(self.idle_s if delay is None else delay, self._stop_if_idle)
         self._timer.daemon = True
         self._timer.start()
 
     def _stop_if_idle(self) -> None:
         with self._lock:
-            if time.monotonic() - self._last >= self.idle_s:
+            if self._proc is None:
+                return
+            idle = time.monotonic() - self._last
+            if idle < self.idle_s:
+                self._arm_idle_timer(self.idle_s - idle)
+            else:
                 self._stop()
 
     # -- requests
@@ -407,7 +429,7 @@ class ModelWorker:
         self._pipe.deadline = time.monotonic() + limits.wall_s
         try:
             self._pipe.write_all(sandbox_protocol.encode(header, arrays))
-            reply, out = sandbox_protocol.read_message(self._pipe.read_exact, limits.memory)
+            reply, out = sandbox_protocol.read_message(self._pipe.read_exact, min(limits.memory, REPLY_BYTES))
         except _Stopped as stop:
             status = self._stop()
             raise UserInputError(self._death_message(what, limits, stop.timed_out, status)) from None

@@ -1,9 +1,10 @@
 """The process inside the sandbox: loads one uploaded TorchScript model and runs its methods.
 
 Started by :mod:`analysis.models.sandbox` as ``python -I -B sandbox_worker.py`` inside bubblewrap,
-with this folder bound read-only; it imports only the standard library, numpy, torch and its two
-neighbours (``sandbox_protocol``, ``graph_check``), never the ``analysis`` package. Requests come
-on stdin, replies go out on what was stdout; the model's own output (C++ prints) goes to stderr.
+with this file and its two neighbours bound read-only at /replens. It imports only the standard
+library, numpy, torch and those neighbours (``sandbox_protocol``, ``graph_check``), never the
+``analysis`` package. Requests come on stdin, replies go out on what was stdout; the model's own
+output (C++ prints) goes to stderr.
 
 Order of events:
 1. drop to the unprivileged user when started as root (``--drop-to``), then fix the hard limits;
@@ -32,6 +33,7 @@ OPEN_FILES_LIMIT = 256
 TASKS_LIMIT = 512
 PROBE_WIDTHS = (64, 3, 16, 2, 8, 32, 128, 256, 512, 768, 784, 1024, 2048, 3072, 4096)
 METHODS = ("forward", "encode", "decode")
+SUBMODULES = {"encode": "encoder", "decode": "decoder"}
 
 
 def drop_privileges(uid: int) -> None:
@@ -165,18 +167,18 @@ class Worker:
 
     # -- the model's methods
     def method(self, name: str):
+        """forward, or encode / decode: the ``encoder`` / ``decoder`` submodule when there is one,
+        else the exported method."""
         if name not in METHODS:
             raise RuntimeError(f"unknown method {name!r}")
         if name == "forward":
             return self.module
-        sub = getattr(self.module, name + "r", None)  # encoder / decoder submodules
-        if isinstance(sub, torch.nn.Module):
-            return sub
-        return getattr(self.module, name)
+        sub = getattr(self.module, SUBMODULES[name], None)
+        return sub if isinstance(sub, torch.nn.Module) else getattr(self.module, name)
 
     def has_latent_parts(self) -> bool:
         m = self.module
-        submodules = all(isinstance(getattr(m, n, None), torch.nn.Module) for n in ("encoder", "decoder"))
+        submodules = all(isinstance(getattr(m, n, None), torch.nn.Module) for n in SUBMODULES.values())
         return submodules or all(n in m._c._method_names() for n in ("encode", "decode"))
 
     def probe(self) -> dict:
