@@ -242,6 +242,25 @@ def test_a_worker_killed_mid_call_is_restarted_with_a_clear_error():
         np.testing.assert_allclose(out.numpy(), net(torch.from_numpy(x)).numpy(), atol=1e-6)
 
 
+def test_calls_from_several_threads_are_serialised_and_each_gets_its_own_rows():
+    net = H.mlp(2)
+    m = models.load(models.upload(H.save(net), "mlp.pt"))
+    inputs = [torch.full((3 + i, 64), float(i)) for i in range(6)]
+    outputs = [None] * len(inputs)
+
+    def run(i):
+        outputs[i] = m.run(models.Batch(inputs[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    with torch.no_grad():
+        for x, out in zip(inputs, outputs):
+            np.testing.assert_allclose(out.numpy(), net(x).numpy(), atol=1e-6)
+
+
 def test_idle_worker_stops_and_comes_back(monkeypatch):
     monkeypatch.setattr(sandbox, "IDLE_S", 1.0)
     net = H.mlp(1)
