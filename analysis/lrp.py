@@ -451,12 +451,12 @@ def _unwrap(model):
     from .models.base import Model
 
     if isinstance(model, Model):
-        if model.module is None:
-            raise UserInputError(f"{model.ref} holds precomputed embeddings: there is no network to explain. "
-                                 "LRP needs a zoo model, a transformers model or safetensors weights.")
         if getattr(model, "scripted", False):
             raise UserInputError(f"{model.ref} is TorchScript: its operations cannot be re-routed through LRP "
                                  "rules. Upload safetensors weights of a zoo architecture instead.")
+        if model.module is None:
+            raise UserInputError(f"{model.ref} holds precomputed embeddings: there is no network to explain. "
+                                 "LRP needs a zoo model, a transformers model or safetensors weights.")
         return model.module, model
     import torch
 

@@ -24,6 +24,7 @@ from analysis import data, models, tabular
 from analysis.errors import UserInputError
 from analysis.store import Store
 from conftest import PickleExploit
+from tests import hostile_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_MB = 1  # $REPLENS_MAX_UPLOAD_MB for these tests: the over-size and zip-bomb files stay small
@@ -137,6 +138,10 @@ def catalog(marker: Path) -> list[tuple[str, str, str, bytes, str]]:
         ("raw pickle as .pth", "model", "model.pth", pickle.dumps(PickleExploit(marker)), "not a TorchScript file"),
         ("TorchScript archive with a hostile data.pkl", "model", "scripted.pt",
          _torchscript_with_evil_pickle(marker), "not a TorchScript file"),
+        ("TorchScript that creates a file (aten::from_file, shared)", "model", "maps.pt",
+         hostile_scripts.save(hostile_scripts.WriteFile(str(marker))), "uses the operator `aten::from_file`"),
+        ("TorchScript that prints", "model", "prints.pt", hostile_scripts.save(hostile_scripts.Prints()),
+         "uses the operator `prim::Print`"),
         ("pickled object array (.npy)", "both", "arr.npy",
          _npy(np.array([PickleExploit(marker)] * 3, dtype=object), allow_pickle=True), "never unpickles"),
         ("pickled member in .npz", "both", "arr.npz", _pickle_npz(marker), "never unpickles"),
@@ -234,7 +239,7 @@ def test_every_hostile_file_is_refused_by_the_library(path, tmp_path, isolated_s
 def test_catalog_size():
     """The report quotes this number: the distinct hostile inputs tried."""
     cases = catalog(Path("/nonexistent"))
-    assert len({c[0] for c in cases}) == len(cases) >= 42
+    assert len({c[0] for c in cases}) == len(cases) >= 44
 
 
 def test_path_like_upload_name_stays_in_the_store(isolated_store, tmp_path):
@@ -295,6 +300,20 @@ def test_upload_panel_shows_one_message_per_hostile_file_and_stays_usable(path, 
     at.run()
     assert not at.exception and not at.error
     assert len(Store(isolated_store).blobs()) == 1
+
+
+def test_upload_panel_says_why_code_uploads_are_off(monkeypatch, isolated_store):
+    """On a shared server TorchScript is refused by default, and the message names the setting."""
+    monkeypatch.setenv("REPLENS_SHARED_SERVER", "1")
+    at = _panel()
+    next(u for u in at.sidebar.get("file_uploader") if u.key == "upload_model").upload(
+        "mlp.pt", hostile_scripts.save(hostile_scripts.mlp()))
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "does not run uploaded programs" in errors[0], errors
+    assert "REPLENS_CODE_UPLOADS=on" in errors[0]
+    assert_store_clean(isolated_store)
 
 
 APP = str(ROOT / "app.py")

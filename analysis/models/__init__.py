@@ -92,7 +92,22 @@ def _build(data: bytes, filename: str, ref: str, sha: str) -> Model:
         return from_safetensors(data, ref, filename, sha)
     if kind == "embeddings":
         return EmbeddingsModel(parse_embeddings(data, filename), ref, filename, sha)
+    _require_code_uploads(filename)
     return from_torchscript(data, ref, filename, sha)
+
+
+def _require_code_uploads(filename: str) -> None:
+    """TorchScript is a program: refused unless the server accepts code uploads (they then run in a
+    sandbox, see analysis.models.sandbox)."""
+    from .. import settings
+
+    if not settings.code_uploads():
+        default = ", the default on a shared server" if settings.shared_server() else ""
+        raise UserInputError(
+            f"{filename}: TorchScript files are programs, and this server does not run uploaded programs "
+            f"({settings.CODE_UPLOADS_ENV} is off{default}). "
+            "Upload safetensors weights of a zoo architecture or an embeddings file instead, or ask the "
+            f"server's admin to set {settings.CODE_UPLOADS_ENV}=on (uploaded TorchScript then runs in a sandbox).")
 
 
 def upload(data: bytes, filename: str, store=None) -> str:

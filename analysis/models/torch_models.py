@@ -1,9 +1,11 @@
 """Models backed by a torch module reading numeric inputs: zoo checkpoints, uploaded safetensors
-weights of a zoo architecture, and uploaded TorchScript files."""
+weights of a zoo architecture, and uploaded TorchScript files (run in a sandbox, see
+:class:`SandboxedScriptModel`)."""
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -13,29 +15,8 @@ from ..errors import UserInputError
 from .base import Model, as_tensor_batches, forward_order
 
 
-class TorchModel(Model):
-    """A module that maps (n, d) float inputs to outputs; layers are its non-reshape leaf modules."""
-
-    def __init__(self, module, ref: str, name: str, kind: str, architecture: str, sha256: str,
-                 n_inputs: int | None, info: dict | None = None, hookable: bool = True):
-        super().__init__()
-        import torch
-
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        self.module, self.ref, self.name, self.kind = module, ref, name, kind
-        self.architecture, self.sha256, self.n_inputs = architecture, sha256, n_inputs
-        self.info = dict(info or {})
-        self.input_kind = "image" if n_inputs == 64 else "vector"
-        self.scripted = not hookable
-        if hookable:
-            leaves = [n for n, m in module.named_modules()
-                      if n and not list(m.children()) and not isinstance(m, zoo.RESHAPE_TYPES)]
-            example = torch.zeros(2, n_inputs) if n_inputs else None
-            self.layers = forward_order(module, example, leaves) if example is not None else leaves
-        else:
-            self.layers = ["output"]
+class NumericInputModel(Model):
+    """A model that reads (n, d) float rows; ``n_inputs`` is d when known."""
 
     def check_data(self, ds) -> None:
         if ds.kind == "text":
@@ -49,12 +30,30 @@ class TorchModel(Model):
     def batches(self, ds, batch_size, device):
         return as_tensor_batches(np.asarray(ds.inputs, dtype=np.float32), batch_size, device)
 
-    def hookable(self) -> dict:
-        return {} if self.scripted else super().hookable()
+
+class TorchModel(NumericInputModel):
+    """A module that maps (n, d) float inputs to outputs; layers are its non-reshape leaf modules."""
+
+    def __init__(self, module, ref: str, name: str, kind: str, architecture: str, sha256: str,
+                 n_inputs: int | None, info: dict | None = None):
+        super().__init__()
+        import torch
+
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self.module, self.ref, self.name, self.kind = module, ref, name, kind
+        self.architecture, self.sha256, self.n_inputs = architecture, sha256, n_inputs
+        self.info = dict(info or {})
+        self.input_kind = "image" if n_inputs == 64 else "vector"
+        leaves = [n for n, m in module.named_modules()
+                  if n and not list(m.children()) and not isinstance(m, zoo.RESHAPE_TYPES)]
+        example = torch.zeros(2, n_inputs) if n_inputs else None
+        self.layers = forward_order(module, example, leaves) if example is not None else leaves
 
     def _latent_parts(self):
         """(encode, decode) callables: ``encoder``/``decoder`` submodules, else ``encode``/``decode``
-        methods (TorchScript exports them with @torch.jit.export); None when there are neither."""
+        methods; None when there are neither."""
         return latent_parts(self.module)
 
     @property
@@ -165,45 +164,112 @@ def _safetensors_metadata(data: bytes) -> dict:
         return {}
 
 
-def from_torchscript(data: bytes, ref: str, filename: str, sha: str) -> TorchModel:
-    """A TorchScript archive (torch.jit.save). jit.load executes no pickled Python code."""
-    import io
+# --------------------------------------------------------------------------- TorchScript, sandboxed
+class SandboxedScriptModel(NumericInputModel):
+    """An uploaded TorchScript model that runs only inside its sandboxed worker
+    (:class:`analysis.models.sandbox.ModelWorker`): ``run``, ``encode`` and ``decode`` send the
+    batch there as an array and bring back the output as an array, on the batch's device.
 
+    Its submodules cannot take forward hooks, so ``output`` is its one layer (``scripted``). Under
+    autograd (the vector field's Jacobians), ``encode`` / ``decode`` bring back each row's Jacobian
+    as well and backpropagate through it (:func:`_sandboxed_map`)."""
+
+    scripted = True
+
+    def __init__(self, worker, probe: dict, ref: str, filename: str, sha256: str):
+        super().__init__()
+        self.worker, self.ref, self.name, self.sha256 = worker, ref, filename, sha256
+        self.n_inputs = probe["n_inputs"]
+        self.input_kind = "image" if self.n_inputs == 64 else "vector"
+        self.latent_shape = probe["latent_shape"]
+        out = probe["output_shape"] or []
+        if self.latent_shape is not None:
+            self.kind = "autoencoder"
+        elif len(out) == 1 and 2 <= out[0] <= 1000 and out[0] != self.n_inputs:
+            self.kind = "classifier"
+        else:
+            self.kind = "encoder"
+        self.architecture = "TorchScript (run in a sandbox)"
+        self.info = {"file": filename}
+        self.layers = ["output"]
+        self._parameters = probe["parameters"]
+        weakref.finalize(self, worker.close)  # the worker goes when the model is dropped
+
+    def num_parameters(self) -> int:
+        return self._parameters
+
+    def run(self, batch):
+        return self._apply("forward", batch.inputs)
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self.latent_shape is not None
+
+    def encode(self, x):
+        return self._apply("encode", x) if self.is_autoencoder else super().encode(x)
+
+    def decode(self, z):
+        return self._apply("decode", z) if self.is_autoencoder else super().decode(z)
+
+    def _apply(self, method: str, x):
+        import torch
+
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _sandboxed_map().apply(x, self.worker, method)[0]
+        (out,) = self.worker.call(method, _as_array(x))
+        return torch.from_numpy(out).to(x.device)
+
+
+def _as_array(x) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+@lru_cache(maxsize=1)
+def _sandboxed_map():
+    """The autograd Function, built on first use (importing analysis must not import torch)."""
     import torch
 
+    class SandboxedMap(torch.autograd.Function):
+        """y = method(x) in the sandbox with its per-row Jacobian J (n, outputs, inputs); the
+        backward pass is g -> g J, written in torch operations so ``torch.func`` transforms
+        (``jacrev`` over it, vmap over the cotangents) work through it."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x, worker, method):
+            out, jac = worker.call(method, _as_array(x), jacobian=True)
+            return (torch.from_numpy(out).to(x.device, x.dtype),
+                    torch.from_numpy(jac).to(x.device, x.dtype))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.mark_non_differentiable(output[1])
+            ctx.save_for_backward(output[1])
+            ctx.in_shape = inputs[0].shape
+
+        @staticmethod
+        def backward(ctx, grad, _grad_jac):
+            (jac,) = ctx.saved_tensors
+            g = torch.einsum("no,noi->ni", grad.reshape(grad.shape[0], -1), jac)
+            return g.reshape(ctx.in_shape), None, None
+
+    return SandboxedMap
+
+
+def from_torchscript(data: bytes, ref: str, filename: str, sha: str) -> SandboxedScriptModel:
+    """A TorchScript archive (torch.jit.save), loaded, checked and probed in a sandboxed worker:
+    the server never loads it itself (loading runs the file's ``__setstate__`` code)."""
+    from .sandbox import ModelWorker
+
+    worker = ModelWorker(data, filename)
     try:
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    except Exception as exc:  # jit.load raises RuntimeError and others for non-TorchScript files
-        raise UserInputError(
-            f"{filename} is not a TorchScript file ({type(exc).__name__}). Save models with "
-            "torch.jit.save(torch.jit.trace(model, example), path); plain torch.save pickles are refused."
-        ) from exc
-    n_inputs = _probe_inputs(module)
-    if n_inputs is None:
+        probe = worker.open()
+    except BaseException:
+        worker.close()
+        raise
+    if probe["n_inputs"] is None:
+        worker.close()
         raise UserInputError(f"{filename}: the TorchScript model did not run on (n, d) float inputs for "
                              "any d in 2..4096 tried; RepLens feeds numeric rows of the dataset.")
-    kind = "autoencoder" if latent_parts(module) else ("classifier" if _out_dim(module, n_inputs) else "encoder")
-    return TorchModel(module, ref, filename, kind,
-                      f"TorchScript ({type(module).__name__})", sha, n_inputs, {"file": filename},
-                      hookable=False)
-
-
-def _probe_inputs(module) -> int | None:
-    import torch
-
-    for d in (64, 3, 16, 2, 8, 32, 128, 256, 512, 768, 784, 1024, 2048, 3072, 4096):
-        try:
-            with torch.no_grad():
-                module(torch.zeros(2, d))
-            return d
-        except Exception:
-            continue
-    return None
-
-
-def _out_dim(module, d: int) -> bool:
-    import torch
-
-    with torch.no_grad():
-        out = module(torch.zeros(2, d))
-    return isinstance(out, torch.Tensor) and out.ndim == 2 and 2 <= out.shape[1] <= 1000 and d != out.shape[1]
+    return SandboxedScriptModel(worker, probe, ref, filename, sha)
