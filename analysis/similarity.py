@@ -1043,8 +1043,9 @@ class Calibration:
                 f"permutations; calibrated {self.score:.3f}, p = {self.p_value:.3g})")
 
 
-def _calibration(measure: str, value: float, null: np.ndarray, n: int, seed: int, top: float,
-                 higher_is_more_similar: bool = True) -> Calibration:
+def calibration_from_null(measure: str, value: float, null: np.ndarray, n: int, seed: int, top: float,
+                          higher_is_more_similar: bool = True) -> Calibration:
+    """A :class:`Calibration` from a value and its permutation null (any similarity, e.g. the LFM's)."""
     null = np.asarray(null, dtype=float)
     mean = float(np.mean(null))
     std = float(np.std(null, ddof=1)) if null.size > 1 else float("nan")
@@ -1076,8 +1077,8 @@ def calibrated(x, y, measure: str = "linear_cka", n_perm: int = 200, seed: int =
         hit = {"value": np.asarray(value), "null": null}
         if use_cache:
             store.put(key, hit, {"measure": measure, "n_perm": int(n_perm)}, kind="similarity")
-    return _calibration(measure, float(hit["value"]), hit["null"], len(x), seed, m.value_range[1],
-                        m.higher_is_more_similar)
+    return calibration_from_null(measure, float(hit["value"]), hit["null"], len(x), seed, m.value_range[1],
+                                 m.higher_is_more_similar)
 
 
 @dataclass
