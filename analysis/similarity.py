@@ -1283,6 +1283,20 @@ def _stage(progress):
     return (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
 
 
+def _layer_job(kind: str, model_a, model_b, ds, measure: str, layers_a, layers_b, pooling: str, params, **extra):
+    """(the measure, its full parameters, both layer lists, the result-store key) of a layer-by-layer job
+    keyed by the model hashes, the data hash, the measure and parameters, the layers and the pooling."""
+    from .store import make_key
+
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    layers_a = list(model_a.layers if layers_a is None else layers_a)
+    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    key = make_key(kind, a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure, params=params,
+                   layers_a=layers_a, layers_b=layers_b, pooling=pooling, v=CACHE_VERSION, **extra)
+    return m, params, layers_a, layers_b, key
+
+
 def _layer_activations(model_a, model_b, ds, layers_a, layers_b, pooling, measure, batch_size, device, stage):
     """Both models' pooled activations, refused before the models run when the matrix would not fit
     (the activations alone can be most of the time)."""
@@ -1301,16 +1315,11 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
     (model hashes, data hash, measure and parameters, layers, pooling, batch size)."""
     import pandas as pd
 
-    from .store import default_store, make_key
+    from .store import default_store
 
-    m = measure_info(measure)
-    params = {**m.params, **params}
-    layers_a = list(model_a.layers if layers_a is None else layers_a)
-    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    m, params, layers_a, layers_b, key = _layer_job("similarity", model_a, model_b, ds, measure, layers_a, layers_b,
+                                                    pooling, params, batch_size=batch_size)
     store = store or default_store()
-    key = make_key("similarity", a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure,
-                   params=params, layers_a=layers_a, layers_b=layers_b, pooling=pooling, batch_size=batch_size,
-                   v=CACHE_VERSION)
     hit = store.get(key)
     if hit is not None:
         meta = store.meta(key) or {}
@@ -1340,16 +1349,11 @@ def layer_calibration(model_a, model_b, ds, measure: str = "linear_cka", n_perm:
     """:func:`calibrated_matrix` for two models on a dataset (the heatmap's calibrated colour scale
     and each cell's null), cached in the result store like :func:`layer_similarity`. It calibrates
     the full-batch estimator; :func:`calibration_seconds` estimates its cost beforehand."""
-    from .store import default_store, make_key
+    from .store import default_store
 
-    m = measure_info(measure)
-    params = {**m.params, **params}
-    layers_a = list(model_a.layers if layers_a is None else layers_a)
-    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    m, params, layers_a, layers_b, key = _layer_job("similarity_calibration", model_a, model_b, ds, measure, layers_a,
+                                                    layers_b, pooling, params, n_perm=int(n_perm), seed=int(seed))
     store = store or default_store()
-    key = make_key("similarity_calibration", a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure,
-                   params=params, layers_a=layers_a, layers_b=layers_b, pooling=pooling, n_perm=int(n_perm),
-                   seed=int(seed), v=CACHE_VERSION)
     hit = store.get(key)
     if hit is not None:
         if progress:

@@ -265,3 +265,20 @@ def test_calibration_cost_estimate_grows_with_permutations():
 def test_calibration_refuses_no_permutations():
     with pytest.raises(UserInputError, match="at least one permutation"):
         S.calibrated(X, Y, n_perm=0)
+
+
+def test_layer_calibration_of_two_models_is_cached_and_matches_the_heatmap():
+    """The heatmap's calibrated colour scale: values equal layer_similarity's, the second call is a
+    store lookup, and two seeds of one architecture are far above chance everywhere."""
+    from analysis import data, models
+
+    ds = data.load("digits", n=150)
+    a, b = models.load("zoo:mlp-s0"), models.load("zoo:mlp-s1")
+    cal = S.layer_calibration(a, b, ds, "linear_cka", n_perm=20, seed=0)
+    assert not cal.cached
+    np.testing.assert_allclose(cal.value.to_numpy(), S.layer_similarity(a, b, ds, "linear_cka").to_numpy(), atol=1e-12)
+    again = S.layer_calibration(a, b, ds, "linear_cka", n_perm=20, seed=0)
+    assert again.cached
+    np.testing.assert_array_equal(again.score.to_numpy(), cal.score.to_numpy())  # the stored null, read back
+    assert (cal.score.to_numpy() > 0.3).all() and (cal.p_value.to_numpy() == 1 / 21).all()
+    assert (cal.null_mean.to_numpy() < cal.value.to_numpy()).all()
