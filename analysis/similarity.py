@@ -1164,7 +1164,18 @@ def _calibrated_gram_matrix(a, b, measure, params, perms, dev, say):
 
 
 def _calibrated_pairwise_matrix(a, b, m, params, perms, dev, say):
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
     n = next(iter(a.values())).shape[0]
+    widest = max(x.shape[1] for x in list(a.values()) + list(b.values()))
+    # thousands of small products and SVDs: BLAS threads cost more than they give (3.5x slower at 128 wide)
+    with threadpool_limits(1, user_api="blas") if widest <= 256 else contextlib.nullcontext():
+        return _pairwise_null(a, b, m, params, perms, dev, say, n)
+
+
+def _pairwise_null(a, b, m, params, perms, dev, say, n):
     st = _statistic(m, params, n, dev)
     sa, sb = [st.of(x) for x in a.values()], [st.of(y) for y in b.values()]
     value = np.array([[st.pair(s, t) for t in sb] for s in sa], dtype=float).reshape(len(sa), len(sb))
@@ -1463,15 +1474,14 @@ def calibration_seconds(n: int, dims_a: list[int], dims_b: list[int], measure: s
     computed): the matrix itself, then per permutation the pairs from permuted statistics."""
     m = measure_info(measure)
     la, lb = len(dims_a), len(dims_b)
-    dims = list(dims_a) + list(dims_b)
+    pairs = [(p, q) for p in dims_a for q in dims_b]
     if m.family == "cka" and 8.0 * n * n * (la + 2 * lb) <= GRAM_MEMORY_BYTES:
-        per = 2 * la * lb * n * n + 10 * lb * n * n  # one product of stacked Grams, the permuted copy
+        per = 2 * la * lb * n * n + 40 * lb * n * n  # one product of stacked Grams; the permuted copy (memory-bound)
     elif m.family == "cka":
-        per = la * lb * 2 * n * max(dims) ** 2  # the feature form per pair
-    elif m.family == "cca":
-        per = la * lb * (2 * n * min(dims) ** 2 + 10 * min(dims) ** 3)
-    elif m.family == "procrustes":
-        per = la * lb * (2 * n * max(dims) ** 2 + 10 * max(dims) ** 3)
+        per = sum(2 * n * p * q for p, q in pairs)  # the feature form per pair
+    elif m.family in ("cca", "procrustes"):  # a product of two bases (or layers) and its SVD per pair
+        k = (lambda p: min(n, p)) if m.family == "cca" else (lambda p: p)
+        per = sum(2 * n * k(p) * k(q) + 10 * min(k(p), k(q)) ** 3 for p, q in pairs)
     elif m.family == "rsa":
         per = (lb * 10 + la * lb) * n * n / 2
     else:
