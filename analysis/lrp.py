@@ -22,6 +22,14 @@ One backward pass gives the relevance at the input and at any layer.
 
 captum's LRP is correct on plain ReLU MLPs and CNNs and is offered there (``backend="captum"``)
 as the cross-check; it runs on a deep copy because it rewrites weights and attaches hooks.
+
+The rules and composites follow zennit 0.5 (the reference LRP implementation), checked against it
+numerically: ``epsilon-gamma-box`` is zennit's EpsilonGammaBox, whose box rule applies to a first
+*convolution* only (on an MLP every dense layer gets epsilon; rule ``box`` puts the box rule on a
+first dense layer). ``bias`` chooses whether biases enter the rules' denominators: True is zennit's
+default (``zero_params=None``), False its ``zero_params="bias"`` (see :data:`BIAS_CONVENTIONS`).
+The epsilon also stabilises the other rules' denominators (zennit's ``stabilizer``; both default to
+1e-6).
 """
 from __future__ import annotations
 
@@ -47,9 +55,22 @@ DESCRIPTIONS = {
     "w2": "w^2 rule on the first layer, epsilon above",
     "box": "z^B box rule on the first layer (inputs in [low, high]), epsilon above",
     "epsilon-plus-flat": "zennit's EpsilonPlusFlat: flat on the first layer, z+ on convolutions, epsilon on dense layers",
-    "epsilon-gamma-box": "zennit's EpsilonGammaBox: box on the first layer, gamma on convolutions, epsilon on dense layers",
+    "epsilon-gamma-box": "zennit's EpsilonGammaBox: box on the first layer if it is a convolution, gamma on "
+                         "convolutions, epsilon on dense layers (on an MLP: epsilon everywhere; rule 'box' puts the "
+                         "box rule on a first dense layer)",
 }
+# Whether biases enter the rules' denominators (``bias=`` of attribute), in words for the page.
+BIAS_CONVENTIONS = {
+    True: "Biases take part in the rules (zennit's default): the relevance a bias takes is not passed down, so "
+          "the input relevance sums to the explained output minus what the biases took.",
+    False: "Biases are left out of the rules' denominators (zennit's zero_params='bias'; captum's z+): each layer "
+           "passes on all the relevance it receives, so the input relevance sums to the explained output.",
+}
+# The rules a bias changes: epsilon and gamma (their denominators), z+, alpha-beta and w^2. Flat never
+# uses biases, and in the box rule they cancel.
+BIAS_RULES = ("epsilon", "gamma", "zplus", "alpha-beta", "w2")
 TARGETS = ("predicted", "true", "class")
+LRP_CACHE_VERSION = 2  # 2: zennit's conventions (biases in z+, alpha-beta, w^2; EpsilonGammaBox's first conv)
 
 
 # --------------------------------------------------------------------------- results
@@ -64,6 +85,7 @@ class Attribution:
     layer_relevance : relevance at ``layer`` (None without a layer).
     target : the class explained per row (classifiers), else None.
     tokens, mask : text inputs: the tokens of each row and which are real (not padding).
+    description : the rules and the bias convention used, in words (:attr:`RuleSet.description`).
     """
 
     relevance: np.ndarray
@@ -76,6 +98,7 @@ class Attribution:
     tokens: list[list[str]] | None = None
     mask: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    description: str = ""
 
     @property
     def relevance_sum(self) -> np.ndarray:
@@ -107,19 +130,34 @@ class RuleSet:
     beta: float = 1.0
     low: float = 0.0
     high: float = 1.0
+    bias: bool = True  # biases in the rules' denominators (zennit's default)
+    first_conv_only: bool = False  # the first-layer rule only if that layer is a convolution (EpsilonGammaBox)
 
     def for_layer(self, is_conv: bool, is_first: bool) -> str:
-        if is_first:
+        if is_first and (is_conv or not self.first_conv_only):
             return self.first
         return self.conv if is_conv else self.dense
 
+    @property
+    def bias_convention(self) -> str:
+        """Which bias convention was used, in words (for the page), or that it does not matter."""
+        if not {self.first, self.conv, self.dense} & set(BIAS_RULES):
+            return "Biases play no part in these rules (flat ignores them; in the box rule they cancel)."
+        return BIAS_CONVENTIONS[self.bias]
+
+    @property
+    def description(self) -> str:
+        return f"{DESCRIPTIONS.get(self.name, self.name)}. {self.bias_convention}"
+
 
 def rule_set(rule: str = "epsilon", composite: str | None = None, epsilon: float = 1e-6, gamma: float = 0.25,
-             alpha: float = 2.0, beta: float = 1.0, low: float = 0.0, high: float = 1.0) -> RuleSet:
-    """Resolve a rule name or a composite into the rule of each kind of layer."""
+             alpha: float = 2.0, beta: float = 1.0, low: float = 0.0, high: float = 1.0, bias: bool = True) -> RuleSet:
+    """Resolve a rule name or a composite into the rule of each kind of layer. ``bias``: biases enter
+    the rules' denominators (zennit's default) or not (see :data:`BIAS_CONVENTIONS`)."""
     if composite in (None, "", "none") and rule in COMPOSITES:
         composite = rule
     if composite not in (None, "", "none"):
+        first_conv_only = composite == "epsilon-gamma-box"  # zennit: the box rule is for a first convolution
         if composite == "epsilon-plus-flat":
             first, conv, dense = "flat", "zplus", "epsilon"
         elif composite == "epsilon-gamma-box":
@@ -131,7 +169,7 @@ def rule_set(rule: str = "epsilon", composite: str | None = None, epsilon: float
         if rule not in RULES:
             raise UserInputError(f"Unknown LRP rule {rule!r}; use one of {', '.join(RULES + COMPOSITES)}.")
         upper = "epsilon" if rule in FIRST_LAYER_RULES else rule
-        first, conv, dense, name = rule, upper, upper, rule
+        first, conv, dense, name, first_conv_only = rule, upper, upper, rule, False
     if not epsilon >= 0 or not gamma >= 0:
         raise UserInputError("epsilon and gamma must be non-negative.")
     if abs((alpha - beta) - 1) > 1e-9:
@@ -139,7 +177,7 @@ def rule_set(rule: str = "epsilon", composite: str | None = None, epsilon: float
     if not high > low:
         raise UserInputError(f"The box rule needs low < high (got [{low}, {high}]).")
     return RuleSet(name, first, conv, dense, float(epsilon), float(gamma), float(alpha), float(beta),
-                   float(low), float(high))
+                   float(low), float(high), bool(bias), first_conv_only)
 
 
 # --------------------------------------------------------------------------- rule backward passes
@@ -172,15 +210,18 @@ def _rule_backward(rule: str, rs: RuleSet, op: _Op, a, w, b, z, g):
     rule's input relevance; first-layer rules return that relevance directly instead."""
     relevance = z * g
     eps = rs.epsilon
+    bias = b if rs.bias else None  # zennit's zero_params="bias" when False
     if rule == "epsilon":
-        return op.vjp(a.shape, w, relevance / _stabilize(z, eps)), None
+        denominator = z if bias is not None or b is None else op.fwd(a, w)
+        return op.vjp(a.shape, w, relevance / _stabilize(denominator, eps)), None
     ap, an = a.clamp(min=0), a.clamp(max=0)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
+    bp_, bn_ = (None, None) if bias is None else (bias.clamp(min=0), bias.clamp(max=0))
     if rule == "gamma":
         # zennit's sign-aware gamma: amplify the contributions that share the output's sign
         wg_p, wg_n = w + rs.gamma * wp, w + rs.gamma * wn
-        bp = None if b is None else b + rs.gamma * b.clamp(min=0)
-        bn = None if b is None else b + rs.gamma * b.clamp(max=0)
+        bp = None if bias is None else bias + rs.gamma * bp_
+        bn = None if bias is None else bias + rs.gamma * bn_
         pos = z > 0
         z_pos = op.fwd(ap, wg_p, bp) + op.fwd(an, wg_n)
         z_neg = op.fwd(ap, wg_n, bn) + op.fwd(an, wg_p)
@@ -192,11 +233,11 @@ def _rule_backward(rule: str, rs: RuleSet, op: _Op, a, w, b, z, g):
         return _import_torch().where(a > 0, grad_if_pos, grad_if_neg), None
     if rule in ("zplus", "alpha-beta"):
         alpha, beta = (1.0, 0.0) if rule == "zplus" else (rs.alpha, rs.beta)
-        z_pos = op.fwd(ap, wp) + op.fwd(an, wn)
+        z_pos = op.fwd(ap, wp, bp_) + op.fwd(an, wn)
         s_pos = alpha * relevance / _stabilize(z_pos, eps)
         grad_if_pos, grad_if_neg = op.vjp(a.shape, wp, s_pos), op.vjp(a.shape, wn, s_pos)
         if beta:
-            z_neg = op.fwd(ap, wn) + op.fwd(an, wp)
+            z_neg = op.fwd(ap, wn, bn_) + op.fwd(an, wp)
             s_neg = _import_torch().where(z_neg != 0, beta * relevance / _stabilize(z_neg, eps), 0.0)
             grad_if_pos = grad_if_pos - op.vjp(a.shape, wn, s_neg)
             grad_if_neg = grad_if_neg - op.vjp(a.shape, wp, s_neg)
@@ -205,7 +246,8 @@ def _rule_backward(rule: str, rs: RuleSet, op: _Op, a, w, b, z, g):
     ones = torch.ones_like(a)
     if rule in ("flat", "w2"):
         m = torch.ones_like(w) if rule == "flat" else w * w
-        s = relevance / _stabilize(op.fwd(ones, m), eps)
+        mb = None if rule == "flat" or bias is None else bias * bias  # zennit's w^2 squares the bias too
+        s = relevance / _stabilize(op.fwd(ones, m, mb), eps)
         return torch.zeros_like(a), op.vjp(a.shape, m, s)
     if rule == "box":
         low, high = rs.low * ones, rs.high * ones
@@ -263,7 +305,7 @@ def _functions():
             return g * y / _stabilize(x, 1e-12), None
 
     class Pooling(torch.autograd.Function):
-        """Pooling (average or max) under the epsilon rule, as captum treats it."""
+        """Average pooling under the epsilon rule (zennit's Norm rule)."""
 
         @staticmethod
         def forward(ctx, a, op, eps):
@@ -316,9 +358,10 @@ def _make_mode():
     products = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm,
                 torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
 
-    pools = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-             F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-             F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+    # Average pooling gets the epsilon rule (zennit's Norm); max pooling keeps its gradient, so the
+    # winner takes all its relevance (zennit; captum's epsilon on max pooling keeps z / (z + eps) of it).
+    pools = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+             F.adaptive_avg_pool3d}
 
     # Python-level composites: their insides run without this mode, so their rules would be silently
     # wrong (plain gradient through attention weights or normalisation statistics): refuse them.
@@ -584,7 +627,7 @@ def _hook_layer(clone, layer, taps):
 def attribute(model, inputs, target="predicted", rule: str = "epsilon", epsilon: float = 1e-6,
               gamma: float = 0.25, composite: str | None = None, layer: str | None = None, device=None,
               labels=None, backend: str = "replens", alpha: float = 2.0, beta: float = 1.0,
-              low: float = 0.0, high: float = 1.0) -> Attribution:
+              low: float = 0.0, high: float = 1.0, bias: bool = True) -> Attribution:
     """Relevance of ``inputs`` for ``target`` under an LRP rule or composite.
 
     Parameters
@@ -598,11 +641,14 @@ def attribute(model, inputs, target="predicted", rule: str = "epsilon", epsilon:
     rule, composite : one of :data:`RULES`, or a composite in :data:`COMPOSITES`.
     layer : also return the relevance at this layer (its output), from the same backward pass.
     backend : "replens" (the in-house modified backward pass) or "captum" (plain ReLU MLPs/CNNs).
+    bias : True (default, zennit's convention): biases enter the denominators of the epsilon, gamma,
+        z+, alpha-beta and w^2 rules; False: they are left out (zennit's ``zero_params="bias"``), and
+        every layer passes on all its relevance. ``Attribution.description`` says which was used.
 
     Returns an :class:`Attribution`; ``output`` is the explained score, so ``relevance_sum /
     output`` shows conservation (exactly 1 for conservative rules on bias-free models).
     """
-    rs = rule_set(rule, composite, epsilon, gamma, alpha, beta, low, high)
+    rs = rule_set(rule, composite, epsilon, gamma, alpha, beta, low, high, bias)
     if backend == "captum":
         return captum_attribute(model, inputs, target, rs, labels=labels)
     if backend != "replens":
@@ -671,7 +717,11 @@ def _attribute(model, inputs, target, rs: RuleSet | None, layer, device, labels)
             r_in = tape.input_relevance.reshape(batch["x"].shape)
         else:
             r_in = rel(batch["x"], grads[0])
-            if rs is not None and rs.first in FIRST_LAYER_RULES:
+            if rs is not None and rs.first_conv_only and tape.first_seen:
+                notes.append(f"{rs.name} applies the {rs.first} rule to a first convolution only (as zennit's "
+                             f"EpsilonGammaBox); this model starts with a dense layer, which got the {rs.dense} rule. "
+                             f"Rule '{rs.first}' puts the {rs.first} rule on a first dense layer.")
+            elif rs is not None and rs.first in FIRST_LAYER_RULES:
                 notes.append(f"No linear layer reads the inputs directly, so the {rs.first} rule was not used.")
         input_rel = r_in.detach().double().cpu().numpy()
         tokens, mask_np = None, None
@@ -683,7 +733,7 @@ def _attribute(model, inputs, target, rs: RuleSet | None, layer, device, labels)
                        input_relevance=input_rel, rule=rs.name if rs is not None else "gradient x input",
                        layer=layer, layer_relevance=layer_rel,
                        target=None if codes is None else codes.cpu().numpy(), tokens=tokens, mask=mask_np,
-                       notes=notes)
+                       notes=notes, description=rs.description if rs is not None else "gradient x input")
 
 
 # --------------------------------------------------------------------------- captum (plain ReLU nets)
@@ -699,6 +749,11 @@ def captum_supported(model, rule_or_set="epsilon") -> str | None:
     if {rs.first, rs.conv, rs.dense} - {"epsilon", "zplus"}:
         return (f"captum has no correct '{rs.name}' rule here (its gamma ignores the output's sign, and it has "
                 "no flat/w^2/box rules)")
+    rules = {rs.first, rs.conv, rs.dense}
+    if rs.bias and "zplus" in rules:
+        return "captum's z+ either leaves biases out or takes them whole, not their positive part (use bias=False)"
+    if not rs.bias and "epsilon" in rules:
+        return "captum's epsilon rule always includes the biases (use bias=True)"
     ok = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout,
           nn.Flatten, nn.Unflatten, nn.Sequential)
     for name, m in module.named_modules():
@@ -752,8 +807,11 @@ def captum_attribute(model, inputs, target="predicted", rs: RuleSet | str = "eps
     for m in net.modules():
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             m.rule = EpsilonRule(rs.epsilon) if rs.dense == "epsilon" else Alpha1_Beta0_Rule(set_bias_to_zero=True)
-        elif isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d)):
+            # (captum_supported admits bias=True with epsilon and bias=False with z+ only)
+        elif isinstance(m, (torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d)):
             m.rule = EpsilonRule(rs.epsilon)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            m.rule = EpsilonRule(1e-30)  # the winner takes all, as in the in-house path (and zennit)
     x = torch.as_tensor(np.asarray(inputs.detach() if isinstance(inputs, torch.Tensor) else inputs),
                         dtype=next(net.parameters()).dtype).clone()
     with torch.no_grad():
@@ -766,7 +824,7 @@ def captum_attribute(model, inputs, target="predicted", rs: RuleSet | str = "eps
         r = LRP(net).attribute(xr, target=tgt)
     return Attribution(relevance=r.reshape(x.shape).detach().double().numpy(), output=f.double().numpy(),
                        input_relevance=r.reshape(x.shape).detach().double().numpy(), rule=f"captum {rs.name}",
-                       target=codes.numpy())
+                       target=codes.numpy(), description=rs.description)
 
 
 def _captum_sequential(net):
@@ -999,21 +1057,22 @@ def text_faithfulness(model, sentences: list[str], relevances: dict, target: Cal
 
 def dataset_faithfulness(model, ds, target: str = "predicted", rule: str = "epsilon", epsilon: float = 1e-6,
                          gamma: float = 0.25, n: int = 200, steps: int = 16, seed: int = 0,
-                         store=None) -> Faithfulness:
+                         store=None, bias: bool = True) -> Faithfulness:
     """Pixel flipping on the first ``n`` rows of ``ds`` for LRP, gradient x input and a random order
     (the relevance comes from :func:`dataset_relevance`); cached in the store."""
     from .store import default_store, make_key
 
     store = store or default_store()
     key = make_key("lrp_faithfulness", model=model.sha256, data=ds.sha256, target=target, rule=rule,
-                   epsilon=float(epsilon), gamma=float(gamma), n=n, steps=steps, seed=seed, version=1)
+                   epsilon=float(epsilon), gamma=float(gamma), n=n, steps=steps, seed=seed, bias=bool(bias),
+                   version=LRP_CACHE_VERSION)
     hit = store.get(key)
     methods = ("lrp", "gradient x input", "random")
     if hit is not None:
         return Faithfulness(hit["fractions"], {m: hit[f"curve {m}"] for m in methods},
                             {m: float(hit[f"aopc {m}"].mean()) for m in methods},
                             {m: hit[f"aopc {m}"] for m in methods})
-    kw = dict(target=target, rule=rule, epsilon=epsilon, gamma=gamma, store=store)
+    kw = dict(target=target, rule=rule, epsilon=epsilon, gamma=gamma, store=store, bias=bias)
     lrp_r = dataset_relevance(model, ds, **kw)
     gxi = dataset_relevance(model, ds, method="gradient x input", **kw)
     rows = slice(0, min(n, len(ds)))
@@ -1027,7 +1086,8 @@ def dataset_faithfulness(model, ds, target: str = "predicted", rule: str = "epsi
 
 
 def text_dataset_relevance(model, ds, topic: str = "predicted", rule: str = "epsilon", epsilon: float = 1e-6,
-                           gamma: float = 0.25, batch_size: int = 32, store=None, progress=None) -> dict:
+                           gamma: float = 0.25, batch_size: int = 32, store=None, progress=None,
+                           bias: bool = True) -> dict:
     """Token relevance of every sentence of a text dataset for the model's topic probe (see
     :func:`fit_topic_probe`), cached in the store. Returns {"relevance", "mask", "ids"} padded to the
     longest sentence (n, tokens), and "output" (n,)."""
@@ -1035,7 +1095,7 @@ def text_dataset_relevance(model, ds, topic: str = "predicted", rule: str = "eps
 
     store = store or default_store()
     key = make_key("lrp_text_dataset", model=model.sha256, data=ds.sha256, topic=topic, rule=rule,
-                   epsilon=float(epsilon), gamma=float(gamma), version=1)
+                   epsilon=float(epsilon), gamma=float(gamma), bias=bool(bias), version=LRP_CACHE_VERSION)
     hit = store.get(key)
     if hit is not None:
         return hit
@@ -1043,7 +1103,7 @@ def text_dataset_relevance(model, ds, topic: str = "predicted", rule: str = "eps
     texts = [str(t) for t in ds.inputs]
     parts = []
     for i in range(0, len(texts), batch_size):
-        a = attribute(model, texts[i: i + batch_size], target, rule=rule, epsilon=epsilon, gamma=gamma)
+        a = attribute(model, texts[i: i + batch_size], target, rule=rule, epsilon=epsilon, gamma=gamma, bias=bias)
         ids = [model.tokenizer.convert_tokens_to_ids(t) for t in a.tokens]
         parts.append((a.input_relevance, a.mask, np.asarray(ids), a.output))
         if progress:
@@ -1156,7 +1216,7 @@ def unit_relevance(layer_relevance: np.ndarray, token_mask: np.ndarray | None = 
 # --------------------------------------------------------------------------- cached, dataset level
 def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon", epsilon: float = 1e-6,
                       gamma: float = 0.25, method: str = "lrp", batch_size: int = 256, store=None,
-                      progress=None) -> dict:
+                      progress=None, bias: bool = True) -> dict:
     """Input relevance of every row of an image/vector dataset for a classifier, cached in the store.
     ``target``: "predicted", "true" or a class index as a string ("3"). ``method``: "lrp" or
     "gradient x input". Returns {"relevance" (n, features), "output" (n,), "target" (n,)}."""
@@ -1166,10 +1226,10 @@ def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon
         raise UserInputError(f"{model.ref} is a {model.kind}: LRP on images explains a class score, so pick a "
                              "classifier (zoo:mlp-*, zoo:cnn-*).")
     model.check_data(ds)
-    rs = rule_set(rule, None, epsilon, gamma)
+    rs = rule_set(rule, None, epsilon, gamma, bias=bias)
     store = store or default_store()
     key = make_key("lrp_dataset", model=model.sha256, data=ds.sha256, target=target, rule=rs.name,
-                   epsilon=rs.epsilon, gamma=rs.gamma, method=method, version=1)
+                   epsilon=rs.epsilon, gamma=rs.gamma, method=method, bias=rs.bias, version=LRP_CACHE_VERSION)
     hit = store.get(key)
     if hit is not None:
         return hit
@@ -1180,7 +1240,7 @@ def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon
         sl = slice(i, i + batch_size)
         lab = None if ds.labels is None else ds.labels[sl]
         if method == "lrp":
-            a = attribute(model, x[sl], tgt, rule=rule, epsilon=epsilon, gamma=gamma, labels=lab)
+            a = attribute(model, x[sl], tgt, rule=rule, epsilon=epsilon, gamma=gamma, labels=lab, bias=bias)
         else:
             a = gradient_x_input(model, x[sl], tgt, labels=lab)
         parts["relevance"].append(a.input_relevance.astype(np.float32))
@@ -1209,7 +1269,8 @@ def run_page(spec, progress=None, device=None):
     if ds.kind != "image":
         raise UserInputError("The headless Attributions run covers digits classifiers; text views need the page.")
     target = str(int(p["at_class"])) if p["at_target"] == "class" else p["at_target"]
-    kw = dict(target=target, rule=p["at_rule"], epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]))
+    kw = dict(target=target, rule=p["at_rule"], epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]),
+              bias=bool(p["at_bias"]))
     models_ = {"A": model_a, "B": model_b}
     full, faith = {}, {}
     for k, (slot, m) in enumerate(models_.items()):
@@ -1218,6 +1279,8 @@ def run_page(spec, progress=None, device=None):
         faith[slot] = dataset_faithfulness(m, ds, n=100, **kw)
     summary = pair_summary(full["A"], full["B"])
     out = PageResult(spec, provenance=prov)
+    out.numbers["rules"] = rule_set(p["at_rule"], None, float(p["at_eps"]), float(p["at_gamma"]),
+                                    bias=bool(p["at_bias"])).description
     out.numbers["rank agreement of A and B (dataset mean)"] = float(np.nanmean(summary["agreement"]))
     for j, slot in enumerate(models_):
         out.numbers[f"median sum(R) / f, {slot}"] = summary["conservation"][j]
@@ -1227,7 +1290,7 @@ def run_page(spec, progress=None, device=None):
     x = np.asarray(ds.inputs, dtype=np.float32)[rows]
     for slot, m in models_.items():
         att = attribute(m, x, int(target) if target.isdigit() else target, rule=p["at_rule"],
-                        epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]),
+                        epsilon=float(p["at_eps"]), gamma=float(p["at_gamma"]), bias=bool(p["at_bias"]),
                         labels=None if ds.labels is None else ds.labels[rows], device=device)
         out.figures[f"at_maps_{slot}"] = lf.relevance_grid(
             x, att.input_relevance, [f"#{i} → class {int(c)}" for i, c in zip(rows, att.target)], ds.image_shape)
@@ -1252,6 +1315,7 @@ def _register_page() -> None:
         spec.Param("at_rule", "str", "epsilon", choices=RULES + COMPOSITES, help="LRP rule or composite"),
         spec.Param("at_eps", "float", 1e-6, choices=PAGE_EPSILONS, help="epsilon"),
         spec.Param("at_gamma", "float", 0.25, choices=PAGE_GAMMAS, help="gamma"),
+        spec.Param("at_bias", "bool", True, help="biases in the rules' denominators (zennit's default)"),
         spec.Param("at_target", "str", "predicted", choices=TARGETS, help="class target (images)"),
         spec.Param("at_class", "int", 0, lo=0, hi=999, help="class explained when the target is 'class'"),
         spec.Param("at_samples", "list", ["0", "1", "2", "3", "4", "5"], help="gallery positions shown (images)"),

@@ -17,7 +17,8 @@ Kinds (``SparseAutoencoder.kind``):
 - ``relu`` (Anthropic 2023 with the April 2024 update): ReLU(z); loss ||x - x^||^2 +
   l1 * sum_i f_i ||W_dec,i|| (norm-weighted penalty, no norm constraint), decoder rows initialised
   with norm 0.1, penalty warmed up over the first 5% of steps; dead latents resampled (2023 recipe).
-- ``jumprelu`` (Rajamanoharan et al. 2024): f = z H(z - theta); loss ||x - x^||^2 + l1 * L0 with
+- ``jumprelu`` (Rajamanoharan et al. 2024): f = ReLU(z) H(z - theta) (as SAELens encodes it, so a
+  negative threshold never gives a negative code); loss ||x - x^||^2 + l1 * L0 with
   straight-through pseudo-derivatives (rectangle kernel, bandwidth ``JUMPRELU_BANDWIDTH``);
   unit-norm decoder rows; dead latents resampled.
 
@@ -71,15 +72,21 @@ SMALL_WORK = 5e7  # multiply-adds of one encoder product below which one thread 
 
 
 # --------------------------------------------------------------------------- the model
+def jumprelu(z: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """SAELens's JumpReLU: ReLU(z) * H(z - theta). The ReLU matters when a threshold is negative
+    (SAEs trained elsewhere): a pre-activation between theta and 0 gives 0, not a negative code."""
+    return torch.relu(z) * (z > theta).to(z.dtype)
+
+
 class _JumpReLU(torch.autograd.Function):
-    """z * H(z - theta): the gradient to z is the plain one, to theta the rectangle-kernel estimate
+    """:func:`jumprelu`: the gradient to z is the plain one, to theta the rectangle-kernel estimate
     -(theta / eps) K((z - theta) / eps) (Rajamanoharan et al. 2024, eq. 11)."""
 
     @staticmethod
     def forward(ctx, z, theta, eps):
         ctx.save_for_backward(z, theta)
         ctx.eps = eps
-        return z * (z > theta).to(z.dtype)
+        return jumprelu(z, theta)
 
     @staticmethod
     def backward(ctx, grad):
@@ -87,7 +94,7 @@ class _JumpReLU(torch.autograd.Function):
         eps = ctx.eps
         window = (((z - theta) / eps).abs() < 0.5).to(z.dtype)
         grad_theta = (-(theta / eps) * window * grad).sum(0)
-        return grad * (z > theta).to(z.dtype), grad_theta, None
+        return grad * ((z > theta) & (z > 0)).to(z.dtype), grad_theta, None
 
 
 class _Step(torch.autograd.Function):
@@ -152,7 +159,7 @@ class SparseAutoencoder(nn.Module):
             return torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(z)
         if training:  # jumprelu
             return _JumpReLU.apply(z, self.threshold, JUMPRELU_BANDWIDTH)
-        return z * (z > self.threshold).to(z.dtype)
+        return jumprelu(z, self.threshold)
 
     def _numpy_call(self, fn, x):
         if isinstance(x, torch.Tensor):

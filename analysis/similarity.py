@@ -7,6 +7,15 @@ matrix computes each layer's statistics once (a centred or U-centred Gram matrix
 basis, a ranked RDM, a neighbour list) and every pair from those, the cross terms of the CKA
 family as one matrix product of stacked Gram matrices (as in Google's efficient_CKA).
 
+Every Gram or covariance product is formed from column-centred features divided by a power of two
+(:func:`_centred`): a large constant offset or an extreme scale (1e+-100) changes no value.
+
+A value means little without its chance level: :func:`calibrated` (one pair) and
+:func:`calibrated_matrix` / :func:`layer_calibration` (the heatmap) put each value beside its
+permutation null at the same n and dimensions, with the calibrated score
+(value - null mean) / (maximum - null mean) and a p-value. Each layer's statistic is computed once
+and only permuted (for CKA the centred Gram matrix), so a null costs one product per permutation.
+
 References: Kornblith et al. 2019 (CKA), Song et al. 2012 (unbiased HSIC), Nguyen, Raghu &
 Kornblith 2021 (minibatch CKA), Raghu et al. 2017 (SVCCA), Morcos et al. 2018 (PWCCA),
 Ding et al. 2021 (Procrustes), Kriegeskorte et al. 2008 (RSA), Huh et al. 2024 (mutual k-NN).
@@ -39,27 +48,96 @@ def _t(x, device=None):
     return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=device)
 
 
+def _exponent(t) -> int:
+    """e with max|t| = m 2^e, 0.5 <= m < 1 (0 for an all-zero or empty tensor)."""
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    return math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 0
+
+
+def _times_power_of_two(t, e: int):
+    """t * 2^-e, a new tensor. Exact: only exponents change (outside the subnormal range)."""
+    factor = math.ldexp(1.0, -e)
+    return t * factor if factor > 0 and math.isfinite(factor) else t.clone()
+
+
+def _centred(x, device=None, exponent: int | None = None, rescale: bool = True):
+    """(X with centred columns as a new float64 tensor, the power of two it was divided by).
+
+    Every Gram or covariance product of the CKA family is formed from this. Centring first keeps a
+    constant offset out of the products: X X^T of features shifted by 1e8 holds 1e16-sized terms,
+    and centring that Gram matrix afterwards subtracts them back with errors of their size (the
+    heatmap read 0.056 where the centred value is 0.484). With ``rescale`` X is also divided by a
+    power of two, before centring (so the mean cannot overflow) and after (so the largest centred
+    entry lies in [0.5, 1)), or by 2^``exponent`` in all when it is given (the minibatch estimator
+    keeps one per layer). Powers of two are exact and every CKA measure is scale-invariant, so
+    values do not change; inputs scaled by 1e+-100 no longer overflow or underflow in the fourth
+    powers HSIC forms."""
+    import torch
+
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
+    t = t.to(device=device, dtype=torch.float64)
+    first = _exponent(t) if rescale else 0
+    t = _times_power_of_two(t, first)  # a copy: the caller's array is never written
+    t -= t.mean(0, keepdim=True)
+    if not rescale:
+        return t, 0
+    second = _exponent(t) if exponent is None else exponent - first
+    return _times_power_of_two(t, second), first + second
+
+
 def linear_gram(x):
-    """K = X X^T (float64 torch tensor)."""
-    x = _t(x) if isinstance(x, np.ndarray) else x
-    return x @ x.T
+    """K = Xc Xc^T with Xc the column-centred X (float64 torch tensor): H K H is the same as for
+    X X^T, without the rounding errors a large constant offset would leave in it."""
+    xc, _ = _centred(x, rescale=False)
+    return xc @ xc.T
+
+
+def _scaled_gram(x, device=None):
+    """Xc Xc^T of the centred X divided by a power of two: the linear kernel of the ratio measures."""
+    xc, _ = _centred(x, device)
+    return xc @ xc.T
+
+
+def _median(v):
+    """np.median's convention, as in Kornblith et al.'s reference code: the mean of the two middle
+    values when their count is even (torch.median returns the lower one)."""
+    import torch
+
+    m = v.numel()
+    return (torch.kthvalue(v, (m + 1) // 2).values + torch.kthvalue(v, m // 2 + 1).values) / 2
+
+
+def squared_distances(x):
+    """Pairwise squared Euclidean distances of the rows (float64 torch), from the Gram matrix of the
+    centred rows. A pair whose distance is at the rounding level of its squared norms
+    (below 4 p eps (|xi|^2 + |xj|^2), e.g. duplicated rows, which give residues such as 7e-15
+    instead of 0) counts as coincident: exactly 0."""
+    import torch
+
+    xc, _ = _centred(x)
+    g = xc @ xc.T
+    sq = torch.diagonal(g)
+    scale = sq[:, None] + sq[None, :]
+    d2 = (scale - 2 * g).clamp_min(0)
+    tol = 4 * max(xc.shape[1], 1) * torch.finfo(torch.float64).eps
+    return torch.where(d2 <= tol * scale, torch.zeros_like(d2), d2)
 
 
 def rbf_gram(x, threshold: float = 1.0):
-    """RBF kernel with sigma^2 = threshold^2 * median squared distance (Kornblith's reference code:
-    the median over the full n x n squared-distance matrix, zero diagonal included)."""
+    """RBF kernel exp(-d^2 / (2 threshold^2 m)), with m the median squared distance over the full
+    n x n matrix, zero diagonal included, and the two middle values averaged for an even count:
+    exactly Kornblith et al.'s reference code (np.median). When over half the pairs coincide
+    (duplicated rows, n = 2 with one point doubled) that median is 0 and the median of the
+    non-zero distances is used instead; all points identical give a constant kernel (CKA: NaN)."""
     import torch
 
-    x = _t(x) if isinstance(x, np.ndarray) else x
-    g = x @ x.T
-    sq = torch.diagonal(g)
-    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
-    med = torch.median(d2.flatten())
-    if med <= 0:  # over half the pairs coincide (n = 2, duplicate rows): the median of the others
+    d2 = squared_distances(x)
+    med = _median(d2.flatten())
+    if med <= 0:
         positive = d2[d2 > 0]
         if positive.numel() == 0:
-            return torch.ones_like(d2)  # every point identical: a constant kernel (CKA reads NaN)
-        med = torch.median(positive)
+            return torch.ones_like(d2)
+        med = _median(positive)
     return torch.exp(-d2 / (2 * threshold ** 2 * med))
 
 
@@ -137,9 +215,9 @@ def cka(x, y, kernel: str = "linear", threshold: float = 1.0, debiased: bool = F
         if x.shape[0] < 4:
             raise UserInputError(f"Debiased CKA needs at least 4 samples (got {x.shape[0]}).")
         if x.shape[0] >= max(x.shape[1], y.shape[1]):  # feature form of HSIC_1: O(n p q), no n x n matrix
-            px, py = _linear_hsic_terms(_t(x)), _linear_hsic_terms(_t(y))
+            px, py = _linear_hsic_terms(_centred(x)[0]), _linear_hsic_terms(_centred(y)[0])
             return _debiased_defined(_ratio(_hsic1_features(px, py), _self_hsic1(px), _self_hsic1(py)), x, y)
-        k, l = linear_gram(x), linear_gram(y)
+        k, l = _scaled_gram(x), _scaled_gram(y)
     elif kernel == "rbf":
         k, l = rbf_gram(x, threshold), rbf_gram(y, threshold)
     else:
@@ -160,11 +238,11 @@ def _debiased_defined(value: float, x: np.ndarray, y: np.ndarray) -> float:
     return value
 
 
-def _linear_cka_features(x: np.ndarray, y: np.ndarray) -> float:
-    """Feature form: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred X, Y."""
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    if x.shape[0] < max(x.shape[1], y.shape[1]):  # Gram form is cheaper when n < p
+def _linear_cka_features(x, y) -> float:
+    """Feature form: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred X, Y (the Gram
+    form when n < p, where it is cheaper)."""
+    x, y = _centred(x)[0], _centred(y)[0]
+    if x.shape[0] < max(x.shape[1], y.shape[1]):
         kx, ly = x @ x.T, y @ y.T
         return _ratio((kx * ly).sum(), (kx * kx).sum(), (ly * ly).sum())
     xy = x.T @ y
@@ -286,8 +364,7 @@ def _ranked_rdm(x: np.ndarray, rdm: str):
         xc = xc / norms[:, None]
         d = 1 - xc @ xc.T
     elif rdm == "euclidean":
-        sq = (x * x).sum(1)
-        d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0))
+        d = np.sqrt(squared_distances(x).numpy())
     else:
         raise UserInputError(f"Unknown RDM {rdm!r}; use 'correlation' or 'euclidean'.")
     iu = np.triu_indices(len(x), 1)
@@ -504,33 +581,34 @@ def _cka_matrix(a, b, measure, params, device, progress) -> np.ndarray:
     dev = pick(device)
     n = next(iter(a.values())).shape[0]
     debiased = measure == "debiased_linear_cka"
-    kernel = "rbf" if measure == "rbf_cka" else "linear"
     if debiased and n < 4:
         raise UserInputError(f"Debiased CKA needs at least 4 samples (got {n}).")
     gram_bytes = 8.0 * n * n * (len(a) + len(b))
-    if kernel == "linear" and gram_bytes > GRAM_MEMORY_BYTES:
+    if measure != "rbf_cka" and gram_bytes > GRAM_MEMORY_BYTES:
         return _linear_cka_feature_matrix(a, b, debiased, dev, progress)
     if gram_bytes > GRAM_MEMORY_BYTES:
         raise UserInputError(f"RBF CKA on n = {n} samples needs {gram_bytes / 1e9:.1f} GB of Gram matrices; "
                              "use fewer samples or linear CKA with a minibatch size.")
-    center = u_center_gram if debiased else center_gram
-    total = len(a) + len(b)
+    step = (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
+    ga = _stacked_grams(a, measure, params, dev, step(0.0, 0.9 * len(a) / (len(a) + len(b))))
+    gb = _stacked_grams(b, measure, params, dev, step(0.9 * len(a) / (len(a) + len(b)), 0.9))
+    return _normalise((ga @ gb.T).cpu().numpy(), _self_terms(ga), _self_terms(gb))
 
-    def stacked(acts, offset):
-        rows = []
-        for i, x in enumerate(acts.values()):
-            xt = _t(x, dev)
-            k = rbf_gram(xt, params.get("threshold", 1.0)) if kernel == "rbf" else xt @ xt.T
-            rows.append(center(k).flatten())
-            if progress:
-                progress(0.9 * (offset + i + 1) / total, "Gram matrices")
-        return _stack(rows)
 
-    ga, gb = stacked(a, 0), stacked(b, len(a))
-    cross = (ga @ gb.T).cpu().numpy()
-    self_a = (ga * ga).sum(1).cpu().numpy()
-    self_b = (gb * gb).sum(1).cpu().numpy()
-    return _normalise(cross, self_a, self_b)
+def _stacked_grams(acts, measure: str, params, dev, progress=None):
+    """The (U-)centred Gram matrix of every layer, flattened and stacked: (layers x n^2) float64."""
+    center = u_center_gram if measure == "debiased_linear_cka" else center_gram
+    rows = []
+    for i, x in enumerate(acts.values()):
+        k = rbf_gram(_t(x, dev), params.get("threshold", 1.0)) if measure == "rbf_cka" else _scaled_gram(x, dev)
+        rows.append(center(k).flatten())
+        if progress:
+            progress((i + 1) / len(acts), "Gram matrices")
+    return _stack(rows)
+
+
+def _self_terms(g) -> np.ndarray:
+    return (g * g).sum(1).cpu().numpy()
 
 
 def _stack(rows):
@@ -547,10 +625,9 @@ def _normalise(cross, self_a, self_b) -> np.ndarray:
 
 
 def _linear_hsic_terms(x):
-    """Per-layer pieces of the feature-space HSIC formulas (float64 torch). The columns are centred
-    first: HSIC_1 of a linear kernel is translation invariant, and uncentred features would make
-    the formula a small difference of huge terms (catastrophic cancellation for large means)."""
-    x = x - x.mean(0, keepdim=True)
+    """Per-layer pieces of the feature-space HSIC formulas, from column-centred features (float64
+    torch, see :func:`_centred`): HSIC_1 of a linear kernel is translation invariant, and uncentred
+    features would make the formula a small difference of huge terms."""
     n = x.shape[0]
     row_sq = (x * x).sum(1)  # diag(K)
     col_sum = x.sum(0)  # X^T 1
@@ -575,8 +652,8 @@ def _hsic1_features(p, q) -> float:
 
 def _linear_cka_feature_matrix(a, b, debiased, dev, progress) -> np.ndarray:
     def prep(x):
-        xt = _t(x, dev)
-        return _linear_hsic_terms(xt) if debiased else xt - xt.mean(0)
+        xc, _ = _centred(x, dev)
+        return _linear_hsic_terms(xc) if debiased else xc
 
     pa = [prep(x) for x in a.values()]
     pb = [prep(x) for x in b.values()]
@@ -593,33 +670,114 @@ def _linear_cka_feature_matrix(a, b, debiased, dev, progress) -> np.ndarray:
 
 def _pairwise_matrix(a, b, m: Measure, params, progress) -> np.ndarray:
     """Non-CKA measures: per-layer statistics once, then each pair from them."""
-    if m.family == "rsa":
-        stat = lambda x: _ranked_rdm(x, params.get("rdm", "correlation"))
-        pair = lambda s, t: float("nan") if s is None or t is None else float(s @ t)
-    elif m.family == "knn":
-        stat = lambda x: _knn(x, int(params.get("k", 10)))
-        pair = _knn_overlap
-    elif m.family == "procrustes":
-        stat = _unit_centered
-        pair = lambda s, t: float("nan") if s is None or t is None else float(
-            np.linalg.svd(s.T @ t, compute_uv=False).sum())
-    elif m.name == "pwcca":
-        stat = lambda x: (x - x.mean(0), _orthonormal_basis(x)[0])
-        pair = lambda s, t: _pwcca_from(s[0], s[1], t[1])
-    else:
-        variance = params.get("variance") if m.name == "svcca" else None
-        stat = lambda x: _orthonormal_basis(x, variance)[0]
-        agg = (lambda r: float(np.mean(r))) if m.name == "svcca" else (lambda r: float(np.mean(r ** 2)))
-        pair = lambda s, t: (lambda r: agg(r) if r.size else float("nan"))(_canonical_correlations(s, t))
-    sa = [stat(x) for x in a.values()]
-    sb = [stat(y) for y in b.values()]
+    n = next(iter(a.values())).shape[0]
+    st = _statistic(m, params, n)
+    sa = [st.of(x) for x in a.values()]
+    sb = [st.of(y) for y in b.values()]
     out = np.empty((len(sa), len(sb)))
     for i, s in enumerate(sa):
         for j, t in enumerate(sb):
-            out[i, j] = pair(s, t)
+            out[i, j] = st.pair(s, t)
         if progress:
             progress(0.1 + 0.9 * (i + 1) / len(sa), f"{m.label}: row {i + 1}/{len(sa)}")
     return out
+
+
+# =========================================================================== per-layer statistics
+@dataclass(frozen=True)
+class _Statistic:
+    """A measure read from per-layer statistics: ``of`` computes a layer's statistic once, ``pair``
+    gives the measure from two of them, and ``permute`` gives the statistic of the layer with its
+    rows permuted (``perm``) without recomputing it, so a permutation null costs one ``pair`` per
+    permutation: a centred Gram matrix permutes its rows and columns, a basis or a normalised
+    layer its rows, a ranked RDM its pairs, a neighbour list its rows and their entries."""
+
+    of: Callable
+    pair: Callable
+    permute: Callable
+
+
+def _unless_none(fn):
+    """pair(s, t) that is NaN when either layer has no statistic (a degenerate layer)."""
+    return lambda s, t: float("nan") if s is None or t is None else fn(s, t)
+
+
+def _permuted_rows(s, perm):
+    return None if s is None else s[perm]
+
+
+def _permuted_neighbours(s, perm):
+    """Neighbour lists of the layer with rows permuted: row i is old row perm[i], and old row j is
+    now row inverse[j]."""
+    if s is None:
+        return None
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(len(perm))
+    return inverse[s[perm]]
+
+
+def _permuted_condensed(r, perm):
+    """The upper triangle (row-major, as np.triu_indices) of a symmetric matrix with zero diagonal
+    whose rows and columns are both permuted by ``perm``."""
+    if r is None:
+        return None
+    n = len(perm)
+    i, j = np.triu_indices(n, 1)
+    a, b = perm[i], perm[j]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return r[n * lo - lo * (lo + 1) // 2 + hi - lo - 1]
+
+
+def _statistic(m: Measure, params: Mapping, n: int, device=None) -> _Statistic:
+    if m.family == "cka":
+        return _cka_statistic(m.name, params, n, device)
+    if m.family == "rsa":
+        rdm = params.get("rdm", "correlation")
+        return _Statistic(lambda x: _ranked_rdm(x, rdm), _unless_none(lambda s, t: float(s @ t)),
+                          _permuted_condensed)
+    if m.family == "knn":
+        k = int(params.get("k", 10))
+        return _Statistic(lambda x: _knn(x, k), _knn_overlap, _permuted_neighbours)
+    if m.family == "procrustes":
+        return _Statistic(_unit_centered, _unless_none(lambda s, t: float(np.linalg.svd(s.T @ t, compute_uv=False).sum())),
+                          _permuted_rows)
+    if m.name == "pwcca":
+        return _Statistic(lambda x: (x - x.mean(0), _orthonormal_basis(x)[0]), lambda s, t: _pwcca_from(s[0], s[1], t[1]),
+                          lambda s, perm: (s[0][perm], s[1][perm]))
+    variance = params.get("variance") if m.name == "svcca" else None
+    agg = (lambda r: float(np.mean(r))) if m.name == "svcca" else (lambda r: float(np.mean(r ** 2)))
+    return _Statistic(lambda x: _orthonormal_basis(x, variance)[0],
+                      lambda s, t: (lambda r: agg(r) if r.size else float("nan"))(_canonical_correlations(s, t)),
+                      _permuted_rows)
+
+
+def _cka_statistic(measure: str, params: Mapping, n: int, device=None) -> _Statistic:
+    """The (U-)centred Gram matrix and its squared norm per layer, or, for linear kernels when three
+    n x n matrices would not fit, the centred features (the feature form per pair)."""
+    from .device import pick
+
+    dev = pick(device)
+    debiased = measure == "debiased_linear_cka"
+    if measure == "rbf_cka" or 3 * 8.0 * n * n <= GRAM_MEMORY_BYTES:
+        def of(x):
+            g = _stacked_grams({"x": x}, measure, params, dev)[0].view(n, n)
+            return g, float((g * g).sum())
+
+        def permute(s, perm):
+            import torch
+
+            p = torch.as_tensor(perm, device=s[0].device)
+            return s[0][p][:, p], s[1]
+
+        return _Statistic(of, lambda s, t: _ratio((s[0] * t[0]).sum(), s[1], t[1]), permute)
+    if not debiased:
+        return _Statistic(lambda x: _centred(x, dev)[0], _linear_cka_features, lambda s, perm: s[perm])
+
+    def pair(s, t):
+        ps, pt = _linear_hsic_terms(s), _linear_hsic_terms(t)
+        return _ratio(_hsic1_features(ps, pt), _self_hsic1(ps), _self_hsic1(pt))
+
+    return _Statistic(lambda x: _centred(x, dev)[0], pair, lambda s, perm: s[perm])
 
 
 # =========================================================================== minibatch CKA
@@ -644,13 +802,15 @@ class MinibatchCKA:
         self.batches = 0
         self.samples = 0
         self._buffers: dict = {}
+        self._exponents: dict = {}
 
     def _grams(self, acts, layers, which):
         """One batch's zero-diagonal Gram matrices (layers x b^2, in a buffer reused across batches),
         their row sums (layers x b) and totals (layers): the pieces of Song et al.'s HSIC_1 formula.
 
-        Columns are centred first (in float64): HSIC_1 of a linear kernel is translation invariant,
-        and centring keeps the formula from subtracting huge terms when features have large means."""
+        Columns are centred first (in float64, see :func:`_centred`): HSIC_1 of a linear kernel is
+        translation invariant, and centring keeps the formula from subtracting huge terms when
+        features have large means."""
         import torch
 
         xs = []
@@ -668,9 +828,10 @@ class MinibatchCKA:
         if buf is None or buf.shape[1:] != (b, b):
             buf = torch.empty((len(layers), b, b), dtype=torch.float64, device=self.device)
             self._buffers[which] = buf
-        for i, x in enumerate(xs):
-            xt = torch.as_tensor(x, device=self.device).to(torch.float64)
-            xt = xt - xt.mean(0, keepdim=True)
+        for i, (name, x) in enumerate(zip(layers, xs)):
+            # one power of two per layer for every batch (the first batch's): per-batch scales would
+            # weight the batches differently in the averaged HSIC terms
+            xt, self._exponents[which, name] = _centred(x, self.device, self._exponents.get((which, name)))
             torch.matmul(xt, xt.T, out=buf[i])
         buf.diagonal(dim1=-2, dim2=-1).zero_()
         flat = buf.view(len(layers), b * b)
@@ -751,48 +912,8 @@ class CellStatistics:
     n_boot: int
     n_perm: int
     null_mean: float
-
-
-def _center_np(k: np.ndarray) -> np.ndarray:
-    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
-
-
-def _u_center_np(k: np.ndarray) -> np.ndarray:
-    n = k.shape[0]
-    k = k.copy()
-    np.fill_diagonal(k, 0)
-    m = k.sum(0) / (n - 2)
-    m = m - m.sum() / (2 * (n - 1))
-    k = k - m[:, None] - m[None, :]
-    np.fill_diagonal(k, 0)
-    return k
-
-
-class _GramResampler:
-    """Linear (debiased) CKA under row permutations from the two Gram matrices, computed once.
-
-    Permuting the rows of Y permutes its (U-)centred Gram matrix, so a permutation costs one n^2
-    product. (A bootstrap sample would need the resampled Gram matrices re-centred, slower than the
-    feature form for p << n, so the bootstrap evaluates the measure itself.)
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, debiased: bool):
-        self.k, self.l = x @ x.T, y @ y.T
-        self.center = _u_center_np if debiased else _center_np
-        self.kc, self.lc = self.center(self.k), self.center(self.l)
-        self.kk, self.ll = float((self.kc * self.kc).sum()), float((self.lc * self.lc).sum())
-
-    def value(self) -> float:
-        return _ratio((self.kc * self.lc).sum(), self.kk, self.ll)
-
-    def permuted(self, perm: np.ndarray) -> float:
-        return _ratio((self.kc * self.lc[np.ix_(perm, perm)]).sum(), self.kk, self.ll)
-
-
-def _resampler(x, y, measure: str):
-    if measure in ("linear_cka", "debiased_linear_cka") and x.shape[0] <= 5000:
-        return _GramResampler(x, y, debiased=measure == "debiased_linear_cka")
-    return None
+    null_std: float = float("nan")
+    calibrated: float = float("nan")  # (value - null mean) / (maximum - null mean), see calibrated()
 
 
 def bootstrap_ci(x, y, measure: str = "linear_cka", n_boot: int = 200, level: float = 0.95, seed: int = 0,
@@ -801,8 +922,8 @@ def bootstrap_ci(x, y, measure: str = "linear_cka", n_boot: int = 200, level: fl
     x, y = _pair(x, y)
     rng = np.random.default_rng(seed)
     n = x.shape[0]
-    # Re-centring resampled n x n Gram matrices costs more than the feature form (n p^2) here, so
-    # the bootstrap evaluates the measure itself; permutations use the Gram shortcut.
+    # A bootstrap sample repeats rows, so its Gram matrices must be centred anew (unlike a
+    # permutation's): the bootstrap evaluates the measure itself.
     vals = [compute(measure, x[idx], y[idx], **params) for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
     vals = np.array(vals)
     vals = vals[np.isfinite(vals)]
@@ -812,18 +933,49 @@ def bootstrap_ci(x, y, measure: str = "linear_cka", n_boot: int = 200, level: fl
     return float(lo), float(hi)
 
 
+def _permutation_null(x, y, measure: str, n_perm: int, seed: int, params) -> tuple[float, np.ndarray]:
+    """(the measure on X, Y; the measure on X and row-permuted Y for ``n_perm`` permutations), both
+    from the same per-layer statistics (see :class:`_Statistic`)."""
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    compute(measure, x, y, **params)  # the measure's own refusals (too few samples, undefined RSA)
+    st = _statistic(m, params, len(x))
+    sx, sy = st.of(x), st.of(y)
+    rng = np.random.default_rng(seed)
+    null = np.array([st.pair(sx, st.permute(sy, rng.permutation(len(y)))) for _ in range(int(n_perm))])
+    return st.pair(sx, sy), null
+
+
+def p_values(observed, null, higher_is_more_similar: bool = True):
+    """(1 + #{null values at least as similar as observed}) / (1 + permutations), elementwise over the
+    leading axes of ``null`` (permutations on the last axis); ties within rounding count as reached,
+    NaN where the observed value is NaN."""
+    obs = np.asarray(observed, dtype=float)[..., None]
+    null = np.asarray(null, dtype=float)
+    tol = 1e-12 * np.maximum(1.0, np.abs(obs))
+    with np.errstate(invalid="ignore"):
+        hits = (null >= obs - tol) if higher_is_more_similar else (null <= obs + tol)
+    p = np.where(np.isfinite(obs[..., 0]), (1 + hits.sum(-1)) / (1 + null.shape[-1]), np.nan)
+    return float(p) if p.ndim == 0 else p
+
+
+def calibrated_score(value, null_mean, top):
+    """(value - null mean) / (top - null mean): 0 at the chance level of these n and dimensions, 1 at
+    the measure's maximum ``top``; NaN where the null already reaches the maximum (works elementwise)."""
+    value, null_mean = np.asarray(value, dtype=float), np.asarray(null_mean, dtype=float)
+    span = top - null_mean
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(span > 0, (value - null_mean) / np.where(span > 0, span, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
 def permutation_test(x, y, measure: str = "linear_cka", n_perm: int = 200, seed: int = 0,
                      **params) -> tuple[float, np.ndarray]:
     """p-value of the observed similarity against rows of Y shuffled (pairing destroyed):
     (1 + #{null >= observed}) / (1 + n_perm), for measures where higher is more similar."""
     x, y = _pair(x, y)
-    fast = _resampler(x, y, measure)
-    observed = fast.value() if fast else compute(measure, x, y, **params)
-    rng = np.random.default_rng(seed)
-    perms = (rng.permutation(len(y)) for _ in range(n_perm))
-    null = np.array([fast.permuted(p) if fast else compute(measure, x, y[p], **params) for p in perms])
-    p = (1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm)
-    return float(p), null
+    observed, null = _permutation_null(x, y, measure, n_perm, seed, params)
+    return p_values(observed, null, measure_info(measure).higher_is_more_similar), null
 
 
 def statistics_seconds(x, y, measure: str = "linear_cka", n_boot: int = 200, n_perm: int = 200,
@@ -833,25 +985,226 @@ def statistics_seconds(x, y, measure: str = "linear_cka", n_boot: int = 200, n_p
     import time
 
     x, y = _pair(x, y)
+    m = measure_info(measure)
+    params = {**m.params, **params}
     compute(measure, x[:64], y[:64], **params)  # imports and BLAS start-up are not the estimate
     t0 = time.perf_counter()
     compute(measure, x, y, **params)
     one = time.perf_counter() - t0
-    fast = _resampler(x, y, measure)
-    per_permutation = one
-    if fast is not None:
-        t0 = time.perf_counter()
-        fast.permuted(np.arange(len(x)))
-        per_permutation = time.perf_counter() - t0
-    return n_boot * one + n_perm * per_permutation + 40 * 0.5 * one
+    st = _statistic(m, params, len(x))
+    t0 = time.perf_counter()
+    sx, sy = st.of(x), st.of(y)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    st.pair(sx, st.permute(sy, np.arange(len(x))))
+    per_permutation = time.perf_counter() - t0
+    return n_boot * one + setup + n_perm * per_permutation + 40 * 0.5 * one
 
 
 def cell_statistics(x, y, measure: str = "linear_cka", n_boot: int = 200, n_perm: int = 200,
                     level: float = 0.95, seed: int = 0, **params) -> CellStatistics:
+    """The value with its bootstrap interval, its permutation p-value, and its null (mean, standard
+    deviation and the calibrated score): what the drill-down of one heatmap cell shows."""
     value = compute(measure, x, y, **params)
     lo, hi = bootstrap_ci(x, y, measure, n_boot, level, seed, **params)
     p, null = permutation_test(x, y, measure, n_perm, seed + 1, **params)
-    return CellStatistics(value, lo, hi, level, p, n_boot, n_perm, float(np.mean(null)))
+    mean, std = float(np.mean(null)), float(np.std(null, ddof=1)) if len(null) > 1 else float("nan")
+    return CellStatistics(value, lo, hi, level, p, n_boot, n_perm, mean, std,
+                          calibrated_score(value, mean, measure_info(measure).value_range[1]))
+
+
+# =========================================================================== calibration
+@dataclass
+class Calibration:
+    """A similarity beside its chance level: the same measure on row-permuted pairings, which keeps
+    n, the dimensions and each representation's own structure and destroys only the pairing.
+
+    value : the measure; null_mean, null_std : mean and standard deviation of the null;
+    score : (value - null_mean) / (top - null_mean), ~0 at chance, 1 at the maximum ``top`` (the
+    upper end of the measure's value range); p_value : (1 + #{null >= value}) / (1 + n_perm);
+    null : the permuted values themselves."""
+
+    measure: str
+    value: float
+    null_mean: float
+    null_std: float
+    score: float
+    p_value: float
+    n_perm: int
+    n: int
+    top: float
+    seed: int
+    null: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def summary(self) -> str:
+        """One line for a page: the value, the null and the calibrated score."""
+        return (f"{self.value:.3f} (null {self.null_mean:.3f} ± {self.null_std:.3f} over {self.n_perm} "
+                f"permutations; calibrated {self.score:.3f}, p = {self.p_value:.3g})")
+
+
+def calibration_from_null(measure: str, value: float, null: np.ndarray, n: int, seed: int, top: float,
+                          higher_is_more_similar: bool = True) -> Calibration:
+    """A :class:`Calibration` from a value and its permutation null (any similarity, e.g. the LFM's)."""
+    null = np.asarray(null, dtype=float)
+    mean = float(np.mean(null))
+    std = float(np.std(null, ddof=1)) if null.size > 1 else float("nan")
+    return Calibration(measure, float(value), mean, std, calibrated_score(value, mean, top),
+                       p_values(value, null, higher_is_more_similar), int(null.size), int(n), float(top),
+                       int(seed), null)
+
+
+def calibrated(x, y, measure: str = "linear_cka", n_perm: int = 200, seed: int = 0, store=None,
+               use_cache: bool = True, **params) -> Calibration:
+    """The measure on (X, Y) against its permutation null at the same n and dimensions, with the
+    calibrated score and the p-value (see :class:`Calibration`). Cheap: each layer's statistic (for
+    CKA its centred Gram matrix) is computed once and only permuted. Cached in the result store by
+    the arrays' contents, the measure and its parameters, ``n_perm`` and ``seed``."""
+    from .store import default_store, make_key
+    from .vector_field import array_sha
+
+    x, y = _pair(x, y)
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    if int(n_perm) < 1:
+        raise UserInputError("A calibration needs at least one permutation (n_perm >= 1).")
+    store = store or default_store()
+    key = make_key("similarity_calibration", x=array_sha(x), y=array_sha(y), measure=measure, params=params,
+                   n_perm=int(n_perm), seed=int(seed), v=CACHE_VERSION)
+    hit = store.get(key) if use_cache else None
+    if hit is None:
+        value, null = _permutation_null(x, y, measure, n_perm, seed, params)
+        hit = {"value": np.asarray(value), "null": null}
+        if use_cache:
+            store.put(key, hit, {"measure": measure, "n_perm": int(n_perm)}, kind="similarity")
+    return calibration_from_null(measure, float(hit["value"]), hit["null"], len(x), seed, m.value_range[1],
+                                 m.higher_is_more_similar)
+
+
+@dataclass
+class CalibratedMatrix:
+    """A layer-by-layer matrix beside its per-cell permutation null (one set of row permutations
+    shared by every cell). Each field is an A-layers x B-layers DataFrame; ``score`` is the
+    calibrated colour scale (0 at chance, 1 at the maximum)."""
+
+    value: "object"
+    null_mean: "object"
+    null_std: "object"
+    score: "object"
+    p_value: "object"
+    measure: str
+    n_perm: int
+    seed: int
+    top: float
+    cached: bool = False
+
+
+def calibrated_matrix(acts_a: Mapping[str, np.ndarray], acts_b: Mapping[str, np.ndarray],
+                      measure: str = "linear_cka", n_perm: int = 100, seed: int = 0, device=None,
+                      progress: Callable[[float, str], None] | None = None, **params) -> CalibratedMatrix:
+    """:func:`similarity_matrix` with the permutation null of every cell (the rows of B's layers
+    permuted together). The CKA family permutes the stacked centred Gram matrices of B and takes
+    one matrix product per permutation; the other measures permute their per-layer statistics."""
+    value, null = _calibration_arrays(acts_a, acts_b, measure, n_perm, seed, device, progress, params)
+    return _calibrated_frames(value, null, list(acts_a), list(acts_b), measure_info(measure), seed)
+
+
+def _calibration_arrays(acts_a, acts_b, measure: str, n_perm: int, seed: int, device, progress, params):
+    """(values: layers_a x layers_b, null: layers_a x layers_b x n_perm)."""
+    from .device import pick
+
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    if int(n_perm) < 1:
+        raise UserInputError("A calibration needs at least one permutation (n_perm >= 1).")
+    _check_matrix_memory(acts_a, acts_b, measure, None)
+    a, b = _check_layers(acts_a, "A"), _check_layers(acts_b, "B")
+    n = next(iter(a.values())).shape[0]
+    for name, arr in {**{f"A:{k}": v for k, v in a.items()}, **{f"B:{k}": v for k, v in b.items()}}.items():
+        if arr.shape[0] != n:
+            raise UserInputError(f"Layer {name} has {arr.shape[0]} rows but others have {n}: rows must align.")
+    if m.name == "debiased_linear_cka" and n < 4:
+        raise UserInputError(f"Debiased CKA needs at least 4 samples (got {n}).")
+    say = progress or (lambda f, msg: None)
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(n) for _ in range(int(n_perm))]
+    dev = pick(device)
+    grams = 8.0 * n * n * (len(a) + 2 * len(b))
+    if m.family == "cka" and grams <= GRAM_MEMORY_BYTES:
+        value, null = _calibrated_gram_matrix(a, b, measure, params, perms, dev, say)
+    else:
+        value, null = _calibrated_pairwise_matrix(a, b, m, params, perms, dev, say)
+    for i, x in enumerate(a.values()):
+        if _is_constant(x):
+            value[i], null[i] = np.nan, np.nan
+    for j, y in enumerate(b.values()):
+        if _is_constant(y):
+            value[:, j], null[:, j] = np.nan, np.nan
+    say(1.0, "calibration done")
+    return value, null
+
+
+def _calibrated_gram_matrix(a, b, measure, params, perms, dev, say):
+    import torch
+
+    n = next(iter(a.values())).shape[0]
+    ga = _stacked_grams(a, measure, params, dev)
+    gb = _stacked_grams(b, measure, params, dev)
+    self_a, self_b = _self_terms(ga), _self_terms(gb)
+    value = _normalise((ga @ gb.T).cpu().numpy(), self_a, self_b)
+    cube = gb.view(len(b), n, n)
+    null = np.empty(value.shape + (len(perms),))
+    for k, perm in enumerate(perms):
+        p = torch.as_tensor(perm, device=gb.device)
+        permuted = cube[:, p][:, :, p].reshape(len(b), n * n)
+        null[:, :, k] = _normalise((ga @ permuted.T).cpu().numpy(), self_a, self_b)
+        if k % 10 == 0:
+            say(0.1 + 0.9 * k / len(perms), f"permutation {k + 1}/{len(perms)}")
+    return value, null
+
+
+def _calibrated_pairwise_matrix(a, b, m, params, perms, dev, say):
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    n = next(iter(a.values())).shape[0]
+    widest = max(x.shape[1] for x in list(a.values()) + list(b.values()))
+    # thousands of small products and SVDs: BLAS threads cost more than they give (3.5x slower at 128 wide)
+    with threadpool_limits(1, user_api="blas") if widest <= 256 else contextlib.nullcontext():
+        return _pairwise_null(a, b, m, params, perms, dev, say, n)
+
+
+def _pairwise_null(a, b, m, params, perms, dev, say, n):
+    st = _statistic(m, params, n, dev)
+    sa, sb = [st.of(x) for x in a.values()], [st.of(y) for y in b.values()]
+    value = np.array([[st.pair(s, t) for t in sb] for s in sa], dtype=float).reshape(len(sa), len(sb))
+    null = np.empty(value.shape + (len(perms),))
+    for k, perm in enumerate(perms):
+        permuted = [st.permute(t, perm) for t in sb]
+        null[:, :, k] = [[st.pair(s, t) for t in permuted] for s in sa]
+        if k % 10 == 0:
+            say(0.1 + 0.9 * k / len(perms), f"permutation {k + 1}/{len(perms)}")
+    return value, null
+
+
+def _calibrated_frames(value, null, layers_a, layers_b, m: Measure, seed: int, cached: bool = False):
+    import pandas as pd
+
+    top = float(m.value_range[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN cells (constant layers) stay NaN
+        mean = np.nanmean(null, axis=-1) if null.shape[-1] else np.full(value.shape, np.nan)
+        std = np.nanstd(null, axis=-1, ddof=1) if null.shape[-1] > 1 else np.full(value.shape, np.nan)
+    p = p_values(value, null, m.higher_is_more_similar)
+
+    def frame(arr):
+        df = pd.DataFrame(np.asarray(arr, dtype=float), index=layers_a, columns=layers_b)
+        df.index.name, df.columns.name = "model A layer", "model B layer"
+        return df
+
+    return CalibratedMatrix(frame(value), frame(mean), frame(std), frame(calibrated_score(value, mean, top)),
+                            frame(p), m.name, int(null.shape[-1]), int(seed), top, cached)
 
 
 def stability_curve(x, y, measure: str = "linear_cka", sizes=None, repeats: int = 5, seed: int = 0,
@@ -933,8 +1286,37 @@ def streaming_cka(model_a, model_b, ds, layers_a=None, layers_b=None, batch_size
 
 
 # =========================================================================== models -> matrix, cached
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Gram products of centred features (values at large offsets changed), median convention
 FLOPS_PER_SECOND = 3e9  # a conservative CPU rate for the estimate shown before a run
+
+
+def _stage(progress):
+    return (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
+
+
+def _layer_job(kind: str, model_a, model_b, ds, measure: str, layers_a, layers_b, pooling: str, params, **extra):
+    """(the measure, its full parameters, both layer lists, the result-store key) of a layer-by-layer job
+    keyed by the model hashes, the data hash, the measure and parameters, the layers and the pooling."""
+    from .store import make_key
+
+    m = measure_info(measure)
+    params = {**m.params, **params}
+    layers_a = list(model_a.layers if layers_a is None else layers_a)
+    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    key = make_key(kind, a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure, params=params,
+                   layers_a=layers_a, layers_b=layers_b, pooling=pooling, v=CACHE_VERSION, **extra)
+    return m, params, layers_a, layers_b, key
+
+
+def _layer_activations(model_a, model_b, ds, layers_a, layers_b, pooling, measure, batch_size, device, stage):
+    """Both models' pooled activations, refused before the models run when the matrix would not fit
+    (the activations alone can be most of the time)."""
+    from .activations import extract, pooled_dims
+
+    check_memory(len(ds), pooled_dims(model_a, ds, layers_a, pooling), pooled_dims(model_b, ds, layers_b, pooling),
+                 measure, batch_size)
+    return (extract(model_a, ds, layers_a, pooling, device, stage(0.0, 0.3)),
+            extract(model_b, ds, layers_b, pooling, device, stage(0.3, 0.6)))
 
 
 def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a=None, layers_b=None,
@@ -944,17 +1326,11 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
     (model hashes, data hash, measure and parameters, layers, pooling, batch size)."""
     import pandas as pd
 
-    from .activations import extract
-    from .store import default_store, make_key
+    from .store import default_store
 
-    m = measure_info(measure)
-    params = {**m.params, **params}
-    layers_a = list(model_a.layers if layers_a is None else layers_a)
-    layers_b = list(model_b.layers if layers_b is None else layers_b)
+    m, params, layers_a, layers_b, key = _layer_job("similarity", model_a, model_b, ds, measure, layers_a, layers_b,
+                                                    pooling, params, batch_size=batch_size)
     store = store or default_store()
-    key = make_key("similarity", a=model_a.sha256, b=model_b.sha256, data=ds.sha256, measure=measure,
-                   params=params, layers_a=layers_a, layers_b=layers_b, pooling=pooling, batch_size=batch_size,
-                   v=CACHE_VERSION)
     hit = store.get(key)
     if hit is not None:
         meta = store.meta(key) or {}
@@ -965,14 +1341,9 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
         if progress:
             progress(1.0, "loaded from the result store")
         return df
-    from .activations import pooled_dims
-
-    # Refuse before the models run: the activations alone can be most of the time.
-    check_memory(len(ds), pooled_dims(model_a, ds, layers_a, pooling), pooled_dims(model_b, ds, layers_b, pooling),
-                 measure, batch_size)
-    stage = (lambda lo, hi: (lambda f, msg: progress(lo + (hi - lo) * f, msg))) if progress else (lambda lo, hi: None)
-    acts_a = extract(model_a, ds, layers_a, pooling, device, stage(0.0, 0.3))
-    acts_b = extract(model_b, ds, layers_b, pooling, device, stage(0.3, 0.6))
+    stage = _stage(progress)
+    acts_a, acts_b = _layer_activations(model_a, model_b, ds, layers_a, layers_b, pooling, measure, batch_size,
+                                        device, stage)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimilarityWarning)  # reported through df.attrs["warnings"]
         df = similarity_matrix(acts_a, acts_b, measure, batch_size, device, stage(0.6, 1.0), **params)
@@ -981,6 +1352,31 @@ def layer_similarity(model_a, model_b, ds, measure: str = "linear_cka", layers_a
               kind="similarity")
     df.attrs["cached"] = False
     return df
+
+
+def layer_calibration(model_a, model_b, ds, measure: str = "linear_cka", n_perm: int = 100, seed: int = 0,
+                      layers_a=None, layers_b=None, pooling: str = "mean", device=None, progress=None,
+                      store=None, **params) -> CalibratedMatrix:
+    """:func:`calibrated_matrix` for two models on a dataset (the heatmap's calibrated colour scale
+    and each cell's null), cached in the result store like :func:`layer_similarity`. It calibrates
+    the full-batch estimator; :func:`calibration_seconds` estimates its cost beforehand."""
+    from .store import default_store
+
+    m, params, layers_a, layers_b, key = _layer_job("similarity_calibration", model_a, model_b, ds, measure, layers_a,
+                                                    layers_b, pooling, params, n_perm=int(n_perm), seed=int(seed))
+    store = store or default_store()
+    hit = store.get(key)
+    if hit is not None:
+        if progress:
+            progress(1.0, "loaded from the result store")
+        return _calibrated_frames(hit["value"], hit["null"], layers_a, layers_b, m, seed, cached=True)
+    stage = _stage(progress)
+    acts_a, acts_b = _layer_activations(model_a, model_b, ds, layers_a, layers_b, pooling, measure, None,
+                                        device, stage)
+    value, null = _calibration_arrays(acts_a, acts_b, measure, n_perm, seed, device, stage(0.6, 1.0), params)
+    store.put(key, {"value": value, "null": null}, {"measure": measure, "a": model_a.ref, "b": model_b.ref,
+                                                    "data": ds.name, "n_perm": int(n_perm)}, kind="similarity")
+    return _calibrated_frames(value, null, layers_a, layers_b, m, seed)
 
 
 def estimate_bytes(n: int, dims_a: list[int], dims_b: list[int], measure: str,
@@ -1071,3 +1467,23 @@ def estimate_seconds(n: int, dims_a: list[int], dims_b: list[int], measure: str,
         k = int(m.params.get("k", 10))
         flops = sum(2 * n * n * p for p in dims) + la * lb * n * k * k
     return 0.05 + flops / FLOPS_PER_SECOND
+
+
+def calibration_seconds(n: int, dims_a: list[int], dims_b: list[int], measure: str, n_perm: int = 100) -> float:
+    """Rough wall time of :func:`calibrated_matrix` (shown before the calibrated colour scale is
+    computed): the matrix itself, then per permutation the pairs from permuted statistics."""
+    m = measure_info(measure)
+    la, lb = len(dims_a), len(dims_b)
+    pairs = [(p, q) for p in dims_a for q in dims_b]
+    if m.family == "cka" and 8.0 * n * n * (la + 2 * lb) <= GRAM_MEMORY_BYTES:
+        per = 2 * la * lb * n * n + 40 * lb * n * n  # one product of stacked Grams; the permuted copy (memory-bound)
+    elif m.family == "cka":
+        per = sum(2 * n * p * q for p, q in pairs)  # the feature form per pair
+    elif m.family in ("cca", "procrustes"):  # a product of two bases (or layers) and its SVD per pair
+        k = (lambda p: min(n, p)) if m.family == "cca" else (lambda p: p)
+        per = sum(2 * n * k(p) * k(q) + 10 * min(k(p), k(q)) ** 3 for p, q in pairs)
+    elif m.family == "rsa":
+        per = (lb * 10 + la * lb) * n * n / 2
+    else:
+        per = lb * n * int(m.params.get("k", 10)) + la * lb * n * int(m.params.get("k", 10)) ** 2
+    return estimate_seconds(n, dims_a, dims_b, measure) + int(n_perm) * per / FLOPS_PER_SECOND

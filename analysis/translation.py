@@ -10,6 +10,8 @@ well translated rows find their own counterpart (MRR, top-k Jaccard).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .errors import UserInputError
@@ -20,6 +22,10 @@ RETRIEVAL_COUNTS = (3, 5, 10, 20, 50, 100)  # anchor budgets of the retrieval sw
 SELECTIONS = ("random", "farthest-point", "k-means", "class-balanced")
 SCALINGS = ("feature", "global", "none")
 _EPS = np.finfo(np.float64).eps
+
+
+class TranslationWarning(UserWarning):
+    """The fitted translation is not determined by the anchors (or reproduces them and no more)."""
 
 
 def small_blas(fn):
@@ -69,6 +75,43 @@ def _stats(x, scaling: str):
     return mu, sd
 
 
+def _rank(m: np.ndarray) -> int:
+    s = np.linalg.svd(m, compute_uv=False)
+    return int((s > s[0] * max(m.shape) * _EPS).sum()) if s.size and s[0] > 0 else 0
+
+
+def _silent_units(a: np.ndarray) -> int:
+    """Units constant on the anchors (a ReLU unit that never fires there): the anchors say nothing
+    about how they map."""
+    return int((np.ptp(a, axis=0) == 0).sum())
+
+
+def _not_unique(method: str, xa, ya, xs, ys, centred: bool) -> list[str]:
+    """Why the fitted map is not the only one that fits the anchors equally well, if it is not.
+
+    The orthogonal maps (ortho, l-ortho) are unique as far as the translation of a sample goes when
+    the anchors' cross-covariance xs^T ys (standardised, unpadded) has rank min(d_X, d_Y); the
+    least-squares maps (linear, affine) when xs has rank d_X. Centring uses one degree of freedom, so
+    m anchors give rank at most m - 1, and a unit that never fires on the anchors gives none."""
+    d = min(xs.shape[1], ys.shape[1]) if method in ("ortho", "l-ortho") else xs.shape[1]
+    rank = _rank(xs.T @ ys) if method in ("ortho", "l-ortho") else _rank(xs)
+    if rank >= d:
+        return []
+    why = []
+    fixed = len(xa) - 1 if centred else len(xa)
+    if fixed < d:
+        why.append(f"{len(xa)} anchors fix at most {fixed}" + (", as centring takes one" if centred else ""))
+    silent_x, silent_y = _silent_units(xa), _silent_units(ya)
+    if silent_x or silent_y:
+        why.append(f"{silent_x} unit(s) of X and {silent_y} of Y never change on the anchors (e.g. never fire)")
+    reason = "; ".join(why) or "the anchors are linearly dependent"
+    fix = f"Use more anchors than dimensions (at least {d + 1 if centred else d})"
+    fix += ", and drop units that never fire." if silent_x or silent_y else "."
+    return [f"The {method} translation is not unique: the anchors determine only {rank} of the {d} directions it "
+            f"needs ({reason}). Other maps fit the anchors equally well and translate other samples differently. "
+            + fix]
+
+
 class Translator:
     """Translate X's space into Y's from anchor pairs (scikit-learn style).
 
@@ -80,7 +123,9 @@ class Translator:
         choice), "global" (centre, divide by one RMS spread: keeps rotations exact) or "none"
 
     Fitted attributes: ``R_`` (d x d, d the larger dimension), ``bias_`` (affine), ``mean_x_``,
-    ``scale_x_``, ``mean_y_``, ``scale_y_``, ``warnings_``.
+    ``scale_x_``, ``mean_y_``, ``scale_y_``, ``warnings_`` (sentences for the user: a fit that is
+    not unique, or that only reproduces the anchors; each is also issued as a
+    :class:`TranslationWarning`, which a page can catch with ``warnings.catch_warnings``).
     """
 
     def __init__(self, method: str = "ortho", scaling: str = "feature"):
@@ -116,6 +161,11 @@ class Translator:
                 f"{len(xa)} anchors for a {self.dim_x_}-dimensional space: the {self.method} fit reproduces the "
                 "anchors exactly and says little about other samples. Use more anchors than dimensions, "
                 "or the orthogonal map.")
+        if not self.warnings_:  # the exactly determined fit above is also not unique: one sentence is enough
+            self.warnings_ += _not_unique(self.method, xa, ya, xs[:, : self.dim_x_], ys[:, : self.dim_y_],
+                                          centred=self.scaling != "none")
+        for message in self.warnings_:
+            warnings.warn(message, TranslationWarning, stacklevel=2)
         return self
 
     def transform(self, X) -> np.ndarray:

@@ -10,7 +10,8 @@ radius < 1.
   ``||z_t - z_{t-1}||^2 < tol`` (the paper's ``||f(z_t) - f(z_{t-1})||^2`` with z_t = f(z_{t-1})),
   later steps only touch the rows still moving.
 - :func:`find_attractors` merges end points whose cosine similarity exceeds ``merge_cos`` (0.99 in
-  the paper); :func:`jacobian_spectral_radius` checks each with ``torch.func``.
+  the paper) or that lie closer than that rule's chord at the latent space's scale (the cosine says
+  nothing near the origin); :func:`jacobian_spectral_radius` checks each with ``torch.func``.
 - :func:`memorization_coefficient` (decoded attractors against the training set, with the
   held-out-vs-training null), :func:`dictionary_rank`, :func:`chamfer_similarity`.
 - :func:`ood_scores`: the trajectory score (mean distance of the trajectory to the training
@@ -33,7 +34,7 @@ import numpy as np
 
 from .errors import UserInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the scale-aware distance rule merges end points near the origin
 DEFAULTS = {"max_steps": 500, "tol": 1e-6, "merge_cos": 0.99}
 FALLBACK_MODEL = "zoo:mlp-ae-b2"  # analysed when neither sidebar model is an autoencoder (2-D latent: exact field)
 
@@ -64,6 +65,15 @@ class Trajectories:
     @property
     def n(self) -> int:
         return len(self.endpoints)
+
+    @property
+    def scale(self) -> float:
+        """RMS norm of the starts: the latent space's size for the merge rule's distance."""
+        return rms_norm(self.path[0])
+
+    def attractors(self, merge_cos: float = DEFAULTS["merge_cos"]) -> "Attractors":
+        """:func:`find_attractors` of the converged end points, at the scale of the starts."""
+        return find_attractors(self.endpoints, merge_cos, self.converged, scale=self.scale)
 
 
 def _f(encode, decode):
@@ -158,13 +168,15 @@ def iterate_loop(encode, decode, z0, max_steps: int = DEFAULTS["max_steps"], tol
 @dataclass
 class Attractors:
     """Distinct end points. ``points`` (m, k); ``basin`` (n,) index of each start's attractor, -1 for a
-    start that did not converge; ``sizes`` (m,) starts per attractor; ``merge_cos`` the rule used."""
+    start that did not converge; ``sizes`` (m,) starts per attractor; ``merge_cos`` and
+    ``merge_dist`` the rule used."""
 
     points: np.ndarray
     basin: np.ndarray
     sizes: np.ndarray
     merge_cos: float
     spectral_radius: np.ndarray | None = None
+    merge_dist: float = 0.0
 
     @property
     def count(self) -> int:
@@ -183,14 +195,34 @@ def _unit(x: np.ndarray, eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
     return x / np.maximum(norm, eps)[:, None], norm
 
 
+def rms_norm(z) -> float:
+    z = np.asarray(z, dtype=np.float64)
+    return float(np.sqrt((z * z).sum(-1).mean())) if z.size else 0.0
+
+
+def merge_distance(merge_cos: float, scale: float) -> float:
+    """The chord between two directions at cosine ``merge_cos``, at radius ``scale``:
+    sqrt(2 (1 - merge_cos)) * scale. Points at the typical norm and within it are about as close as
+    the cosine rule merges; near the origin, where the cosine says nothing, it is the only rule."""
+    return float(np.sqrt(2.0 * (1.0 - merge_cos)) * scale)
+
+
 def find_attractors(endpoints, merge_cos: float = DEFAULTS["merge_cos"], converged=None,
-                    merge_dist: float = 0.0) -> Attractors:
+                    merge_dist: float | None = None, scale: float | None = None) -> Attractors:
     """Group end points into attractors: two points are one attractor when their cosine similarity
-    exceeds ``merge_cos`` (the paper's rule) or their Euclidean distance is at most ``merge_dist``
-    (the cosine says nothing near the origin). Leader clustering in the order of the starts: the first
-    unassigned end point opens a group and takes every unassigned point within the rule of it; each
-    group is represented by its member nearest to the group mean, so every attractor reported is an
-    end point actually reached. Starts that did not converge (``converged`` False) get basin -1.
+    exceeds ``merge_cos`` (the paper's rule) or their Euclidean distance is at most ``merge_dist``.
+
+    The cosine says nothing near the origin: a contraction to 0 ends its trajectories in every
+    direction around it, and the cosine alone splits that one fixed point into many. So by default
+    (``merge_dist=None``) the distance rule is scale-aware, :func:`merge_distance` at ``scale``: the
+    latent space's size, best the RMS norm of the starts (:meth:`Trajectories.attractors` and
+    :func:`analyse` pass it); None takes the RMS norm of the end points, which is too small when
+    every start contracts to the origin. ``merge_dist=0`` is the paper's cosine rule alone.
+
+    Leader clustering in the order of the starts: the first unassigned end point opens a group and
+    takes every unassigned point within the rule of it; each group is represented by its member
+    nearest to the group mean, so every attractor reported is an end point actually reached. Starts
+    that did not converge (``converged`` False) get basin -1.
     """
     e = np.asarray(endpoints, dtype=np.float64)
     if e.ndim != 2:
@@ -198,6 +230,8 @@ def find_attractors(endpoints, merge_cos: float = DEFAULTS["merge_cos"], converg
     if not -1.0 <= merge_cos <= 1.0:
         raise UserInputError("The merge rule is a cosine similarity between -1 and 1 (the paper uses 0.99).")
     ok = np.ones(len(e), bool) if converged is None else np.asarray(converged, bool)
+    if merge_dist is None:
+        merge_dist = merge_distance(merge_cos, rms_norm(e[ok]) if scale is None else scale)
     unit, _ = _unit(e)
     basin = np.full(len(e), -1, dtype=np.int64)
     free = ok.copy()
@@ -213,7 +247,8 @@ def find_attractors(endpoints, merge_cos: float = DEFAULTS["merge_cos"], converg
         sizes.append(len(idx))
         free &= ~members
     k = e.shape[1]
-    return Attractors(np.asarray(points).reshape(-1, k), basin, np.asarray(sizes, dtype=np.int64), float(merge_cos))
+    return Attractors(np.asarray(points).reshape(-1, k), basin, np.asarray(sizes, dtype=np.int64), float(merge_cos),
+                      merge_dist=float(merge_dist))
 
 
 def jacobian_spectral_radius(encode, decode, z, batch_size: int = 256, device=None) -> np.ndarray:
@@ -504,10 +539,11 @@ class FieldGrid:
 
 def field_on_plane(encode, decode, plane: Plane, bounds, m: int = 30, max_steps: int = DEFAULTS["max_steps"],
                    tol: float = DEFAULTS["tol"], merge_cos: float = DEFAULTS["merge_cos"], attractors=None,
-                   device=None) -> FieldGrid:
+                   device=None, scale: float | None = None) -> FieldGrid:
     """The field on a grid of the plane and each grid point's basin. ``bounds`` = (u0, u1, v0, v1).
     Grid points reach attractors by iterating in the full latent space; they are assigned to the
-    given ``attractors`` (k-dim) by the merge rule, or to new ones."""
+    given ``attractors`` (k-dim) by the merge rule at ``scale`` (None: the grid's RMS norm), or to
+    new ones."""
     import torch
 
     u = np.linspace(bounds[0], bounds[1], m)
@@ -521,7 +557,8 @@ def field_on_plane(encode, decode, plane: Plane, bounds, m: int = 30, max_steps:
     traj = iterate(encode, decode, torch.from_numpy(z), max_steps=max_steps, tol=tol, record_every=0, device=device)
     known = np.zeros((0, z.shape[1])) if attractors is None else np.asarray(attractors, dtype=np.float64)
     att = find_attractors(np.concatenate([known, traj.endpoints]), merge_cos,
-                          converged=np.concatenate([np.ones(len(known), bool), traj.converged]))
+                          converged=np.concatenate([np.ones(len(known), bool), traj.converged]),
+                          scale=traj.scale if scale is None else scale)
     basin = att.basin[len(known):]
     return FieldGrid(u, v, proj[:, 0].reshape(m, m), proj[:, 1].reshape(m, m),
                      np.linalg.norm(vel, axis=1).reshape(m, m), basin.reshape(m, m), att.points)
@@ -604,8 +641,17 @@ class LatentDynamics:
     counts: np.ndarray  # distinct attractors from [train, test, noise] starts
     converged_fraction: np.ndarray  # [train, test, noise]
     rank: int
+    merge_scale: float = float("nan")  # RMS norm of the training latents: the merge rule's distance scale
     params: dict = field(default_factory=dict)
     cached: bool = False
+
+    @property
+    def merge_rule(self) -> str:
+        """The merge rule in words (for the page)."""
+        cos = self.params.get("merge_cos", DEFAULTS["merge_cos"])
+        return (f"cosine > {cos:g}, or closer than {merge_distance(cos, self.merge_scale):.3g} (that rule's chord "
+                f"at the training latents' RMS norm {self.merge_scale:.3g}, so a fixed point at the origin is one "
+                "attractor)")
 
     @property
     def memorization(self) -> Memorization:
@@ -626,7 +672,7 @@ class LatentDynamics:
                 "unstable": int(len(self.unstable)), "converged": float(self.converged_fraction[0])}
 
 
-_SCALARS = ("rank",)
+_SCALARS = {"rank": int, "merge_scale": float}
 
 
 def array_sha(*arrays) -> str:
@@ -645,7 +691,8 @@ def analyse(model, train_x, test_x, n_starts: int = 300, n_noise: int = 200, max
             progress: Callable[[float, str], None] | None = None, store=None, use_cache: bool = True
             ) -> LatentDynamics:
     """Trajectories from ``n_starts`` training rows, ``n_starts`` held-out rows and ``n_noise`` noise
-    inputs; attractors (merge rule ``merge_cos``) with their spectral radii; memorization against the
+    inputs; attractors (merge rule ``merge_cos``, with the distance rule at the RMS norm of the training
+    latents, see :func:`find_attractors`) with their spectral radii; memorization against the
     training set with the held-out null; attractor counts; dictionary rank. Cached in the store."""
     from .store import default_store, make_key
 
@@ -679,7 +726,8 @@ def analyse(model, train_x, test_x, n_starts: int = 300, n_noise: int = 200, max
         for i, (name, z0) in enumerate((("training", z_train[start_index]), ("held-out", z_test), ("noise", z_noise))):
             sub = lambda f, m, i=i, name=name: report(0.05 + 0.28 * (i + f), f"{name} starts: {m}")
             runs.append(iterate(enc, dec, torch.from_numpy(z0), max_steps, tol, record_every=0, progress=sub))
-        atts = [find_attractors(r.endpoints, merge_cos, r.converged) for r in runs]
+        scale = rms_norm(z_train)
+        atts = [find_attractors(r.endpoints, merge_cos, r.converged, scale=scale) for r in runs]
         report(0.9, "Jacobians at the attractors")
         rho = jacobian_spectral_radius(enc, dec, atts[0].points.astype(np.float32))
         rho_noise = jacobian_spectral_radius(enc, dec, atts[2].points.astype(np.float32))
@@ -699,7 +747,7 @@ def analyse(model, train_x, test_x, n_starts: int = 300, n_noise: int = 200, max
         decoded=decoded, similarity=sim, nearest=nearest, null_similarity=null,
         noise_attractors=atts[2].points, noise_decoded=noise_decoded, noise_spectral_radius=rho_noise,
         counts=np.array([a.count for a in atts]), converged_fraction=np.array([r.converged.mean() for r in runs]),
-        rank=dictionary_rank(decoded), params=params)
+        rank=dictionary_rank(decoded), merge_scale=scale, params=params)
     if use_cache:
         store.put(key, _to_arrays(result), {"model": model.ref, **params}, kind="vector_field")
     report(1.0, "done")
@@ -716,7 +764,7 @@ def _to_arrays(r: LatentDynamics) -> dict:
 
 
 def _from_arrays(arrays: dict, params: dict) -> LatentDynamics:
-    kw = {k: (int(v) if k in _SCALARS else v) for k, v in arrays.items()}
+    kw = {k: (_SCALARS[k](v) if k in _SCALARS else v) for k, v in arrays.items()}
     return LatentDynamics(**kw, params=params, cached=True)
 
 
@@ -750,7 +798,8 @@ def field_view(model, dyn: LatentDynamics, m: int = 30, margin: float = 0.15, de
     if hit is not None:
         return plane, FieldGrid(**hit)
     with latent_access(model, device) as (enc, dec):
-        grid = field_on_plane(enc, dec, plane, bounds, m, p["max_steps"], p["tol"], p["merge_cos"], dyn.attractors)
+        grid = field_on_plane(enc, dec, plane, bounds, m, p["max_steps"], p["tol"], p["merge_cos"], dyn.attractors,
+                              scale=dyn.merge_scale)
     if use_cache:
         store.put(key, {k: np.asarray(getattr(grid, k)) for k in grid.__dataclass_fields__},
                   {"model": model.ref, "m": m}, kind="vector_field")

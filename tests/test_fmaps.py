@@ -189,3 +189,53 @@ def test_store_cache_round_trip():
     second = fmaps.cached("fm_test", compute, x=1)
     assert len(calls) == 1 and np.array_equal(first["a"], second["a"])
     assert fmaps.is_cached("fm_test", x=1) and not fmaps.is_cached("fm_test", x=2)
+
+
+# ----------------------------------------------------------------- calibrated similarity
+@pytest.mark.parametrize("n", [200, 500])
+def test_calibrated_similarity_of_unrelated_spaces_is_near_zero(n):
+    """Unrelated spaces: the raw LFM similarity rises with n/K (about 0.42 at n = 200, 0.53 at 500, K = 50)
+    and means nothing alone; its permutation null rises with it, and the calibrated score stays within
+    3.5 null spreads (null_std / (1 - null_mean), ~0.013) of 0."""
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=(n, 20)), rng.normal(size=(n, 20))
+    c = fmaps.calibrated_similarity(x, y, n_perm=60, seed=1)
+    assert c.value > 0.35  # the raw score is far from 0
+    spread = c.null_std / (1 - c.null_mean)
+    assert abs(c.score) <= 3.5 * spread and abs(c.score) < 0.06
+    assert c.value == pytest.approx(c.null_mean, abs=4 * c.null_std)
+
+
+def test_calibrated_similarity_of_a_rotated_copy_is_one(digits_x):
+    y = 3.0 * digits_x @ _rotation(64) - 5.0
+    c = fmaps.calibrated_similarity(digits_x, y, n_perm=40, seed=0, n_eigs=30)
+    assert c.value >= 0.99 and c.score >= 0.98 and c.p_value == pytest.approx(1 / 41)
+    assert c.null_mean < 0.7
+
+
+def test_permutation_null_equals_refitting_on_permuted_rows(swiss):
+    """The null permutes Phi_Y's rows instead of rebuilding the graph and its spectrum: the same
+    value as fitting the map to the permuted rows (kNN graph of permuted rows = permuted graph)."""
+    x, y, _ = swiss
+    m = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(x, y, rows_aligned=True)
+    null = fmaps.permutation_null(m.eigenvectors_x_, m.eigenvectors_y_, n_perm=2, seed=3)
+    rng = np.random.default_rng(3)
+    for value in null:
+        refit = fmaps.LatentFunctionalMap(n_eigs=30, descriptors=()).fit(x, y[rng.permutation(len(y))],
+                                                                        rows_aligned=True)
+        assert value == pytest.approx(refit.similarity(), abs=1e-8)
+    c = m.calibrated(n_perm=2, seed=3)
+    np.testing.assert_allclose(c.null, null, atol=1e-15)
+    assert c.value == m.similarity() and c.p_value == pytest.approx(1 / 3)
+
+
+def test_calibration_needs_aligned_rows_and_is_cached(swiss, monkeypatch):
+    x, y, _ = swiss
+    unaligned = fmaps.LatentFunctionalMap(n_eigs=10).fit(x, y, anchors=np.array([[0, 0], [5, 5], [9, 9]]))
+    with pytest.raises(UserInputError, match="rows aligned"):
+        unaligned.calibrated()
+    first = fmaps.calibrated_similarity(x[:200], y[:200], n_perm=5, n_eigs=10)
+    monkeypatch.setattr(fmaps.LatentFunctionalMap, "fit", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("refitted")))
+    again = fmaps.calibrated_similarity(x[:200], y[:200], n_perm=5, n_eigs=10)
+    np.testing.assert_array_equal(again.null, first.null)  # the stored bytes, read back

@@ -118,6 +118,45 @@ def test_saelens_format_round_trip_is_bit_exact(tmp_path, kind):
     assert stored["W_enc"].shape == (6, 10) and stored["W_dec"].shape == (10, 6)
 
 
+@pytest.mark.parametrize("kind", ["jumprelu", "batchtopk"])
+def test_negative_thresholds_encode_as_saelens_does(kind):
+    """SAELens's JumpReLU SAE (also how BatchTopK SAEs are saved) encodes
+        hidden_pre = (x - b_dec) @ W_enc + b_enc
+        feature_acts = relu(hidden_pre) * (hidden_pre > threshold)
+    With negative thresholds a pre-activation in (threshold, 0) gives 0, never a negative code, and
+    L0 counts every non-zero code. (Before: z * (z > threshold) gave negative codes, and L0, which
+    counts codes > 0, left them out.)"""
+    rng = np.random.default_rng(3)
+    d, m = 6, 40
+    arrays = {"W_enc": rng.normal(size=(d, m)), "W_dec": rng.normal(size=(m, d)), "b_enc": rng.normal(size=m),
+              "b_dec": rng.normal(size=d), "threshold": rng.uniform(-1.0, -0.1, size=m)}
+    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+    sae = S.from_arrays(arrays, kind, k=3)
+    x = rng.normal(size=(200, d)).astype(np.float32)
+    a = {k: v.astype(np.float64) for k, v in arrays.items()}
+    hidden_pre = (x - a["b_dec"]) @ a["W_enc"] + a["b_enc"]
+    feature_acts = np.maximum(hidden_pre, 0) * (hidden_pre > a["threshold"])
+    between = (hidden_pre > a["threshold"]) & (hidden_pre < 0)
+    assert between.sum() > 100  # the case that differs: negative pre-activations above the threshold
+    codes = sae.encode(x)
+    np.testing.assert_allclose(codes, feature_acts, rtol=1e-5, atol=1e-5)
+    assert (codes >= 0).all()
+    assert S.evaluate(sae, x).l0 == pytest.approx((feature_acts > 0).sum(1).mean(), abs=0.02)
+    np.testing.assert_allclose(sae(x), feature_acts @ a["W_dec"] + a["b_dec"], rtol=1e-4, atol=1e-4)
+
+
+def test_jumprelu_training_function_matches_the_encoder():
+    """The autograd function used in training gives the same codes, and no gradient flows to a
+    pre-activation that the ReLU zeroes."""
+    z = torch.tensor([[-0.5, -0.05, 0.2, 0.7]], requires_grad=True)
+    theta = torch.tensor([-1.0, -0.1, 0.3, 0.1], requires_grad=True)
+    f = S._JumpReLU.apply(z, theta, 0.05)
+    assert torch.equal(f.detach(), S.jumprelu(z.detach(), theta.detach()))
+    assert f.tolist() == [[0.0, 0.0, 0.0, pytest.approx(0.7)]]
+    f.sum().backward()
+    assert z.grad.tolist() == [[0.0, 0.0, 0.0, 1.0]]
+
+
 def test_saelens_files_with_bad_contents_are_user_errors(tmp_path):
     with pytest.raises(UserInputError, match="no cfg.json"):
         S.load_saelens(tmp_path)

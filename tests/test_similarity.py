@@ -297,15 +297,20 @@ def test_streaming_memory_does_not_grow_with_n():
     assert peaks[100_000] < 100, peaks
 
 
-@pytest.mark.parametrize("name", ["linear_cka", "debiased_linear_cka"])
-def test_fast_resampling_equals_recomputing(name):
-    """The Gram-matrix shortcut for permutations gives the same numbers as evaluating the measure
-    on the permuted rows."""
-    fast = S._GramResampler(X, Y, debiased=name == "debiased_linear_cka")
-    rng = np.random.default_rng(5)
-    perm = rng.permutation(len(X))
-    assert fast.value() == pytest.approx(S.compute(name, X, Y), abs=1e-12)
-    assert fast.permuted(perm) == pytest.approx(S.compute(name, X, Y[perm]), abs=1e-12)
+@pytest.mark.parametrize("name, gram", [(name, True) for name in ALL]
+                         + [("linear_cka", False), ("debiased_linear_cka", False)])
+def test_permuted_statistics_equal_recomputing(monkeypatch, name, gram):
+    """A permutation null permutes each layer's statistic (a centred Gram matrix, a basis, a ranked
+    RDM, neighbour lists) instead of recomputing it: the same numbers as evaluating the measure on
+    the permuted rows. ``gram=False``: the feature form linear CKA takes when Gram matrices do not fit."""
+    if not gram:
+        monkeypatch.setattr(S, "GRAM_MEMORY_BYTES", 0)
+    m = S.MEASURES[name]
+    st = S._statistic(m, m.params, len(X))
+    sx, sy = st.of(X), st.of(Y)
+    perm = np.random.default_rng(5).permutation(len(X))
+    assert st.pair(sx, sy) == pytest.approx(S.compute(name, X, Y), abs=1e-12)
+    assert st.pair(sx, st.permute(sy, perm)) == pytest.approx(S.compute(name, X, Y[perm]), abs=1e-12)
 
 
 def test_debiased_feature_form_equals_u_centred_gram_form():

@@ -1,4 +1,6 @@
 """Latent space translation, relative projection, anchors, retrieval and zero-shot stitching."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -70,9 +72,45 @@ def test_affine_differs_from_linear_without_centering():
 
 def test_warns_when_anchors_do_not_exceed_dimension(xy):
     x, y = xy
-    assert T.Translator("linear").fit(x[:12], y[:12]).warnings_
-    assert not T.Translator("linear").fit(x[:13], y[:13]).warnings_
-    assert not T.Translator("ortho").fit(x[:5], y[:5]).warnings_
+    with pytest.warns(T.TranslationWarning, match="reproduces the anchors"):
+        assert len(T.Translator("linear").fit(x[:12], y[:12]).warnings_) == 1
+    with pytest.warns(T.TranslationWarning, match="ortho translation is not unique.*5 anchors fix at most 4"):
+        assert T.Translator("ortho").fit(x[:5], y[:5]).warnings_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough anchors, every unit varies: silent
+        assert not T.Translator("linear").fit(x[:13], y[:13]).warnings_
+        assert not T.Translator("ortho").fit(x[:13], y[:13]).warnings_
+        assert not T.Translator("ortho", "none").fit(x[:12], y[:12]).warnings_  # no centring: 12 suffice
+
+
+def test_orthogonal_translation_from_fewer_anchors_than_dimensions_is_not_unique():
+    """5 anchors of a rotated 12-dimensional space: the standardised anchors span 4 directions, so a
+    reflection H in a direction w orthogonal to all of them maps the anchors exactly as R does,
+    while R and R H translate other samples differently. That is what the warning says."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((100, 12))
+    y = x @ _rotation(12, 2)
+    with pytest.warns(T.TranslationWarning, match="determine only 4 of the 12 directions"):
+        t = T.Translator("ortho", "global").fit(x[:5], y[:5])
+    assert "not unique" in t.warnings_[0]
+    ys = (y[:5] - t.mean_y_) / t.scale_y_
+    w = np.linalg.svd(ys, full_matrices=True)[2][-1]  # orthogonal to every standardised anchor of Y
+    h = np.eye(12) - 2 * np.outer(w, w)
+    xs = (x[:5] - t.mean_x_) / t.scale_x_
+    assert np.abs(xs @ t.R_ @ h - xs @ t.R_).max() < 1e-12  # the same on the anchors
+    others = (x[5:] - t.mean_x_) / t.scale_x_
+    assert np.abs(others @ t.R_ @ h - others @ t.R_).max() > 0.1  # not on other samples
+
+
+def test_units_that_never_fire_on_the_anchors_make_the_translation_not_unique():
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.standard_normal((200, 10)), 0)
+    y = x @ _rotation(10, 1)
+    x[:40, :3] = 0.0  # three ReLU units silent on the 40 anchors
+    for method in ("ortho", "l-ortho", "linear"):
+        with pytest.warns(T.TranslationWarning, match=r"3 unit\(s\) of X .* never change on the anchors"):
+            t = T.Translator(method).fit(x[:40], y[:40])
+        assert "determine only 7 of the 10" in t.warnings_[0] and "drop units that never fire" in t.warnings_[0]
 
 
 def test_relative_projection_invariant_after_centering(xy):

@@ -96,6 +96,40 @@ def test_merge_rule():
         vf.find_attractors(pts, merge_cos=2.0)
 
 
+def test_a_contraction_to_the_origin_is_one_attractor():
+    """z <- 0.5 z from 200 random starts: the trajectories stop (step^2 < 1e-6) within ~1e-3 of 0, in
+    every direction, so the cosine alone makes many attractors of the one fixed point. The default,
+    scale-aware rule (the cosine's chord at the starts' RMS norm) gives one, at 0."""
+    enc, dec = linear(0.5 * torch.eye(3, dtype=torch.float64))
+    z0 = torch.from_numpy(np.random.default_rng(0).standard_normal((200, 3)))
+    tr = vf.iterate(enc, dec, z0, max_steps=100, tol=1e-6)
+    assert tr.converged.all()
+    att = tr.attractors()
+    assert att.count == 1 and att.sizes.tolist() == [200] and (att.basin == 0).all()
+    assert np.linalg.norm(att.points[0]) < 2e-3
+    assert att.merge_dist == pytest.approx(np.sqrt(2 * 0.01) * np.sqrt((z0.numpy() ** 2).sum(1).mean()))
+    assert vf.find_attractors(tr.endpoints, scale=tr.scale).count == 1
+    assert vf.find_attractors(tr.endpoints, merge_dist=0.0).count > 20  # the cosine rule alone splits it
+
+
+def test_distinct_attractors_stay_distinct_under_the_distance_rule():
+    """Each start contracts halfway to the nearest of three targets, (-4, 0), (0, 0) and (4, 0): three
+    attractors, the one at the origin whole, the two others apart."""
+    targets = torch.tensor([[-4.0, 0.0], [0.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+
+    def encode(z):
+        nearest = targets[torch.cdist(z, targets).argmin(1)]
+        return 0.5 * z + 0.5 * nearest
+
+    z0 = torch.from_numpy(np.random.default_rng(1).normal(scale=2.5, size=(300, 2)))
+    tr = vf.iterate(encode, lambda z: z, z0, max_steps=100, tol=1e-10)
+    att = tr.attractors()
+    assert att.count == 3
+    found = att.points[np.argsort(att.points[:, 0])]
+    np.testing.assert_allclose(found, targets.numpy(), atol=1e-4)
+    assert att.sizes.sum() == 300
+
+
 def test_unstable_fixed_point_is_reported_not_hidden():
     enc, dec = linear(torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64)))
     tr = vf.iterate(enc, dec, torch.zeros(1, 2, dtype=torch.float64), max_steps=10)
@@ -305,14 +339,27 @@ def test_uploaded_torchscript_with_encode_and_decode_is_an_autoencoder(splits):
     np.testing.assert_allclose(j[:, :, 0], fd.double().numpy() / (2 * eps), atol=1e-3)
 
 
+def relative_differences(state: dict, reference: dict) -> dict:
+    """||a - b|| / ||b|| per tensor."""
+    return {k: float((v - reference[k]).norm() / reference[k].norm()) for k, v in state.items()}
+
+
 def test_training_checkpoints_are_the_same_run_stopped_early():
+    """Retraining mlp-ae-b8 for one epoch from its seed gives the shipped epoch-1 checkpoint, up to
+    floating-point rounding. BLAS and vector kernels differ between CPUs (and thread counts), so
+    the weights are compared with a tolerance, not bit for bit: every tensor within 1e-4 (relative
+    Frobenius norm). Measured: 8e-8 here with AVX-512 or forced AVX2 kernels, 1.4e-7 with the
+    generic ones; the same training from the next seed lands 1.2-2.1 away in every tensor, four
+    orders of magnitude outside the tolerance, so the test still tells another run apart."""
     assert zoo.checkpoints("mlp-ae-b8") == [(0, "mlp-ae-b8-ep0"), (1, "mlp-ae-b8-ep1"), (5, "mlp-ae-b8-ep5"),
                                             (20, "mlp-ae-b8-ep20"), (150, "mlp-ae-b8")]
     for epoch, name in zoo.checkpoints("mlp-ae-b8")[:2]:
         e = models.zoo_entry(name)
         assert e["epochs"] == epoch and e.get("checkpoint_of", "mlp-ae-b8") == "mlp-ae-b8"
     spec = dict(next(s for s in zoo.SPECS if s["name"] == "mlp-ae-b8"), epochs=1)
-    retrained, _ = zoo.train(spec, log=lambda *_: None)
     saved = models.load("zoo:mlp-ae-b8-ep1").module.state_dict()
-    for k, v in retrained.state_dict().items():
-        assert torch.equal(v, saved[k]), k
+    retrained, _ = zoo.train(spec, log=lambda *_: None)
+    same = relative_differences(retrained.state_dict(), saved)
+    assert max(same.values()) < 1e-4, same
+    other, _ = zoo.train(dict(spec, seed=spec["seed"] + 1), log=lambda *_: None)
+    assert min(relative_differences(other.state_dict(), saved).values()) > 0.5
