@@ -75,7 +75,7 @@ def test_gram_form_equals_feature_form():
     xw = wide @ RNG.normal(size=(50, 60))
     wc, xc = wide - wide.mean(0), xw - xw.mean(0)
     feature = np.sum((xc.T @ wc) ** 2) / (np.linalg.norm(wc.T @ wc) * np.linalg.norm(xc.T @ xc))
-    assert S._linear_cka_features(wide, xw) == pytest.approx(feature, abs=1e-12)
+    assert S.measures._linear_cka_features(wide, xw) == pytest.approx(feature, abs=1e-12)
 
 
 def test_hsic_biased_trace_formula():
@@ -201,9 +201,9 @@ def test_svcca_keeps_components_by_variance_fraction():
     u -= u.mean(0)
     u, _ = np.linalg.qr(u)
     x = u * np.array([10.0, 0.5, 0.5])
-    assert S._orthonormal_basis(x, 0.99)[0].shape[1] == 1
-    assert S._orthonormal_basis(x, 0.996)[0].shape[1] == 2
-    assert S._orthonormal_basis(x, None)[0].shape[1] == 3
+    assert S.measures._orthonormal_basis(x, 0.99)[0].shape[1] == 1
+    assert S.measures._orthonormal_basis(x, 0.996)[0].shape[1] == 2
+    assert S.measures._orthonormal_basis(x, None)[0].shape[1] == 3
 
 
 def test_procrustes_of_rotation_is_one_and_distance_conventions():
@@ -306,7 +306,7 @@ def test_permuted_statistics_equal_recomputing(monkeypatch, name, gram):
     if not gram:
         monkeypatch.setattr(S, "GRAM_MEMORY_BYTES", 0)
     m = S.MEASURES[name]
-    st = S._statistic(m, m.params, len(X))
+    st = S.matrix._statistic(m, m.params, len(X))
     sx, sy = st.of(X), st.of(Y)
     perm = np.random.default_rng(5).permutation(len(X))
     assert st.pair(sx, sy) == pytest.approx(S.compute(name, X, Y), abs=1e-12)
@@ -356,5 +356,5 @@ def test_stacked_u_centring_equals_one_by_one():
 
     grams = torch.stack([S.linear_gram(X), S.linear_gram(Y)])
     ref = torch.stack([S.u_center_gram(g) for g in grams])
-    S._u_center_stack_(grams)
+    S.kernels._u_center_stack_(grams)
     torch.testing.assert_close(grams, ref, rtol=0, atol=1e-9)

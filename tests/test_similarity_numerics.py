@@ -105,7 +105,7 @@ def test_rescaling_is_by_a_power_of_two():
     """The internal rescaling divides the centred features by 2^e (exact), leaving the largest entry
     in [0.5, 1), whatever the input's scale."""
     for scale in (1.0, 1e100, 1e-100, 3e-7):
-        t, e = S._centred(X * scale)
+        t, e = S.kernels._centred(X * scale)
         peak = np.abs(t.numpy()).max()
         assert 0.5 <= peak < 1
         np.testing.assert_allclose(np.ldexp(t.numpy(), e), X * scale - (X * scale).mean(0), rtol=1e-12,

@@ -117,7 +117,7 @@ def test_incompatible_data_is_a_message():
 
 
 def test_long_runs_wait_for_the_button(monkeypatch):
-    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 3e7)  # about 100 s: long, under the server's ceiling
+    monkeypatch.setattr(sim.cost, "FLOPS_PER_SECOND", 3e7)  # about 100 s: long, under the server's ceiling
     at = open_page()
     assert any("Will compute" in i.value for i in at.info)
     assert not at.get("plotly_chart")
@@ -127,7 +127,7 @@ def test_long_runs_wait_for_the_button(monkeypatch):
 
 def test_a_job_over_the_servers_ceiling_is_refused_with_the_way_around(monkeypatch):
     monkeypatch.setenv("REPLENS_MAX_JOB_S", "60")
-    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 1e6)  # hours
+    monkeypatch.setattr(sim.cost, "FLOPS_PER_SECOND", 1e6)  # hours
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
     at.switch_page("pages/similarity.py").run()

@@ -61,6 +61,7 @@ def test_the_page_and_the_cli_reach_the_same_compute(monkeypatch, tmp_path, caps
 
     cli = pd.read_csv(tmp_path / "cli" / "similarity_AB.csv", index_col=0)
     seen.clear()
+    monkeypatch.setenv("REPLENS_STORE", str(tmp_path / "page-store"))  # the page computes, not reads the CLI's
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.switch_page("pages/similarity.py").run()
@@ -113,7 +114,7 @@ def test_a_text_model_with_digits_offers_the_text_set():
 def test_share_stays_when_a_page_waits_for_its_button(monkeypatch):
     from analysis import similarity as sim
 
-    monkeypatch.setattr(sim, "FLOPS_PER_SECOND", 3e7)  # a long run: the page stops at its button
+    monkeypatch.setattr(sim.cost, "FLOPS_PER_SECOND", 3e7)  # a long run: the page stops at its button
     at = _open("pages/similarity.py")
     assert any("Will compute" in i.value for i in at.info)
     assert any(p.proto.popover.label == "Share this view" for p in at.get("popover"))

@@ -186,7 +186,3 @@ class Executor:
                 return
             job._finish(state, error, user_error, result)
         self.limits.release(job.task)
-        if state == DONE:
-            from .estimates import record
-
-            record(job.task, job.elapsed())

@@ -1,7 +1,8 @@
-"""Estimates that learn: every finished job records its estimated and its actual run time in the
-result store, and later estimates of the same kind are corrected by the median ratio of the last
-runs on this machine. A cost model's constants come from one machine; this is how "about N s"
-stays within 2x of the truth on another one.
+"""Estimates that learn: every computed view section records its estimated and its actual run time
+in the result store, and later estimates of the same kind are corrected by the median ratio of the
+last runs on this machine. A cost model's constants come from one machine; this is how "about N s"
+stays within 2x of the truth on another one. Runs under half a second are not recorded: their time
+is mostly start-up, not the work the estimate models.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import statistics
 import threading
 
 KEEP = 20  # runs remembered per kind
+MIN_ACTUAL_S = 0.5
 _LOCK = threading.Lock()
 _CACHE: dict[str, float] = {}
 
@@ -32,10 +34,10 @@ def history(kind: str) -> list[dict]:
     return list((body or {}).get("runs", []))
 
 
-def record(task, seconds: float) -> None:
-    """Keep (estimate, actual) for the task's kind. Cached results (a few ms) teach nothing."""
-    kind, estimate = getattr(task, "kind", ""), float(task.cost.seconds)
-    if not kind or estimate <= 0 or seconds < 0.05:
+def record(kind: str, estimate: float, seconds: float) -> None:
+    """Keep (estimate, actual) for ``kind``."""
+    estimate = float(estimate)
+    if not kind or estimate <= 0 or seconds < MIN_ACTUAL_S:
         return
     with _LOCK:
         runs = (history(kind) + [{"estimate": estimate, "actual": float(seconds)}])[-KEEP:]

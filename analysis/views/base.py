@@ -33,6 +33,8 @@ class Section:
     reads                             spec parameters the value depends on
     uses                              inputs it depends on: "a", "b" (models) and "d" (the data)
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
+    variant(ctx) -> str               what its cost depends on beyond the section (the measure): each
+                                      variant's estimates are corrected by its own past runs
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
     """
@@ -45,6 +47,7 @@ class Section:
     wanted: Callable | None = None
     title: str = ""
     ways_around: str = ""
+    variant: Callable | None = None
 
 
 class Context:
@@ -118,8 +121,24 @@ class Context:
         if name not in self._values:
             section = self.view.section(name)
             kind, parts = self.parts(section)
-            self._values[name] = self.store.cached(kind, parts, lambda: section.compute(self, progress or _quiet))
+            self._values[name] = self.store.cached(kind, parts, lambda: self._timed(section, progress or _quiet))
         return self._values[name]
+
+    def estimate_kind(self, section: Section) -> str:
+        variant = section.variant(self) if section.variant else ""
+        return f"{self.view.page}:{section.name}" + (f":{variant}" if variant else "")
+
+    def _timed(self, section: Section, progress):
+        """Compute a section, and teach its estimate how long that took on this machine."""
+        import time
+
+        from ..jobs import estimates
+
+        t0 = time.perf_counter()
+        value = section.compute(self, progress)
+        if section.estimate is not None:
+            estimates.record(self.estimate_kind(section), section.estimate(self).seconds, time.perf_counter() - t0)
+        return value
 
     def stored(self, name: str):
         """A section's value if the store holds it (never computes); None otherwise."""
@@ -227,7 +246,7 @@ class View:
         for n in names:
             s = self.section(n)
             raw = s.estimate(ctx) if s.estimate else Cost(0.05, 0)
-            parts.append((n, Cost(corrected(f"{self.page}:{n}", raw.seconds), raw.bytes)))
+            parts.append((n, Cost(corrected(ctx.estimate_kind(s), raw.seconds), raw.bytes)))
         cost = sum((c for _, c in parts), Cost())
         if not names:
             return Plan([], cost, None, parts)

@@ -268,11 +268,11 @@ MATRIX_AROUND = ("Use fewer samples or layers, or linear CKA with a minibatch si
                  "with the number of samples).")
 SECTIONS = (
     Section("matrices", _matrices, MATRIX_READS, "abd", _matrix_cost, title="the layer-by-layer maps",
-            ways_around=MATRIX_AROUND),
+            ways_around=MATRIX_AROUND, variant=lambda ctx: ctx.p["measure"]),
     Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", title="the drill-down"),
     Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost,
             wanted=lambda ctx: bool(ctx.p["stats"]), title="bootstrap, permutation test and stability",
-            ways_around="Use fewer samples."),
+            ways_around="Use fewer samples.", variant=lambda ctx: ctx.p["measure"]),
     Section("compare", _compare, ("compare", "pooling", "layers_a", "layers_b"), "abd", _compare_cost,
             wanted=lambda ctx: bool(ctx.p["compare_on"] and ctx.p["compare"]), title="the measure comparison",
             ways_around=MATRIX_AROUND),
