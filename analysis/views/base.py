@@ -37,6 +37,9 @@ class Section:
                                       variant's estimates are corrected by its own past runs
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
+    keyed(ctx) -> dict                values the store keys it by instead of the spec's, where the spec
+                                      leaves a choice to the view ("the best match"): a link that names
+                                      the chosen value and one that leaves it open share the result
     """
 
     name: str
@@ -48,6 +51,7 @@ class Section:
     title: str = ""
     ways_around: str = ""
     variant: Callable | None = None
+    keyed: Callable | None = None
 
 
 class Context:
@@ -103,9 +107,22 @@ class Context:
     def parts(self, section: Section) -> tuple[str, dict]:
         """The section's store kind and key parts: the parameters it reads, the content hashes of
         the inputs it uses, and the view's version."""
+        params = {k: self.canonical(k) for k in section.reads}
+        if section.keyed is not None:
+            params.update(section.keyed(self))
         return (f"{self.view.page}-{section.name}"[:40],
-                {"params": {k: self.p[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
-                 "v": self.view.version})
+                {"params": params, "inputs": self.fingerprint(section.uses), "v": self.view.version})
+
+    def canonical(self, key: str):
+        """A parameter's value as the store keys it: every layer of a model, listed, is the same view
+        as the default (all layers), so a link and a page that spell it differently share results."""
+        value = self.p[key]
+        p = self.view.param(key)
+        if p is not None and p.kind == "list" and p.domain.startswith("layers:") and value:
+            model = self.model_a if p.domain.endswith("a") else self.model_b
+            if list(value) == list(model.layers):
+                return None
+        return value
 
     def key(self, section: Section) -> str:
         from ..store import digest
@@ -178,6 +195,9 @@ class View:
         self.sections: tuple[Section, ...] = tuple(module.SECTIONS)
         self.version: int = getattr(module, "VERSION", 1)
         self.result_type = getattr(module, "Result", None)
+
+    def param(self, key: str) -> Param | None:
+        return next((p for p in self.params if p.key == key), None)
 
     def section(self, name: str) -> Section:
         for s in self.sections:

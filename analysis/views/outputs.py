@@ -36,6 +36,11 @@ def headless(spec: AnalysisSpec, progress=None, device=None) -> PageOutputs:
 
         return run(spec, progress=progress, device=device)
     view = get(spec.page)
+    _, notes = view.resolve(spec)
+    if notes:  # the page would fall back to a default; the command line says what is wrong instead
+        from ..errors import UserInputError
+
+        raise UserInputError(" ".join(notes))
     result = view.compute(spec, progress, device=device)
     ctx = view.context(spec, device)
     figs = importlib.import_module(f"analysis.figures.{MODULES[spec.page]}")

@@ -181,8 +181,8 @@ def _matrices(ctx, progress) -> Matrices:
     return Matrices(out["AB"], out["AA"], out["BB"], sim.best_matches(out["AB"]), notes)
 
 
-def _cell(ctx) -> tuple[str, str]:
-    best = ctx.value("matrices").best
+def _cell(ctx, matrices=None) -> tuple[str, str]:
+    best = (matrices or ctx.value("matrices")).best
     la, lb = layers(ctx, "a"), layers(ctx, "b")
     cell_a = ctx.p["cell_a"] if ctx.p["cell_a"] in la else (best[0][0] if best else la[0])
     cell_b = ctx.p["cell_b"] if ctx.p["cell_b"] in lb else (best[0][1] if best else lb[0])
@@ -264,13 +264,19 @@ def _compare_cost(ctx) -> Cost:
     return total
 
 
+def _keyed_cell(ctx) -> dict:
+    """The drill-down cell the view shows: the link's, or the best match once the maps are known."""
+    matrices = ctx.stored("matrices")
+    return {} if matrices is None else dict(zip(("cell_a", "cell_b"), _cell(ctx, matrices)))
+
+
 MATRIX_AROUND = ("Use fewer samples or layers, or linear CKA with a minibatch size (its memory does not grow "
                  "with the number of samples).")
 SECTIONS = (
     Section("matrices", _matrices, MATRIX_READS, "abd", _matrix_cost, title="the layer-by-layer maps",
             ways_around=MATRIX_AROUND, variant=lambda ctx: ctx.p["measure"]),
-    Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", title="the drill-down"),
-    Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost,
+    Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", title="the drill-down", keyed=_keyed_cell),
+    Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost, keyed=_keyed_cell,
             wanted=lambda ctx: bool(ctx.p["stats"]), title="bootstrap, permutation test and stability",
             ways_around="Use fewer samples.", variant=lambda ctx: ctx.p["measure"]),
     Section("compare", _compare, ("compare", "pooling", "layers_a", "layers_b"), "abd", _compare_cost,
