@@ -57,13 +57,14 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 else:  # a browser session: the Streamlit script
     st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
+    from analysis.safe_text import md
     from pages._share import open_short_link, share_panel
     from pages._shell import sidebar
 
     st.logo(LOGO)
     open_short_link()  # ?a=<id>: expand the saved view into the URL before any widget exists
     if warning := st.session_state.pop("_link_warning", None):
-        st.warning(warning)
+        st.warning(md(warning))
     pages = [
         st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
                 default=True),

@@ -20,6 +20,7 @@ import plotly.graph_objects  # noqa: E402,F401  isort: skip
 from analysis import data as data_mod
 from analysis import models as models_mod
 from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code, plotly_inert
 
 from pages._defaults import DEFAULT_A, DEFAULT_B, DEFAULT_DATA, DEFAULT_N, DEFAULT_SEED  # noqa: F401
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "torchscript", "safetensors", "npy", "npz", "csv", "parquet"]
@@ -88,7 +89,7 @@ def _with_url_value(options: list[str], key: str, valid) -> list[str]:
             valid(value)
             options = options + [value]
         except UserInputError as exc:
-            st.sidebar.warning(f"Ignored '{key}' from the link: {exc}")
+            st.sidebar.warning(md(f"Ignored '{key}' from the link: {exc}"))
             if value.startswith("upload:"):  # offer the upload: the same file gets the same id
                 st.session_state["_missing_upload"] = (key, value)
     return options
@@ -112,7 +113,7 @@ def sidebar() -> Selection:
         default = DEFAULT_A if key == "a" else DEFAULT_B
         # Options are the bare references (the URL holds the selected option's text), described below.
         sb.selectbox(f"Model {key.upper()}", opts, index=opts.index(default), key=key, bind="query-params")
-        sb.caption(model_label(st.session_state[key]).split(" · ", 1)[-1])
+        sb.caption(md(model_label(st.session_state[key]).split(" · ", 1)[-1]))
     data_options = data_mod.names() + _uploaded("data")
     opts = _with_url_value(data_options, "data", _check_data_ref)
     pending = st.session_state.pop("_set_data", None)
@@ -217,7 +218,7 @@ def _link_problems() -> None:
     shown = st.session_state.get("_link_message")
     if shown:
         if shown[1] == st.session_state.get("_selection"):
-            st.warning(shown[0])
+            st.warning(md(shown[0]))
         else:
             del st.session_state["_link_message"]
 
@@ -230,7 +231,7 @@ def _upload_panel() -> None:
     with st.sidebar.expander("Upload a model or data", expanded=missing is not None):
         if missing:
             what = {"a": "model A", "b": "model B", "data": "the dataset"}[missing[0]]
-            st.info(f"The link uses an uploaded file as {what} ({missing[1]}) that this server does not have. "
+            st.info(f"The link uses an uploaded file as {what} ({md(missing[1])}) that this server does not have. "
                     "Upload the same file here: it gets the same id, and the link's view opens with it.")
             if missing[0] in ("a", "b") and "upload_target" not in st.session_state:
                 st.session_state["upload_target"] = f"Model {missing[0].upper()}"
@@ -255,14 +256,14 @@ def _take_upload(file, upload, select_key: str) -> None:
     try:
         ref = upload(file.getvalue(), file.name)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     except Exception as exc:  # an untrusted file must never take the page down: one message, logged
         import logging
 
         logging.getLogger("replens").exception("upload of %r failed", file.name)
-        st.error(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored. "
-                 "Check that it is a file of one of the listed types.")
+        st.error(md(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored. "
+                    "Check that it is a file of one of the listed types."))
         return
     st.session_state[f"_done{select_key}"] = file.file_id
     st.session_state[select_key] = ref
@@ -283,19 +284,20 @@ def pair_or_stop(sel: Selection):
         model_a.check_data(ds)
         model_b.check_data(ds)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         st.stop()
-    st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
+    st.caption(f"{md_code(sel.model_a)} (A) vs {md_code(sel.model_b)} (B) · {md(ds.describe())}")
     return ds, model_a, model_b, (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
 
 
 @contextlib.contextmanager
 def user_errors(where: str = ""):
-    """Show a UserInputError as a clear message instead of a traceback."""
+    """Show a UserInputError as a clear message instead of a traceback (as text: messages quote
+    file names, layer names and link values)."""
     try:
         yield
     except UserInputError as exc:
-        st.error(f"{where}: {exc}" if where else str(exc))
+        st.error(md(f"{where}: {exc}" if where else exc))
 
 
 class Progress:
@@ -304,12 +306,37 @@ class Progress:
     def __init__(self, text: str):
         self.bar = st.progress(0.0, text=text)
 
-    def __call__(self, fraction: float, message: str) -> None:
-        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+    def __call__(self, fraction: float, message: str) -> None:  # analysis messages name files and layers
+        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=md(message))
 
     def done(self) -> None:
         self.bar.empty()
 
+
+
+def inert_figure(fig):
+    """The figure with every text in it (layer names, class names, sentences) drawn as the text
+    it is, not as Plotly's tags (links, styles); the same object when nothing needed escaping."""
+    import plotly.graph_objects as go
+
+    spec = fig.to_plotly_json()
+    safe = plotly_inert(spec)
+    return fig if safe is spec else go.Figure(safe)
+
+
+def _inert_cells(df):
+    """st.table renders Markdown in cells and headers: a copy with every text escaped."""
+    import pandas as pd
+
+    frame = df.copy() if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+    for col in frame.columns:
+        if frame[col].dtype.kind in "OSU":
+            frame[col] = frame[col].map(lambda v: md(v) if isinstance(v, str) else v)
+    frame.columns = [md(c) if isinstance(c, str) else c for c in frame.columns]
+    if frame.index.dtype.kind in "OSU":
+        frame.index = frame.index.map(lambda v: md(v) if isinstance(v, str) else v).rename(
+            md(frame.index.name) if isinstance(frame.index.name, str) else frame.index.name)
+    return frame
 
 
 def show_figure(fig, key: str, pin: bool = True, **kwargs):
@@ -319,7 +346,7 @@ def show_figure(fig, key: str, pin: bool = True, **kwargs):
     from analysis import figures
     from pages import _share
 
-    event = st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
+    event = st.plotly_chart(inert_figure(fig), theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
     if pin:
         title = _share.figure_title(fig, key)
         _share.pin_button(key, lambda: _share.pin("figure", title, {"figure": fig.to_json()}))
@@ -335,7 +362,7 @@ def show_table(df, key: str, title: str = "", pin: bool = True, static: bool = F
 
     kwargs.setdefault("hide_index", not static)
     kwargs.setdefault("width", "stretch")
-    out = st.table(df) if static else st.dataframe(df, key=key, **kwargs)
+    out = st.table(_inert_cells(df)) if static else st.dataframe(df, key=key, **kwargs)
     if pin:
         frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
         keep_index = not kwargs["hide_index"]

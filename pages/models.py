@@ -7,6 +7,7 @@ from analysis import evaluate as evaluate_mod
 from analysis import figures
 from analysis import models as models_mod
 from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code
 from pages._shell import Progress, load_dataset, load_model, selection, show_table, user_errors
 
 N_SAMPLES_SHOWN = 12
@@ -37,7 +38,7 @@ with user_errors("Dataset"):
     ds = load_dataset(sel.dataset, sel.n, sel.seed, sel.split)
 if ds is None:
     st.stop()
-st.caption(ds.describe())
+st.caption(md(ds.describe()))
 data_key = (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
 
 loaded: dict[str, tuple] = {}
@@ -45,15 +46,15 @@ cols = st.columns(2, gap="large")
 for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1])):
     with col:
         st.subheader(f"Model {slot}")
-        st.markdown(f"`{ref}`")
+        st.markdown(md_code(ref))
         try:
-            with st.spinner(f"Loading {ref}…"):
+            with st.spinner(f"Loading {md(ref)}…"):
                 model = load_model(ref)
             model.check_data(ds)
         except UserInputError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             continue
-        bar = Progress(f"Running {ref} on {len(ds)} samples…")
+        bar = Progress(f"Running {md(ref)} on {len(ds)} samples…")
         with user_errors(f"Model {slot}"):
             ev = cached_evaluation(ref, data_key, model, ds)
             table = cached_layer_table(ref, data_key, model, ds)
@@ -68,13 +69,13 @@ for slot, ref, col in (("A", sel.model_a, cols[0]), ("B", sel.model_b, cols[1]))
                 m3.metric(label, f"{ev.value:.4f}", help=ev.explanation)
             else:
                 m3.metric(label, f"{100 * ev.value:.1f}%", help=ev.explanation)
-            st.markdown(f"**{model.kind.capitalize()}** · {model.architecture}")
+            st.markdown(f"**{model.kind.capitalize()}** · {md(model.architecture)}")
             facts = [f"sha256 `{model.sha256[:12]}`"]
             for k, name in (("seed", "seed"), ("epochs", "epochs"), ("train_samples", "training samples")):
                 if model.info.get(k) is not None:
-                    facts.append(f"{name} {model.info[k]}")
+                    facts.append(f"{name} {md(model.info[k])}")
             if model.info.get("note"):
-                facts.append(model.info["note"])
+                facts.append(md(model.info["note"]))
             st.caption(" · ".join(facts))
             if getattr(model, "scripted", False):
                 st.info("TorchScript modules cannot take forward hooks, so only the model's output is "
@@ -109,7 +110,7 @@ if ds.kind == "image":
             if ev.predictions is not None:
                 mark = "" if ds.labels is None else (" ✓" if int(ev.predictions[i]) == int(ds.labels[i]) else " ✗")
                 parts.append(f"{slot}: {pred_name(ev, i)}{mark}")
-        captions.append(" · ".join(parts))
+        captions.append(md(" · ".join(parts)))
     st.caption("Inputs (label, and each classifier's prediction: ✓ correct, ✗ wrong)")
     st.image([figures.pixel_tile(ds.render(i)["image"]) for i in show], caption=captions, width=88)
     for slot, (model, ev) in loaded.items():

@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis import activations, figures, projection
 from analysis import similarity as sim
+from analysis.safe_text import md
 from pages._shell import Progress, pair_or_stop, selection, show_figure, user_errors
 
 AUTO_RUN_S = 4.0  # runs estimated faster than this start at once; longer ones wait for the button
@@ -102,7 +103,7 @@ try:  # refused before anything runs when the machine does not have the memory (
     for dx, dy in ((dims_a, dims_b), (dims_a, dims_a), (dims_b, dims_b)):
         sim.check_memory(len(ds), dx, dy, measure, batch_size)
 except sim.UserInputError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 seconds = (sim.estimate_seconds(len(ds), dims_a, dims_b, measure, batch_size)
            + sim.estimate_seconds(len(ds), dims_a, dims_a, measure, batch_size)
