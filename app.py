@@ -32,7 +32,13 @@ def _warm_up() -> None:
 
 if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find the ASGI app
     import contextlib
+    import os
     import threading
+
+    from analysis import settings
+
+    if not settings.hub_allowed(default=False):  # before anything imports huggingface_hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     @contextlib.asynccontextmanager
     async def _lifespan(_app):

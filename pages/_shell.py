@@ -3,7 +3,6 @@ upload handling and the error display. Pages import from here; no numerics live 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import streamlit as st
@@ -19,6 +18,7 @@ import plotly.graph_objects  # noqa: E402,F401  isort: skip
 
 from analysis import data as data_mod
 from analysis import models as models_mod
+from analysis import settings
 from analysis.errors import UserInputError
 from analysis.safe_text import md, md_code, plotly_inert
 
@@ -38,14 +38,18 @@ class Selection:
 
 
 def allow_local_paths() -> bool:
-    return os.environ.get(models_mod.LOCAL_PATHS_ENV, "") == "1"
+    return settings.local_paths_allowed()
+
+
+def allow_hub() -> bool:  # off unless the server's administrator turned it on
+    return settings.hub_allowed(default=False)
 
 
 # ------------------------------------------------------------------ cached loaders
 @st.cache_resource(show_spinner=False, max_entries=16)
 def load_model(ref: str):
     """Loaded models are shared by all sessions: never mutate one (each holds a lock for hooks)."""
-    return models_mod.load(ref, allow_local=allow_local_paths())
+    return models_mod.load(ref, allow_local=allow_local_paths(), allow_hub=allow_hub())
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -171,7 +175,7 @@ def _check_model_ref(v: str) -> None:
     that an unknown one falls back to the default view with a message instead of a failing page."""
     from analysis.store import default_store
 
-    source, rest = models_mod.parse_ref(v, allow_local=allow_local_paths())
+    source, rest = models_mod.parse_ref(v, allow_local=allow_local_paths(), allow_hub=allow_hub())
     if source == "zoo":
         models_mod.zoo_entry(rest)
     elif source == "upload" and default_store().find_blob(rest, "model") is None:
