@@ -95,7 +95,10 @@ def load(ref: str, allow_local: bool = True, allow_hub: bool | None = None) -> M
         from .hf import load_hf
 
         return load_hf(rest)
-    return _load_upload(rest)
+    from .. import tabular
+
+    with tabular.unreadable_as_user_error(ref, "an uploaded model"):  # only UserInputError reaches callers
+        return _load_upload(rest)
 
 
 def _classify(data: bytes, filename: str) -> str:
