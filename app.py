@@ -72,8 +72,8 @@ else:  # a browser session: the Streamlit script
     if warning := st.session_state.pop("_link_warning", None):
         st.warning(md(warning))
     pages = [
-        st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
-                default=True),
+        st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="home",
+                default=True),  # served at "/" (url_path only reserves a name for it)
         st.Page(HERE / "pages" / "similarity.py", title="Similarity", icon=":material/grid_on:",
                 url_path="similarity"),
         st.Page(HERE / "pages" / "projections.py", title="Projections", icon=":material/scatter_plot:",
@@ -86,6 +86,10 @@ else:  # a browser session: the Streamlit script
                 url_path="vector-field"),
         st.Page(HERE / "pages" / "sae.py", title="SAE features", icon=":material/blur_on:", url_path="sae"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
+        # Share links and the gallery address the Models page as /models, but Streamlit serves the
+        # default page only at "/": /models opened with a "Page not found" dialog, then ran the
+        # default page. The same script answers /models too, hidden from the navigation.
+        st.Page(HERE / "pages" / "models.py", title="Models", url_path="models", visibility="hidden"),
     ]
     current = st.navigation(pages)
     st.session_state["_page"] = current.url_path or "models"  # before the sidebar: link checks need it

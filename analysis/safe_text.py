@@ -20,28 +20,38 @@ __all__ = ["md", "md_code", "md_link", "html", "json_for_script", "plotly_text",
 
 # CommonMark lets a backslash escape any ASCII punctuation character, and the escaped character is
 # literal text. Escaped everywhere: what opens emphasis (* and _ but not _ inside a word), code,
-# links and images ([ and ]), HTML and autolinks (< >), entities (&), strikethrough, math ($) and
-# e-mail autolinks (@). Escaped only
-# where they act: the colon of a URL scheme or icon (http://, :material/...) and of mailto:/xmpp:,
-# the dot of "www." (GFM links both), and block markers at the very start (# + - = and "1.").
-# Parentheses, "!", "|" and the like do nothing once [ ] and line breaks are gone, so ordinary
-# names and messages ("net.fc1", "8,320", "noise: AUROC (0.93)") stay as they are.
-_MD_ALWAYS = re.compile(r"([\\`*\[\]<>~$&@])")
+# links and images ([ and ]), HTML and autolinks (< >), entities (&), strikethrough and math ($).
+# Escaped only where they act: the colon of an icon (:material/...) and block markers at the very
+# start (# + - = and "1."). Parentheses, "!", "|" and the like do nothing once [ ] and line breaks
+# are gone, so ordinary names and messages ("net.fc1", "8,320", "noise: AUROC (0.93)") stay as
+# they are.
+_MD_ALWAYS = re.compile(r"([\\`*\[\]<>~$&])")
 _MD_UNDERSCORE = re.compile(r"_(?![^\W_])|(?<![^\W_])_")  # inside a word ("umap_k") it emphasises nothing
-_MD_COLON = re.compile(r":(?=/)|(?<=mailto):|(?<=xmpp):", re.I)
+_MD_COLON = re.compile(r":(?=/)")
 _MD_START = re.compile(r"^(?:([#+\-=])|(\d+)(?=\.))")
-_MD_WWW = re.compile(r"(www)\.", re.I)
 _NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
+# GFM turns bare URLs, www. addresses and e-mail addresses into links after parsing, on the text
+# itself, so backslashes cannot stop it (Streamlit renders with remark-gfm). Text inside a code span
+# is never linked: such pieces are shown as code.
+_AUTOLINKED = re.compile(r"(?:\b(?:https?|ftp)://|\bwww\.)\S*|[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.I)
 
 
 def md(text: Any) -> str:
-    """``text`` as Markdown that renders exactly as written (no link, image, emphasis, heading,
-    HTML...); line breaks become spaces, so a message stays one paragraph. For ``st.markdown``,
-    ``st.error`` / ``warning`` / ``info`` / ``success`` / ``toast``, captions, ``st.table`` cells,
-    widget labels and help texts."""
-    out = _MD_ALWAYS.sub(r"\\\1", _NEWLINES.sub(" ", str(text)).lstrip())  # (4 leading spaces: a code block)
-    out = _MD_COLON.sub(r"\\:", _MD_WWW.sub(r"\1\\.", _MD_UNDERSCORE.sub(r"\\_", out)))
-    return _MD_START.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", out, count=1)
+    """``text`` as Markdown that renders as written (no link, image, emphasis, heading, HTML...;
+    URLs and e-mail addresses appear as code, so that nothing links them); line breaks become
+    spaces, so a message stays one paragraph. For ``st.markdown``, ``st.error`` / ``warning`` /
+    ``info`` / ``success`` / ``toast``, captions, ``st.table`` cells, widget labels and help texts."""
+    text = _NEWLINES.sub(" ", str(text)).lstrip()  # (4 leading spaces: a code block)
+    out, last = [], 0
+    for m in _AUTOLINKED.finditer(text):
+        out += [_escape(text[last:m.start()]), md_code(m.group())]
+        last = m.end()
+    out.append(_escape(text[last:]))
+    return _MD_START.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", "".join(out), count=1)
+
+
+def _escape(text: str) -> str:
+    return _MD_COLON.sub(r"\\:", _MD_UNDERSCORE.sub(r"\\_", _MD_ALWAYS.sub(r"\\\1", text)))
 
 
 def md_code(text: Any) -> str:
