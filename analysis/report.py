@@ -7,6 +7,12 @@ and PNG download buttons (drawn in the browser by plotly.js) and each table a CS
 
 ``presentation=True`` lays out one item per screen (arrow keys / page keys move between them).
 
+Items carry text from whoever uploaded a file or pinned a view (layer names, sentences, labels,
+captions, titles) and the report is read by others, offline, where a script would run unseen. So
+every piece of it is escaped at export, also for reports saved long ago: HTML text and attributes,
+figure JSON inside ``<script>`` (``<``, ``>``, ``&``, U+2028, U+2029, as Jinja's ``tojson``),
+Plotly's own tags in figure text, and tables rebuilt from their CSV (stored HTML is never used).
+
 Items are plain dicts (as the dashboard pins them)::
 
     {"kind": "figure", "title": ..., "caption": ..., "notes": markdown, "figure": plotly JSON text,
