@@ -14,7 +14,7 @@ from .. import settings
 from ..errors import UserInputError
 from .base import Batch, Model, layer_table
 from .embeddings import EmbeddingsModel, parse_embeddings
-from .hf import HFTextModel
+from .hf import LOCAL_PREFIXES, HFTextModel
 from .torch_models import TorchModel, manifest, zoo_entry, zoo_names
 
 __all__ = ["load", "upload", "zoo_names", "zoo_entry", "manifest", "builtin_refs", "Model", "Batch",
@@ -24,7 +24,6 @@ MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".safetensors", ".npy", 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # A hub id: "name" or "org/name", optionally "@revision". Never looked up on disk.
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?(@[A-Za-z0-9][A-Za-z0-9_.\-/]{0,99})?")
-_LOCAL_PREFIXES = ("/", "~", "./", "../")
 LOCAL_PATHS_ENV = settings.LOCAL_PATHS_ENV
 HUB_ENV = settings.HUB_ENV
 
@@ -67,7 +66,7 @@ def parse_ref(ref: str, allow_local: bool = True, allow_hub: bool | None = None)
 def _check_hf(rest: str, allow_local: bool, allow_hub: bool) -> None:
     if rest in ("minilm", "minilm-random"):
         return
-    if rest.startswith(_LOCAL_PREFIXES):
+    if rest.startswith(LOCAL_PREFIXES):
         if not allow_local:
             raise UserInputError(f"Local model paths are disabled on this server ({rest!r}). "
                                  f"Set {LOCAL_PATHS_ENV}=1 where the server runs to allow them.")

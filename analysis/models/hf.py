@@ -12,6 +12,7 @@ from ..errors import UserInputError
 from .base import Batch, Model
 
 MAX_TOKENS = 128
+LOCAL_PREFIXES = ("/", "~", "./", "../")  # how a reference says "a folder on this machine"
 logger = logging.getLogger("replens")
 
 
@@ -127,7 +128,7 @@ def load_hf(spec: str) -> HFTextModel:
         return HFTextModel("hf:minilm-random", minilm_path(), random_init=True)
     if not spec:
         raise UserInputError("Empty transformers reference: use hf:minilm, hf:/path/to/folder or hf:org/name.")
-    if spec.startswith(("/", "~", "./", "../")):
+    if spec.startswith(LOCAL_PREFIXES):
         return HFTextModel(f"hf:{spec}", Path(spec))
     return HFTextModel(f"hf:{spec}", hub_snapshot(spec), source=spec)
 
