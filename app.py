@@ -32,7 +32,13 @@ def _warm_up() -> None:
 
 if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find the ASGI app
     import contextlib
+    import os
     import threading
+
+    from analysis import settings
+
+    if not settings.hub_allowed(default=False):  # before anything imports huggingface_hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     @contextlib.asynccontextmanager
     async def _lifespan(_app):
@@ -57,16 +63,17 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 else:  # a browser session: the Streamlit script
     st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
+    from analysis.safe_text import md
     from pages._share import open_short_link, share_panel
     from pages._shell import PageStop, sidebar
 
     st.logo(LOGO)
     open_short_link()  # ?a=<id>: expand the saved view into the URL before any widget exists
     if warning := st.session_state.pop("_link_warning", None):
-        st.warning(warning)
+        st.warning(md(warning))
     pages = [
-        st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="models",
-                default=True),
+        st.Page(HERE / "pages" / "models.py", title="Models", icon=":material/view_column:", url_path="home",
+                default=True),  # served at "/" (url_path only reserves a name for it)
         st.Page(HERE / "pages" / "similarity.py", title="Similarity", icon=":material/grid_on:",
                 url_path="similarity"),
         st.Page(HERE / "pages" / "projections.py", title="Projections", icon=":material/scatter_plot:",
@@ -79,6 +86,10 @@ else:  # a browser session: the Streamlit script
                 url_path="vector-field"),
         st.Page(HERE / "pages" / "sae.py", title="SAE features", icon=":material/blur_on:", url_path="sae"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
+        # Share links and the gallery address the Models page as /models, but Streamlit serves the
+        # default page only at "/": /models opened with a "Page not found" dialog, then ran the
+        # default page. The same script answers /models too, hidden from the navigation.
+        st.Page(HERE / "pages" / "models.py", title="Models", url_path="models", visibility="hidden"),
     ]
     current = st.navigation(pages)
     st.session_state["_page"] = current.url_path or "models"  # before the sidebar: link checks need it

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The CLI runs on the user's own machine: their folders are fair game, and jobs run right here.
     os.environ.setdefault("REPLENS_ALLOW_LOCAL_PATHS", "1")
+    os.environ.setdefault("REPLENS_ALLOW_HUB", "1")
     jobs.set_executor(jobs.make_executor("inline"))
     bar = TerminalProgress(args.quiet)
     try:

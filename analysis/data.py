@@ -239,9 +239,21 @@ def parse_upload(data: bytes, filename: str) -> tuple[str, object, np.ndarray | 
 
     .npy: an (n x d) or (n x h x w) array. .npz: ``inputs`` (or ``X``/``x``) and optional ``labels``
     (or ``y``). .csv/.parquet: numeric feature columns, an optional ``label`` column and, for text,
-    a ``text`` column.
+    a ``text`` column. Bytes parsed before come back from the result store (parsed once).
     """
+    from .store import sha256_bytes
+
     tabular.check_size(data, filename)
+    what = f"data{tabular.suffix_of(filename)}"  # the same bytes read as another type parse differently
+    return _unpack(*tabular.parsed_once(sha256_bytes(data), what, lambda: _pack(*_parse(data, filename))))
+
+
+def _parse(data: bytes, filename: str) -> tuple[str, object, np.ndarray | None, list[str] | None]:
+    with tabular.unreadable_as_user_error(filename, "a data file"):
+        return _parse_checked(data, filename)
+
+
+def _parse_checked(data: bytes, filename: str):
     suffix = tabular.suffix_of(filename)
     labels = None
     if suffix == ".npy":
@@ -312,6 +324,33 @@ def parse_upload(data: bytes, filename: str) -> tuple[str, object, np.ndarray | 
     return kind, inputs, codes, names_
 
 
+def _pack(kind: str, inputs, codes, names) -> tuple[dict, dict]:
+    """parse_upload's result as plain arrays + JSON meta, for the result store."""
+    meta = {"kind": kind, "label_names": names, "image_shape": None}
+    if kind == "text":
+        packed = tabular.pack_strings(inputs)
+        arrays = {"text_utf8": packed["utf8"], "text_offsets": packed["offsets"]}
+    else:
+        if kind == "image":
+            inputs, shape = inputs
+            meta["image_shape"] = [int(v) for v in shape]
+        arrays = {"inputs": inputs}
+    if codes is not None:
+        arrays["codes"] = codes
+    return arrays, meta
+
+
+def _unpack(arrays: dict, meta: dict) -> tuple[str, object, np.ndarray | None, list[str] | None]:
+    kind = meta["kind"]
+    if kind == "text":
+        inputs = tabular.unpack_strings(arrays["text_utf8"], arrays["text_offsets"])
+    elif kind == "image":
+        inputs = (arrays["inputs"], tuple(meta["image_shape"]))
+    else:
+        inputs = arrays["inputs"]
+    return kind, inputs, arrays.get("codes"), meta.get("label_names")
+
+
 def upload(data: bytes, filename: str, store=None) -> str:
     """Validate and store an uploaded data file; returns its reference ``upload:<sha16>``."""
     from .store import default_store
@@ -324,10 +363,17 @@ def upload(data: bytes, filename: str, store=None) -> str:
 
 
 def _load_upload(ref: str, n: int | None, seed: int) -> Dataset:
+    """An uploaded data set, subsampled: parsed once per content (the result store keeps the
+    arrays), so a new ``n`` or ``seed`` reads arrays instead of parsing the file again."""
     from .store import default_store
 
-    data, info = default_store().read_blob(ref.split(":", 1)[1], kind="data")
-    kind, inputs, codes, names_ = parse_upload(data, info["name"])
+    store, prefix = default_store(), ref.split(":", 1)[1]
+    info = store.find_blob(prefix, kind="data")
+    if info is None:
+        store.read_blob(prefix, kind="data")  # raises the store's message (no such upload)
+    parse = lambda: _pack(*_parse(info["path"].read_bytes(), info["name"]))  # noqa: E731 - only on a miss
+    what = f"data{tabular.suffix_of(info['name'])}"
+    kind, inputs, codes, names_ = _unpack(*tabular.parsed_once(info["sha256"], what, parse))
     image_shape = None
     if kind == "image":
         inputs, image_shape = inputs

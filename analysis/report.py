@@ -7,16 +7,22 @@ and PNG download buttons (drawn in the browser by plotly.js) and each table a CS
 
 ``presentation=True`` lays out one item per screen (arrow keys / page keys move between them).
 
+Items carry text from whoever uploaded a file or pinned a view (layer names, sentences, labels,
+captions, titles) and the report is read by others, offline, where a script would run unseen. So
+every piece of it is escaped at export, also for reports saved long ago: HTML text and attributes,
+figure JSON inside ``<script>`` (``<``, ``>``, ``&``, U+2028, U+2029, as Jinja's ``tojson``),
+Plotly's own tags in figure text, and tables rebuilt from their CSV (stored HTML is never used).
+
 Items are plain dicts (as the dashboard pins them)::
 
     {"kind": "figure", "title": ..., "caption": ..., "notes": markdown, "figure": plotly JSON text,
      "spec": {"page": ..., "params": {...}}, "provenance": {...}, "pinned": "YYYY-mm-dd HH:MM:SS"}
-    {"kind": "table", ..., "csv": "...", "html": "<table>..."}   (html optional; made from csv)
+    {"kind": "table", ..., "csv": "..."}   (an "html" entry is ignored: tables are drawn from the CSV)
 """
 from __future__ import annotations
 
 import base64
-import html
+import csv
 import io
 import json
 import platform
@@ -24,6 +30,8 @@ import re
 import time
 from importlib import metadata
 from typing import Iterable, Mapping
+
+from . import safe_text
 
 PACKAGES = ("replens", "numpy", "scipy", "torch", "scikit-learn", "pandas", "plotly", "streamlit",
             "transformers", "umap-learn", "captum", "safetensors")
@@ -46,7 +54,7 @@ _INLINE = [
     (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
     (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
     (re.compile(r"(?<![*\w])\*([^*]+)\*(?!\w)"), r"<em>\1</em>"),
-    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)"), r'<a href="\2">\1</a>'),
+    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)"), r'<a href="\2" rel="noopener noreferrer">\1</a>'),
 ]
 
 
@@ -56,11 +64,11 @@ _BULLET = re.compile(r"^\s*[-*] ")
 def markdown_to_html(text: str) -> str:
     """Paragraphs, # headings, - lists, **bold**, *italic*, `code` and http(s) links. Everything is
     HTML-escaped first, so notes can never inject markup or scripts into a report."""
-    blocks, out = re.split(r"\n\s*\n", (text or "").strip()), []
+    blocks, out = re.split(r"\n\s*\n", str(text or "").strip()), []
     for block in blocks:
         if not block.strip():
             continue
-        lines = [html.escape(line, quote=True) for line in block.splitlines()]
+        lines = [safe_text.html(line) for line in block.splitlines()]
         lines = [_inline(line) for line in lines]
         if all(re.match(r"\s*[-*] ", raw) for raw in block.splitlines()):
             out.append("<ul>" + "".join(f"<li>{_BULLET.sub('', li)}</li>" for li in lines) + "</ul>")
@@ -105,35 +113,56 @@ if(document.body.classList.contains('presentation')){
 
 
 def _figure_html(item: Mapping, div_id: str, presentation: bool) -> str:
-    fig = json.loads(item["figure"]) if isinstance(item["figure"], str) else item["figure"]
-    layout = dict(fig.get("layout", {}))
+    """A figure's div and its Plotly.newPlot call. The figure JSON is escaped for <script> (a
+    layer name or sentence holding "</script>" stays a string) and for Plotly's own tags (it is
+    drawn as the text it is). Done here, at export, so items saved before this existed are safe."""
+    try:
+        fig = json.loads(item["figure"]) if isinstance(item.get("figure"), str) else item.get("figure")
+    except ValueError:
+        fig = None
+    if not isinstance(fig, dict):
+        return "<p>(figure could not be read)</p>"
+    fig = safe_text.plotly_inert(fig)
+    layout = dict(fig.get("layout") or {})
     if presentation:
         layout.pop("height", None)
         layout.pop("width", None)
         layout["autosize"] = True
     config = {"responsive": True, "displaylogo": False}
     style = "width:100%;height:100%" if presentation else "width:100%"
-    return (f'<div class="figure" id="{div_id}" style="{style}"></div>\n'
-            f"<script>Plotly.newPlot({json.dumps(div_id)},{json.dumps(fig.get('data', []))},"
-            f"{json.dumps(layout)},{json.dumps(config)});</script>")
+    args = ",".join(safe_text.json_for_script(v) for v in (div_id, fig.get("data") or [], layout, config))
+    return (f'<div class="figure" id="{safe_text.html(div_id)}" style="{style}"></div>\n'
+            f"<script>Plotly.newPlot({args});</script>")
 
 
 def _table_html(item: Mapping) -> tuple[str, str]:
-    import pandas as pd
+    """The table drawn from its CSV with every cell escaped, and the CSV for its download link.
+    An item's stored HTML is never copied into the report: it could come from a forged or old
+    saved report, and rebuilding it costs nothing."""
+    csv_text = str(item.get("csv") or "")
+    b64 = base64.b64encode(csv_text.encode()).decode()
+    try:
+        rows = list(csv.reader(io.StringIO(csv_text)))
+    except csv.Error:
+        return "<p>(table could not be read)</p>", b64
+    if not rows:
+        return "<p>(empty)</p>", b64
+    head = "".join(f"<th>{safe_text.html(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{safe_text.html(_cell(c))}</td>" for c in row) + "</tr>" for row in rows[1:])
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="table-wrap">{table}</div>', b64
 
-    csv = item.get("csv", "")
-    table = item.get("html")
-    if not table:
-        table = pd.read_csv(io.StringIO(csv)).to_html(index=False, border=0) if csv.strip() else "<p>(empty)</p>"
-    table = _sanitise_table(table)
-    return f'<div class="table-wrap">{table}</div>', base64.b64encode(csv.encode()).decode()
 
-
-def _sanitise_table(table: str) -> str:
-    """Tables come from pandas' to_html (escaped cell text); keep only table markup to be safe."""
-    if re.search(r"<\s*(script|iframe|object|embed|link|style)|on\w+\s*=|javascript:", table, re.I):
-        return "<p>(table omitted: unexpected markup)</p>"
-    return table
+def _cell(text: str) -> str:
+    """A CSV cell as shown: decimals to 6 significant digits, as pandas displays them (the CSV
+    download keeps every digit)."""
+    if any(ch in text for ch in ".eE"):
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return f"{value:.6g}"
+    return text
 
 
 def _slug(text: str) -> str:
@@ -152,17 +181,17 @@ def build_html(items: Iterable[Mapping], title: str = "RepLens report", presenta
     stamp = time.strftime("%Y-%m-%d %H:%M")
     parts = []
     for i, item in enumerate(items, 1):
-        div_id = f"item-{i}-{_slug(item.get('title', ''))}"
-        caption = html.escape(item.get("caption") or item.get("title") or f"Item {i}")
+        div_id = f"item-{i}-{_slug(str(item.get('title') or ''))}"
+        caption = safe_text.html(item.get("caption") or item.get("title") or f"Item {i}")
         spec = item.get("spec")
         link = ""
         if spec and base_url:
             try:
                 url = AnalysisSpec.from_json(spec).url(base_url)
-                link = f'<a href="{html.escape(url, quote=True)}">open this view in RepLens</a>'
+                link = f'<a href="{safe_text.html(url)}">open this view in RepLens</a>'
             except Exception:  # an item pinned by an older version: keep the record, skip the link
                 link = ""
-        if item["kind"] == "figure":
+        if item.get("kind") == "figure":
             body = _figure_html(item, div_id, presentation)
             actions = (f'<button onclick="dl(\'{div_id}\',\'svg\')">SVG</button>'
                        f'<button onclick="dl(\'{div_id}\',\'png\')">PNG</button>')
@@ -172,17 +201,17 @@ def build_html(items: Iterable[Mapping], title: str = "RepLens report", presenta
         record = {"spec": spec, "provenance": item.get("provenance"), "pinned": item.get("pinned")}
         parts.append(
             f'<section class="item" id="sec-{div_id}"><h2>{i}. {caption}</h2>'
-            f'<div class="meta">from the {html.escape(str(item.get("page", "")))} page · pinned {html.escape(str(item.get("pinned", "")))} {link}</div>'
+            f'<div class="meta">from the {safe_text.html(item.get("page", ""))} page · pinned {safe_text.html(item.get("pinned", ""))} {link}</div>'
             f"{markdown_to_html(item.get('notes', ''))}{body}"
             f'<div class="actions">{actions}</div>'
-            f"<details><summary>Spec, model and data hashes</summary><pre>{html.escape(json.dumps(record, indent=1, default=str))}</pre></details>"
+            f"<details><summary>Spec, model and data hashes</summary><pre>{safe_text.html(json.dumps(record, indent=1, default=str))}</pre></details>"
             "</section>")
     head_notes = markdown_to_html(notes)
-    cover = (f'<div class="cover"><h1>{html.escape(title)}</h1><div class="meta">RepLens {versions["replens"]} · {stamp} · '
+    cover = (f'<div class="cover"><h1>{safe_text.html(title)}</h1><div class="meta">RepLens {versions["replens"]} · {stamp} · '
              f"{len(items)} items</div>{head_notes}</div>")
-    env = html.escape(json.dumps(versions, indent=1))
+    env = safe_text.html(json.dumps(versions, indent=1))
     cls = ' class="presentation"' if presentation else ""
-    return (f"<!DOCTYPE html><html lang=\"en\"{cls}><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html><html lang=\"en\"{cls}><head><meta charset=\"utf-8\"><title>{safe_text.html(title)}</title>"
             f"<meta name=\"generator\" content=\"RepLens {versions['replens']}\"><style>{_CSS}</style>"
             f"<script>{get_plotlyjs()}</script></head><body{cls}>{cover}{''.join(parts)}"
             f"<details><summary>Package versions</summary><pre>{env}</pre></details>"

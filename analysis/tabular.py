@@ -1,17 +1,27 @@
 """Safe parsing of uploaded array files (.npy, .npz, .csv, .parquet). Never unpickles.
 
-Shared by data uploads (inputs + labels) and embeddings uploads (one array per layer).
+Shared by data uploads (inputs + labels) and embeddings uploads (one array per layer). Sizes are
+checked from each format's header before anything is allocated (an .npy's shape, an .npz's
+declared member sizes, a CSV's header line and line count, a Parquet footer), and the arrays an
+upload parses into are kept in the result store under the upload's sha256 (:func:`parsed_once`),
+so a file is parsed once, not again for every subsample.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
+import logging
 import os
 import threading
 import zipfile
+from typing import Callable
 
 import numpy as np
 
 from .errors import UserInputError
+
+logger = logging.getLogger("replens")
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 # np.load parses each array header with ast.literal_eval, and CPython before 3.11.9 / 3.12.1 can fail
@@ -19,6 +29,10 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 # sessions) parse at once (gh-106905). Every .npy/.npz read in RepLens holds this lock.
 NPY_READ_LOCK = threading.RLock()
 MAX_UPLOAD_ENV = "REPLENS_MAX_UPLOAD_MB"
+# pandas spends ~70 µs per column, whatever the rows: 10^6 columns took 228 s. Wider embeddings
+# travel as .npy / .npz, which have no such cost.
+MAX_TABLE_COLUMNS = 16_384
+HEADER_SNIFF_CHARS = 1 << 20
 
 
 def max_upload_bytes() -> int:
@@ -28,6 +42,11 @@ def max_upload_bytes() -> int:
     except ValueError:
         mb = 200.0
     return int(mb * 1024 * 1024)
+
+
+def inflated_limit() -> int:
+    """Bytes an upload may take once unpacked or parsed: 4x the upload limit."""
+    return 4 * max_upload_bytes()
 
 
 def check_size(data: bytes, filename: str) -> None:
@@ -63,8 +82,9 @@ def _check_npy_header(fp, available: int, filename: str) -> None:
         version = npy_format.read_magic(fp)
         read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, _, dtype = read(fp)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise UserInputError(f"{filename} is not a valid .npy file ({exc}).") from exc
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]  # (numpy's advice to trust the file: not for users)
+        raise UserInputError(f"{filename} is not a valid .npy file ({type(exc).__name__}: {first}).") from exc
     if dtype.hasobject:
         return  # np.load(allow_pickle=False) refuses it with its own message
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -95,7 +115,7 @@ def _load_npz(data: bytes, filename: str) -> dict[str, np.ndarray]:
             inflated = sum(i.file_size for i in zf.infolist())
     except zipfile.BadZipFile as exc:
         raise UserInputError(f"{filename} is not a valid .npz file (not a zip archive).") from exc
-    limit = 4 * max_upload_bytes()
+    limit = inflated_limit()
     if inflated > limit:
         raise UserInputError(
             f"{filename} would inflate to {inflated / 2**20:.0f} MB, over this server's limit of "
@@ -129,16 +149,39 @@ def _check_parquet_inflation(data: bytes, filename: str) -> None:
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    _check_columns(meta.num_columns, filename)
     rows, inflated = meta.num_rows, 0
     for field in meta.schema.to_arrow_schema():
         try:
             inflated += rows * max(field.type.bit_width // 8, 1)
         except ValueError:  # variable width (text, nested): at least a Python object per row
             inflated += rows * 64
-    limit = 4 * max_upload_bytes()
+    limit = inflated_limit()
     if inflated > limit:
         raise UserInputError(f"{filename} would inflate to about {inflated / 2**20:.0f} MB in memory ({rows:,} rows), "
                              f"over this server's limit of {limit / 2**20:.0f} MB for unpacked uploads.")
+
+
+def _check_columns(columns: int, filename: str, more: bool = False) -> None:
+    if columns > MAX_TABLE_COLUMNS:
+        what = f"more than {columns:,} columns (its header line alone is over 1 MB)" if more else f"{columns:,} columns"
+        raise UserInputError(f"{filename} has {what}; tables are read up to {MAX_TABLE_COLUMNS:,} columns. "
+                             "Save wider arrays as .npy or .npz (np.save / np.savez).")
+
+
+def check_csv_shape(text: str, filename: str) -> None:
+    """Refuse a CSV from its header line (read at most 1 MB of it) and its line count, before
+    pandas sees it: too many columns (pandas' cost grows with columns whatever the rows), or more
+    cells than the server unpacks for one upload."""
+    end = text.find("\n", 0, HEADER_SNIFF_CHARS)
+    header = text[: end if end >= 0 else HEADER_SNIFF_CHARS]
+    columns = len(next(csv.reader([header]), []))
+    _check_columns(columns, filename, more=end < 0 and len(text) > HEADER_SNIFF_CHARS)
+    rows = text.count("\n", end + 1) if end >= 0 else 0
+    if rows * columns * 8 > inflated_limit():
+        raise UserInputError(f"{filename} holds about {rows:,} rows x {columns:,} columns "
+                             f"({rows * columns * 8 / 2**20:.0f} MB as numbers), over this server's limit of "
+                             f"{inflated_limit() / 2**20:.0f} MB for unpacked uploads.")
 
 
 def load_frame(data: bytes, filename: str):
@@ -154,6 +197,7 @@ def load_frame(data: bytes, filename: str):
                 raise UserInputError(
                     f"{filename} is not UTF-8 text (byte {exc.start} is invalid). Save the CSV as UTF-8."
                 ) from exc
+            check_csv_shape(text, filename)
             df = pd.read_csv(io.StringIO(text))
         else:
             _check_parquet_inflation(data, filename)
@@ -201,3 +245,56 @@ def numeric_matrix(arr, what: str, min_rows: int = 2) -> np.ndarray:
             f"(first row {int(rows[0])}); remove or impute them and upload again."
         )
     return arr
+
+
+# ---------------------------------------------------------------------- parse once
+PARSER_VERSION = 1  # part of the cache key: a change in what parsing returns invalidates old entries
+
+
+def parsed_once(sha256: str, what: str, parse: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """``parse()``'s (arrays, meta) for the upload with content hash ``sha256``, from the result
+    store when this content was parsed before; else parsed now and kept (arrays as a plain .npz,
+    never pickled; meta as JSON). ``what`` names the parser ("data", "embeddings"). A store that
+    cannot write (a full disk) costs a parse next time, never the upload."""
+    from .store import default_store, make_key
+
+    store = default_store()
+    key = make_key("parsed-upload", sha256=sha256, what=what, version=PARSER_VERSION)
+    meta = store.meta(key)
+    arrays = store.get(key) if meta is not None else None
+    if arrays is not None:
+        return arrays, meta
+    arrays, meta = parse()
+    try:
+        store.put(key, arrays, meta, kind="parsed-upload")
+    except OSError:
+        logger.warning("could not keep the parsed arrays of upload %s", sha256[:16], exc_info=True)
+    return arrays, meta
+
+
+def pack_strings(texts) -> dict[str, np.ndarray]:
+    """Strings as UTF-8 bytes and offsets: plain arrays, compact whatever the lengths."""
+    encoded = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in encoded])
+    return {"utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8), "offsets": offsets}
+
+
+def unpack_strings(utf8: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = utf8.tobytes()
+    return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+@contextlib.contextmanager
+def unreadable_as_user_error(filename: str, what: str):
+    """The boundary of an upload's parsing: anything but UserInputError (RecursionError from a
+    nested header, RuntimeError or ValueError from a library, MemoryError) becomes one
+    UserInputError naming the file; the original type and traceback go to the log, not the user."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point of a boundary
+        logger.warning("reading %s %r failed", what, filename, exc_info=True)
+        raise UserInputError(f"{filename} could not be read as {what} ({type(exc).__name__}); nothing was "
+                             "stored. Check that it is a file of one of the supported types.") from None

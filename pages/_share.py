@@ -19,6 +19,7 @@ import streamlit as st
 
 from analysis import spec as spec_mod
 from analysis.errors import UserInputError
+from analysis.safe_text import md
 from analysis.store import default_store
 
 REPORT_KEY = "_report_items"
@@ -116,12 +117,12 @@ def share_panel(page: str) -> None:
         try:
             st.code(spec.short_url(base, default_store()), language=None)
         except OSError as exc:
-            st.warning(f"The store cannot keep the short link right now: {exc}")
+            st.warning(f"The store cannot keep the short link right now ({md(exc.strerror or type(exc).__name__)}).")
         name = st.text_input("Save as", placeholder="a name for the gallery", key="_save_view_name")
         if st.button("Save view", key="_save_view", disabled=not name.strip()):
             sid = spec.save(default_store())
             default_store().put_doc("analysis", sid, {"spec": spec.to_json(), "url": spec.url(base)}, name=name.strip())
-            st.toast(f"Saved '{name.strip()}' to the gallery (Report page).")
+            st.toast(f"Saved '{md(name.strip())}' to the gallery (Report page).")
 
 
 def _provenance(spec: spec_mod.AnalysisSpec) -> dict:
@@ -149,7 +150,7 @@ def pin(kind: str, title: str, payload: dict) -> None:
     items = report_items()
     items.append(item)
     keep_report()
-    st.toast(f"Pinned '{title}' to the report ({len(items)} items).")
+    st.toast(f"Pinned '{md(title)}' to the report ({len(items)} items).")
 
 
 def pin_button(key: str, on_click) -> None:

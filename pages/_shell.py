@@ -3,7 +3,6 @@ upload handling and the error display. Pages import from here; no numerics live 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import streamlit as st
@@ -19,9 +18,10 @@ import plotly.graph_objects  # noqa: E402,F401  isort: skip
 
 from analysis import data as data_mod
 from analysis import models as models_mod
-from analysis.errors import UserInputError
-
 from analysis import settings
+from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code, plotly_inert
+
 from analysis import spec as spec_mod
 from analysis.views import inputs as inputs_mod
 
@@ -52,7 +52,11 @@ def halt():
 
 
 def allow_local_paths() -> bool:
-    return settings.allow_local_paths()
+    return settings.local_paths_allowed()
+
+
+def allow_hub() -> bool:  # off unless the server's administrator turned it on
+    return settings.hub_allowed(default=False)
 
 
 # Loaded models and datasets are shared by every session and every job in this process: one cache.
@@ -65,15 +69,7 @@ def load_dataset(name: str, n: int, seed: int, split: str):
 
 def show_error(message: str) -> None:
     """A message a user can act on (never a traceback); user values in it are shown as text."""
-    st.error(inert(message))
-
-
-def inert(text: str) -> str:
-    """Markdown-inert text: every character markdown or HTML would act on is escaped."""
-    out = []
-    for ch in str(text):
-        out.append("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch)
-    return "".join(out)
+    st.error(md(message))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -112,7 +108,7 @@ def _with_url_value(options: list[str], key: str, valid) -> list[str]:
             valid(value)
             options = options + [value]
         except UserInputError as exc:
-            st.sidebar.warning(f"Ignored '{key}' from the link: {exc}")
+            st.sidebar.warning(md(f"Ignored '{key}' from the link: {exc}"))
             if value.startswith("upload:"):  # offer the upload: the same file gets the same id
                 st.session_state["_missing_upload"] = (key, value)
     return options
@@ -136,7 +132,7 @@ def sidebar() -> Selection:
         default = DEFAULT_A if key == "a" else DEFAULT_B
         # Options are the bare references (the URL holds the selected option's text), described below.
         sb.selectbox(f"Model {key.upper()}", opts, index=opts.index(default), key=key, bind="query-params")
-        sb.caption(model_label(st.session_state[key]).split(" · ", 1)[-1])
+        sb.caption(md(model_label(st.session_state[key]).split(" · ", 1)[-1]))
     data_options = data_mod.names() + _uploaded("data")
     opts = _with_url_value(data_options, "data", _check_data_ref)
     pending = st.session_state.pop("_set_data", None)
@@ -191,7 +187,7 @@ def _check_model_ref(v: str) -> None:
     that an unknown one falls back to the default view with a message instead of a failing page."""
     from analysis.store import default_store
 
-    source, rest = models_mod.parse_ref(v, allow_local=allow_local_paths())
+    source, rest = models_mod.parse_ref(v, allow_local=allow_local_paths(), allow_hub=allow_hub())
     if source == "zoo":
         models_mod.zoo_entry(rest)
     elif source == "upload" and default_store().find_blob(rest, "model") is None:
@@ -238,7 +234,7 @@ def _link_problems() -> None:
     shown = st.session_state.get("_link_message")
     if shown:
         if shown[1] == st.session_state.get("_selection"):
-            st.warning(shown[0])
+            st.warning(md(shown[0]))
         else:
             del st.session_state["_link_message"]
 
@@ -251,7 +247,7 @@ def _upload_panel() -> None:
     with st.sidebar.expander("Upload a model or data", expanded=missing is not None):
         if missing:
             what = {"a": "model A", "b": "model B", "data": "the dataset"}[missing[0]]
-            st.info(f"The link uses an uploaded file as {what} ({missing[1]}) that this server does not have. "
+            st.info(f"The link uses an uploaded file as {what} ({md(missing[1])}) that this server does not have. "
                     "Upload the same file here: it gets the same id, and the link's view opens with it.")
             if missing[0] in ("a", "b") and "upload_target" not in st.session_state:
                 st.session_state["upload_target"] = f"Model {missing[0].upper()}"
@@ -276,14 +272,14 @@ def _take_upload(file, upload, select_key: str) -> None:
     try:
         ref = upload(file.getvalue(), file.name)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     except Exception as exc:  # an untrusted file must never take the page down: one message, logged
         import logging
 
         logging.getLogger("replens").exception("upload of %r failed", file.name)
-        st.error(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored. "
-                 "Check that it is a file of one of the listed types.")
+        st.error(md(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored. "
+                    "Check that it is a file of one of the listed types."))
         return
     st.session_state[f"_done{select_key}"] = file.file_id
     st.session_state[select_key] = ref
@@ -319,9 +315,9 @@ def prepare(page: str, pair: bool = True):
         halt()
     apply_fixes({k: v for k, v in spec.params.items() if v != before.params.get(k)})
     for note in notes:
-        st.info(inert(note), icon=":material/info:")
+        st.info(md(note), icon=":material/info:")
     if pair:
-        st.caption(f"{inert(sel.model_a)} (A) vs {inert(sel.model_b)} (B) · {inert(ctx.ds.describe())}")
+        st.caption(f"{md(sel.model_a)} (A) vs {md(sel.model_b)} (B) · {md(ctx.ds.describe())}")
     return view, ctx
 
 
@@ -356,19 +352,20 @@ def pair_or_stop(sel: Selection):
         model_a.check_data(ds)
         model_b.check_data(ds)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         st.stop()
-    st.caption(f"`{sel.model_a}` (A) vs `{sel.model_b}` (B) · {ds.describe()}")
+    st.caption(f"{md_code(sel.model_a)} (A) vs {md_code(sel.model_b)} (B) · {md(ds.describe())}")
     return ds, model_a, model_b, (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
 
 
 @contextlib.contextmanager
 def user_errors(where: str = ""):
-    """Show a UserInputError as a clear message instead of a traceback."""
+    """Show a UserInputError as a clear message instead of a traceback (as text: messages quote
+    file names, layer names and link values)."""
     try:
         yield
     except UserInputError as exc:
-        st.error(f"{where}: {exc}" if where else str(exc))
+        st.error(md(f"{where}: {exc}" if where else exc))
 
 
 class Progress:
@@ -377,12 +374,37 @@ class Progress:
     def __init__(self, text: str):
         self.bar = st.progress(0.0, text=text)
 
-    def __call__(self, fraction: float, message: str) -> None:
-        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+    def __call__(self, fraction: float, message: str) -> None:  # analysis messages name files and layers
+        self.bar.progress(min(max(float(fraction), 0.0), 1.0), text=md(message))
 
     def done(self) -> None:
         self.bar.empty()
 
+
+
+def inert_figure(fig):
+    """The figure with every text in it (layer names, class names, sentences) drawn as the text
+    it is, not as Plotly's tags (links, styles); the same object when nothing needed escaping."""
+    import plotly.graph_objects as go
+
+    spec = fig.to_plotly_json()
+    safe = plotly_inert(spec)
+    return fig if safe is spec else go.Figure(safe)
+
+
+def _inert_cells(df):
+    """st.table renders Markdown in cells and headers: a copy with every text escaped."""
+    import pandas as pd
+
+    frame = df.copy() if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+    for col in frame.columns:
+        if frame[col].dtype.kind in "OSU":
+            frame[col] = frame[col].map(lambda v: md(v) if isinstance(v, str) else v)
+    frame.columns = [md(c) if isinstance(c, str) else c for c in frame.columns]
+    if frame.index.dtype.kind in "OSU":
+        frame.index = frame.index.map(lambda v: md(v) if isinstance(v, str) else v).rename(
+            md(frame.index.name) if isinstance(frame.index.name, str) else frame.index.name)
+    return frame
 
 
 def show_figure(fig, key: str, pin: bool = True, **kwargs):
@@ -392,7 +414,7 @@ def show_figure(fig, key: str, pin: bool = True, **kwargs):
     from analysis import figures
     from pages import _share
 
-    event = st.plotly_chart(fig, theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
+    event = st.plotly_chart(inert_figure(fig), theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
     if pin:
         title = _share.figure_title(fig, key)
         _share.pin_button(key, lambda: _share.pin("figure", title, {"figure": fig.to_json()}))
@@ -408,7 +430,7 @@ def show_table(df, key: str, title: str = "", pin: bool = True, static: bool = F
 
     kwargs.setdefault("hide_index", not static)
     kwargs.setdefault("width", "stretch")
-    out = st.table(df) if static else st.dataframe(df, key=key, **kwargs)
+    out = st.table(_inert_cells(df)) if static else st.dataframe(df, key=key, **kwargs)
     if pin:
         frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
         keep_index = not kwargs["hide_index"]

@@ -7,6 +7,7 @@ import streamlit as st
 from analysis import lrp
 from analysis import lrp_figures as lf
 from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code
 from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
 CHOICES = list(lrp.RULES) + list(lrp.COMPOSITES)
@@ -60,7 +61,7 @@ def conservation_rows(att, names):
 def image_view(sel, ds, models, data_key, rule, eps, gamma):
     for slot, m in models.items():
         if m.kind != "classifier":
-            st.error(f"Model {slot} ({m.ref}) is a {m.kind}. LRP on images explains a class score: pick two "
+            st.error(f"Model {slot} ({md(m.ref)}) is a {m.kind}. LRP on images explains a class score: pick two "
                      "classifiers (zoo:mlp-*, zoo:cnn-*), or the 'text' dataset with hf:minilm models.")
             st.stop()
     c1, c2, c3 = st.columns([1.2, 1, 3])
@@ -76,7 +77,7 @@ def image_view(sel, ds, models, data_key, rule, eps, gamma):
         from analysis import figures
 
         st.image([figures.pixel_tile(ds.render(i)["image"]) for i in gallery],
-                 caption=[f"#{i} · {ds.label_of(i)}" for i in gallery], width=56)
+                 caption=[md(f"#{i} · {ds.label_of(i)}") for i in gallery], width=56)
         up = st.file_uploader("Or upload an image (it is turned grey, resized to 8x8 and scaled to [0, 1])",
                               type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="at_upload", max_upload_size=5)
     rows = [int(i) for i in picked]
@@ -106,11 +107,11 @@ def image_view(sel, ds, models, data_key, rule, eps, gamma):
         for (slot, m), col in zip(models.items(), cols):
             with col:
                 st.subheader(f"Model {slot}")
-                st.caption(f"`{m.ref}` · {m.architecture}")
+                st.caption(f"{md_code(m.ref)} · {md(m.architecture)}")
                 try:
                     att = cached_attribution(m.ref, rows_key, tgt, rule, eps, gamma, layers[slot], m, x, labels)
                 except UserInputError as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
                     continue
                 atts[slot] = att
                 titles = [f"{n} → class {int(c)}" for n, c in zip(names, att.target)]
@@ -136,7 +137,7 @@ def image_view(sel, ds, models, data_key, rule, eps, gamma):
                                                 progress=lambda f, msg, k=k: bar(0.5 * (k + f), msg))
                     for k, (slot, m) in enumerate(models.items())}
         except UserInputError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             st.stop()
         bar.done()
         summary = lrp.pair_summary(full["A"], full["B"])
@@ -215,7 +216,7 @@ def text_view(sel, ds, models, data_key, rule, eps, gamma):
     gallery = list(range(min(GALLERY, len(ds))))
     picked = st.multiselect("Sentences (row positions)", gallery, default=gallery[:4], key="at_sentences",
                             bind="query-params", max_selections=8,
-                            help="; ".join(f"{i}: {ds.inputs[i][:40]}" for i in gallery[:8]))
+                            help="; ".join(f"{i}: {md(ds.inputs[i][:40])}" for i in gallery[:8]))
     typed = st.text_input("Or type a sentence", key="at_text", bind="query-params", max_chars=300)
     second = st.text_input("Second sentence (similarity)", value=str(ds.inputs[gallery[-1]]) if gallery else "",
                            key="at_second", bind="query-params", disabled=mode != "similarity", max_chars=300)
@@ -247,7 +248,7 @@ def text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, dat
     for k, ((slot, m), col) in enumerate(zip(models.items(), cols)):
         with col:
             st.subheader(f"Model {slot}")
-            st.caption(f"`{m.ref}` · {m.architecture}")
+            st.caption(f"{md_code(m.ref)} · {md(m.architecture)}")
             try:
                 if mode == "topic":
                     probes[slot] = probe = cached_probe(m.ref, data_key, m, ds)
@@ -256,7 +257,7 @@ def text_maps(models, texts, mode, target, second, rule, eps, gamma, layers, dat
                 att = cached_text_attribution(m.ref, tuple(texts), target, rule, eps, gamma, layers[slot],
                                               data_key, second, m, ds)
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
                 continue
             finally:
                 bar((k + 1) / 2, "Explaining…")
@@ -334,12 +335,12 @@ try:
     for m in models.values():
         lrp.check_model(m)
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 if ds.kind == "text":
     text_view(sel, ds, models, data_key, rule, eps, gamma)
 elif ds.kind == "image":
     image_view(sel, ds, models, data_key, rule, eps, gamma)
 else:
-    st.error(f"Dataset '{ds.name}' holds {ds.kind} rows; the Attributions page explains digits classifiers "
+    st.error(f"Dataset '{md(ds.name)}' holds {ds.kind} rows; the Attributions page explains digits classifiers "
              "(the 'digits' dataset) and text encoders (the 'text' dataset).")

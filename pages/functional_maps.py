@@ -7,6 +7,7 @@ from analysis import activations, fmaps, stitching
 from analysis import fmaps_figures as ff
 from analysis import translation as tr
 from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code
 from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
 DESCRIPTOR_OPTIONS = list(fmaps.DESCRIPTORS)
@@ -97,7 +98,7 @@ try:
                        anchors=anchors.tolist(), selection=selection_method, **keybase, **params)
 except UserInputError as exc:
     bar.done()
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 bar.done()
 for w in fit["warnings"]:
@@ -158,7 +159,7 @@ else:
     if curve is not None:
         head = ("B's own network after this layer" if str(curve["head"]) == "model" else
                 "a logistic-regression probe trained on B's layer (B has no classifier head at this layer)")
-        st.caption(f"A's encoder up to `{layer_a}` → a translator fitted on the anchors → {head}. Anchors come "
+        st.caption(f"A's encoder up to {md_code(layer_a)} → a translator fitted on the anchors → {head}. Anchors come "
                    "from one half of the samples (and the probe, if any); accuracy is measured on the other half. "
                    "'linear' and 'affine' coincide here: both spaces are centred on their anchors first.")
         show_figure(ff.stitching_figure(curve, methods), "fm_stitch")

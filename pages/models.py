@@ -6,7 +6,8 @@ import streamlit as st
 
 from analysis import figures
 from pages._jobs import run_sections
-from pages._shell import inert, prepare, show_table
+from analysis.safe_text import md
+from pages._shell import prepare, show_table
 from pages._share import current_spec
 
 N_SAMPLES_SHOWN = 12
@@ -21,13 +22,13 @@ def compact(n: int) -> str:
 
 
 def model_column(card) -> None:
-    st.markdown(f"**{inert(card.kind.capitalize())}** · {inert(card.architecture)}")
+    st.markdown(f"**{md(card.kind.capitalize())}** · {md(card.architecture)}")
     m2, m3 = st.columns(2)
     m2.metric("Parameters", compact(card.parameters), help=f"{card.parameters:,} parameters")
     label = METRIC_NAMES[card.metric]
     shown = "n/a" if card.value is None else (f"{card.value:.4f}" if card.metric == "mse" else f"{100 * card.value:.1f}%")
     m3.metric(label, shown, help=card.explanation)
-    st.caption(" · ".join([f"sha256 {card.sha256[:12]}"] + [inert(f) for f in card.facts]))
+    st.caption(" · ".join([f"sha256 {card.sha256[:12]}"] + [md(f) for f in card.facts]))
     if not card.hookable:
         st.info("TorchScript modules cannot take forward hooks, so only the model's output is available as a "
                 "layer. For per-layer analyses upload safetensors weights of a zoo architecture or an embeddings file.")
@@ -37,7 +38,7 @@ def model_column(card) -> None:
 
 view, ctx = prepare("models", pair=False)
 ds = ctx.ds
-st.caption(inert(ds.describe()))
+st.caption(md(ds.describe()))
 spec = current_spec()
 cards = {}
 cols = st.columns(2, gap="large")

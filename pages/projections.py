@@ -7,6 +7,7 @@ import streamlit as st
 from analysis import activations, evaluate, figures, spec
 from analysis import projection as proj
 from analysis.errors import UserInputError
+from analysis.safe_text import md
 from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
 COLOUR_BY = list(spec.COLOUR_BY)  # declared with the page's other link parameters
@@ -69,7 +70,7 @@ try:
         pa = proj.project(xa, method, dims, sel.seed, progress=lambda f, m: bar(0.5 * f, m), **params)
     pb = proj.project(xb, method, dims, sel.seed, progress=lambda f, m: bar(0.5 + 0.5 * f, m), **params)
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 bar.done()
 al = proj.align(pa, pb)
@@ -139,7 +140,7 @@ if selected:
     shown = selected[:24]
     if ds.kind == "image":
         st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown],
-                 caption=[ds.hover_text(i) for i in shown], width=72)
+                 caption=[md(ds.hover_text(i)) for i in shown], width=72)
     else:
         show_table({"sample": [ds.hover_text(i) for i in shown],
                     "agreement": [float(agreement[i]) for i in shown]}, "selected_samples", "Selected samples")

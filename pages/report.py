@@ -11,8 +11,9 @@ import streamlit as st
 from analysis import report as report_mod
 from analysis.spec import AnalysisSpec
 from analysis.store import default_store
+from analysis.safe_text import md, md_link
 from pages._share import base_url, keep_report, report_items
-from pages._shell import inert
+from pages._shell import inert_figure
 
 store = default_store()
 st.title("Report")
@@ -24,9 +25,9 @@ if wanted and st.session_state.get("_report_id") != wanted and st.session_state.
     body = store.get_doc("report", wanted)
     pinned = report_items()
     if body is None:
-        st.warning(f"No saved report with id {inert(wanted[:20])} on this server.")
+        st.warning(f"No saved report with id {md(wanted[:20])} on this server.")
     elif pinned and st.session_state.get("_report_replace") != wanted:
-        st.warning(f"The link opens the saved report “{inert(body.get('title', ''))}”, which would replace the "
+        st.warning(f"The link opens the saved report “{md(body.get('title', ''))}”, which would replace the "
                    f"{len(pinned)} items pinned in this browser.")
         o1, o2, _ = st.columns([1, 1, 2])
         if o1.button("Open the saved report", key="_report_open"):
@@ -62,8 +63,8 @@ for i, item in enumerate(items):
     iid = item["id"]
     with st.container(border=True):
         head, up, down, rm = st.columns([8, 1, 1, 1])
-        head.markdown(f"**{i + 1}. {item.get('caption') or item['title']}**")
-        head.caption(f"{item['kind']} from the {item['page']} page · pinned {item.get('pinned', '')}")
+        head.markdown(f"**{i + 1}. {md(item.get('caption') or item['title'])}**")
+        head.caption(md(f"{item['kind']} from the {item['page']} page · pinned {item.get('pinned', '')}"))
         up.button("↑", key=f"_up_{iid}", on_click=_move, args=(i, i - 1), disabled=i == 0, help="Move up")
         down.button("↓", key=f"_down_{iid}", on_click=_move, args=(i, i + 1), disabled=i == len(items) - 1,
                     help="Move down")
@@ -72,7 +73,7 @@ for i, item in enumerate(items):
         item["notes"] = st.text_area("Notes (markdown)", value=item.get("notes", ""), key=f"_notes_{iid}",
                                      height=68)
         if item["kind"] == "figure":
-            st.plotly_chart(pio.from_json(item["figure"]), theme=None, key=f"_fig_{iid}")
+            st.plotly_chart(inert_figure(pio.from_json(item["figure"])), theme=None, key=f"_fig_{iid}")
         else:
             import io
 
@@ -80,9 +81,9 @@ for i, item in enumerate(items):
             st.download_button("CSV", item["csv"], file_name=f"{iid}.csv", mime="text/csv", key=f"_csv_{iid}")
         try:
             url = AnalysisSpec.from_json(item["spec"]).url(base_url())
-            st.markdown(f"[Open this view]({url})")
+            st.markdown(md_link("Open this view", url))
         except Exception as exc:  # an item from an older version keeps its record
-            st.caption(f"(view link unavailable: {exc})")
+            st.caption(f"(view link unavailable: {md(exc)})")
 
 # Captions, notes, order and removals are this browser's working report: kept in the store.
 if not keep_report() and items:
@@ -108,7 +109,8 @@ if items:
                                           "saved": time.strftime("%Y-%m-%d %H:%M")}, name=title)
             st.session_state["_report_id"] = rid
             st.query_params["report"] = rid
-            st.success(f"Saved. Link: {base_url()}/report?report={rid}")
+            link = f"{base_url()}/report?report={rid}"
+            st.success("Saved. Link: " + md_link(link, link))
 
 # ------------------------------------------------------------------ gallery
 st.divider()
@@ -125,12 +127,14 @@ g1, g2 = st.columns(2)
 with g1:
     st.markdown(f"**Reports** ({len(reports)})")
     for r in reports[:50]:
-        st.markdown(f"[{r['name'] or r['id']}]({base_url()}/report?report={r['id']}) · {_when(r['updated'])}")
+        link = f"{base_url()}/report?report={r['id']}"
+        st.markdown(f"{md_link(r['name'] or r['id'], link)} · {_when(r['updated'])}")
 with g2:
     st.markdown(f"**Saved views** ({len(views)})")
     for v in views[:50]:
         body = store.get_doc("analysis", v["id"]) or {}
         page = (body.get("spec") or {}).get("page", "")
-        st.markdown(f"[{v['name'] or v['id']}]({base_url()}/{page}?a={v['id']}) · {page} · {_when(v['updated'])}")
+        link = f"{base_url()}/{page}?a={v['id']}"
+        st.markdown(f"{md_link(v['name'] or v['id'], link)} · {md(page)} · {_when(v['updated'])}")
 if not reports and not views:
     st.caption("Saved reports (button above) and saved views (sidebar › Share this view › Save) appear here.")

@@ -7,6 +7,7 @@ from analysis import activations
 from analysis import sae as S
 from analysis import sae_figures as sf
 from analysis.errors import UserInputError
+from analysis.safe_text import html, md, md_code
 from analysis.figures import pixel_tile
 from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
 
@@ -90,7 +91,7 @@ def obtain(tag: str, ref: str, model, layer: str, params: dict, acts):
         return sae
     est = S.estimate_seconds(len(acts), acts.shape[1], params["expansion"], params["steps"], params["batch_size"])
     what = (f"{tag}: a {S.KIND_NAMES[params['kind']]} SAE with {params['expansion'] * acts.shape[1]} latents on "
-            f"`{layer}` of `{ref}` ({len(acts)} inputs x {acts.shape[1]} dims, {params['steps']} steps): "
+            f"{md_code(layer)} of {md_code(ref)} ({len(acts)} inputs x {acts.shape[1]} dims, {params['steps']} steps): "
             f"about {est:.0f} s.")
     if est > AUTO_TRAIN_S:
         note = st.empty()
@@ -121,11 +122,12 @@ def show_examples(rows, values, feature_index: int, key: str, sae=None, model=No
         return
     captions = [f"{v:.3g} · {ds.label_of(int(r)) or ''}".strip(" ·") for r, v in zip(rows, values)]
     if ds.kind == "image":
-        st.image([pixel_tile(ds.render(int(r))["image"]) for r in rows], caption=captions, width=width)
+        st.image([pixel_tile(ds.render(int(r))["image"]) for r in rows], caption=[md(c) for c in captions],
+                 width=width)
     elif ds.kind == "text" and sae is not None and getattr(model, "input_kind", "") == "text":
         toks = S.token_activations(sae, model, layer, [ds.inputs[int(r)] for r in rows], feature_index)
         for (tokens, vals), cap in zip(toks, captions):
-            st.markdown(f"<div style='margin-bottom:4px'><code>{cap}</code> "
+            st.markdown(f"<div style='margin-bottom:4px'><code>{html(cap)}</code> "
                         f"{sf.highlight_tokens_html(tokens, vals)}</div>", unsafe_allow_html=True)
     else:
         show_table({"input": [ds.hover_text(int(r)) for r in rows], "activation": [float(v) for v in values]}, key=key)
@@ -178,12 +180,12 @@ try:
     acts = cached_acts(ref, data_key, layer, model, ds)
     params_checked = S.normalise_params(**params)
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 key = S.store_key(model.sha256, ds.sha256, layer, "mean", params_checked)
 with st.expander("Open an SAE trained elsewhere (SAELens files) instead of training one"):
     st.caption(f"`cfg.json` + `sae_weights.safetensors` as SAELens saves them (standard, topk, jumprelu), or the zip "
-               f"this page downloads. It must read `{layer}` of {which} ({acts.shape[1]} dimensions).")
+               f"this page downloads. It must read {md_code(layer)} of {which} ({acts.shape[1]} dimensions).")
     files = st.file_uploader("SAE files", type=["json", "safetensors", "zip"], accept_multiple_files=True,
                              key="sae_upload")
 sae = None
@@ -192,7 +194,7 @@ if files:
         sae, sha = S.from_saelens_upload({f.name: f.getvalue() for f in files}, acts.shape[1])
         key = f"upload-{sha}"
     except UserInputError as exc:
-        st.error(f"Upload: {exc}")
+        st.error(md(f"Upload: {exc}"))
 if sae is None:
     with user_errors("Training"):
         sae = obtain(which, ref, model, layer, params, acts)
@@ -203,7 +205,7 @@ if sae is None:
 metrics = cached_metrics(key, sae, acts)
 source = ("opened from uploaded SAELens files" if "saelens_cfg" in sae.train_info else
           "from the result store" if sae.cached else f"trained in {sae.train_info.get('seconds', 0):.1f} s")
-st.subheader(f"{which} · `{layer}` · {sae.describe()}")
+st.subheader(f"{which} · {md_code(layer)} · {sae.describe()}")
 speed = sae.train_info.get("samples_per_second")
 st.caption(f"{source}" + (f" · {speed:,.0f} activations/s while training" if speed else "")
            + f" · metrics on the {metrics.n} inputs of the dataset")
@@ -232,7 +234,7 @@ if down is not None:
         st.caption(f"Accuracy: clean {100 * down.accuracy_clean:.1f}% · SAE spliced in "
                    f"{100 * down.accuracy_spliced:.1f}% · mean-ablated {100 * down.accuracy_ablated:.1f}%")
 else:
-    st.caption(f"Downstream check skipped: {why}")
+    st.caption(md(f"Downstream check skipped: {why}"))
 g1, g2 = st.columns(2)
 with g1:
     show_figure(sf.training_curve(sae.history, "Training curve (logged batches)"), key="sae_curve")
@@ -297,7 +299,7 @@ badge = " :red-badge[dead]" if density == 0 else (" :orange-badge[dense]" if den
 top = stats.table().loc[feature]
 st.markdown(f"### Feature {feature}{badge}\nactive on **{100 * density:.2f}%** of inputs · max activation "
             f"**{peak:.3g}** · median when active {float(stats.quantiles[feature, 0]):.3g}"
-            + (f" · top class **{top['top class']}**" if "top class" in top and density > 0 else ""))
+            + (f" · top class **{md(top['top class'])}**" if "top class" in top and density > 0 else ""))
 examples = S.feature_examples(stats, feature)
 f1, f2, f3 = st.columns(3)
 with f1:
@@ -341,9 +343,9 @@ row = i1.number_input("Input (row of the dataset)", 0, len(ds) - 1, 0, key="sae_
 with i1:
     shown = ds.render(row)
     if ds.kind == "image":
-        st.image(pixel_tile(shown["image"]), caption=ds.hover_text(row), width=128)
+        st.image(pixel_tile(shown["image"]), caption=md(ds.hover_text(row)), width=128)
     else:
-        st.write(ds.hover_text(row))
+        st.markdown(md(ds.hover_text(row)))
 with i2:
     idx, vals = S.active_features(stats, row)
     ev = show_figure(sf.active_features_bar(idx, vals, top_names), key="sae_active", on_select="rerun",
@@ -371,7 +373,7 @@ o_stats = cached_stats(o_key, o_sae, o_acts, ds.labels, tuple(ds.label_names) if
 sides = {which: (sae, acts, stats, key), other_tag: (o_sae, o_acts, o_stats, o_key)}
 (sae_a, acts_a, stats_a, key_a), (sae_b, acts_b, stats_b, key_b) = sides["A"], sides["B"]
 match = cached_match(key_a, key_b, sae_a, acts_a, sae_b, acts_b, stats_a.codes, stats_b.codes)
-st.caption(f"A: `{layer_a}` ({sae_a.d_sae} latents, {len(match.live_a)} live) · B: `{layer_b}` ({sae_b.d_sae} latents, "
+st.caption(f"A: {md_code(layer_a)} ({sae_a.d_sae} latents, {len(match.live_a)} live) · B: {md_code(layer_b)} ({sae_b.d_sae} latents, "
            f"{len(match.live_b)} live) · {len(match.a)} pairs; a pair is shared when its correlation ≥ "
            f"{match.threshold:g}.")
 q1, q2 = st.columns([1.2, 1])

@@ -5,7 +5,8 @@ import streamlit as st
 from analysis import similarity as sim
 from analysis.figures import similarity as figs
 from pages._jobs import run_sections
-from pages._shell import halt, inert, prepare, show_figure
+from analysis.safe_text import md
+from pages._shell import halt, prepare, show_figure
 from pages._share import current_spec
 from pages._widgets import widget
 
@@ -41,7 +42,7 @@ result, ready = run_sections(view, spec, ["matrices"], what="the layer-by-layer 
 if not ready:
     halt()
 for note in result.matrices.warnings:
-    st.warning(inert(note))
+    st.warning(md(note))
 widget(P["stretch"], help=f"Off: the colour scale spans the measure's whole range ({m.value_range[0]:g} to "
                           f"{m.value_range[1]:g}), comparable across pages and papers. On: it spans the values "
                           "in these three maps.")

@@ -15,6 +15,7 @@ from analysis import figures, models, zoo
 from analysis import vector_field as vf
 from analysis import vector_field_figures as vff
 from analysis.errors import UserInputError
+from analysis.safe_text import md, md_code
 from pages._shell import Progress, load_dataset, load_model, selection, show_figure, show_table, user_errors
 
 FALLBACK = vf.FALLBACK_MODEL
@@ -88,17 +89,17 @@ ref = c1.selectbox("Autoencoder", options, index=0, key="vf_model", bind="query-
                    help="Model A (or B) when it is an autoencoder, then the zoo's autoencoders: bottleneck 2, 8 "
                         "and 32 (MLP and conv), the one overfit on 10 images, and mlp-ae-b8's training checkpoints.")
 if not own:
-    c2.info(f"Model A (`{sel.model_a}`) and model B (`{sel.model_b}`) are not autoencoders, so this page analyses "
+    c2.info(f"Model A ({md_code(sel.model_a)}) and model B ({md_code(sel.model_b)}) are not autoencoders, so this page analyses "
             f"a zoo autoencoder. Set model A in the sidebar to an autoencoder (a zoo `…-ae-…` model, or an uploaded "
             "TorchScript module with `encode` and `decode`) to analyse your own.")
 else:
-    c2.caption(f"Sidebar models that are autoencoders: {', '.join(f'`{r}`' for r in own)}.")
+    c2.caption(f"Sidebar models that are autoencoders: {', '.join(md_code(r) for r in own)}.")
 
 try:
     model = load_model(ref)
     train_ds, test_ds, about_data = reference_sets(model, sel)
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 train_x = np.asarray(train_ds.inputs, dtype=np.float32)
 test_x = np.asarray(test_ds.inputs, dtype=np.float32)
@@ -120,7 +121,7 @@ n_starts = int(p4.number_input("Data starts", 20, 1200, 300, step=50, key="vf_st
                                help="Training images (and as many held-out images) encoded as starts."))
 n_noise = int(p5.number_input("Noise starts", 10, 2000, 200, step=50, key="vf_noise", bind="query-params",
                               help="Gaussian-noise inputs N(0, 1) encoded as starts (data-free)."))
-st.caption(f"Data: {about_data}. Seed {sel.seed} (sidebar) picks the starts.")
+st.caption(f"Data: {md(about_data)}. Seed {sel.seed} (sidebar) picks the starts.")
 
 view = st.radio("Show", list(vf.VIEWS), horizontal=True, key="vf_view", bind="query-params",
                 help="field: the field, trajectories and basins; attractors: gallery and memorization; regimes: "
@@ -134,7 +135,7 @@ try:
     dyn = vf.analyse(model, train_x, test_x, progress=bar, **params)
 except UserInputError as exc:
     bar.done()
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 bar.done()
 
@@ -230,8 +231,8 @@ def attractors_view():
             for j, i in enumerate(order):
                 r = int(dyn.nearest[i])
                 cols[j % 4].image(pair_tile(dyn.decoded[i], train_x[r], image_shape), width=120,
-                                  caption=f"#{i} ({dyn.attractor_sizes[i]} starts) · cos {dyn.similarity[i]:.3f} "
-                                          f"to train {train_ds.hover_text(r)}")
+                                    caption=f"#{i} ({dyn.attractor_sizes[i]} starts) · cos {dyn.similarity[i]:.3f} "
+                                          f"to train {md(train_ds.hover_text(r))}")
     show_table({"attractor": np.arange(len(dyn.attractors)), "starts in basin": dyn.attractor_sizes,
                 "spectral radius": np.round(dyn.spectral_radius, 4),
                 "attractor (radius < 1)": dyn.spectral_radius < 1,
@@ -291,7 +292,7 @@ def ood_view():
     with user_errors():
         res = vf.ood_scores(model, dyn.attractors, x_in, sets, max_steps=max_steps, tol=float(tol), progress=obar)
         obar.done()
-        st.markdown("**Which score wins on this data:** " + vf.ood_verdict(res))
+        st.markdown("**Which score wins on this data:** " + md(vf.ood_verdict(res)))
         show_figure(vff.ood_figure(res.scores), "vf_ood_fig")
         table = res.table.pivot(index="OOD set", columns="score", values=["AUROC", "FPR95"])
         table.columns = [f"{m} · {s}" for m, s in table.columns]

@@ -55,8 +55,10 @@ def start_server(port: int | None = None, store_dir: str | os.PathLike | None = 
         store_dir = tempfile.mkdtemp(prefix="replens-store-")
     env = dict(os.environ, REPLENS_STORE=str(store_dir), PYTHONUNBUFFERED="1", REPLENS_JOBS="pool")
     log = tempfile.NamedTemporaryFile(prefix=f"streamlit-{port}-", suffix=".log", delete=False)
+    # No --browser.gatherUsageStats: the shipped .streamlit/config.toml turns usage statistics off,
+    # and tests/test_browser_shared_server.py checks that it does (no request leaves localhost).
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", str(port), "--browser.gatherUsageStats", "false", *extra_args]
+           "--server.port", str(port), *extra_args]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()

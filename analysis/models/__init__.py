@@ -1,7 +1,8 @@
 """Model sources behind one reference string fit for a URL.
 
 - ``zoo:NAME``: a checkpoint shipped in assets/zoo (see :mod:`analysis.zoo`)
-- ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:org/name``: transformers encoders
+- ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:./folder``, ``hf:org/name[@rev]``:
+  transformers encoders (bundled, local folders written as paths, hub ids; see :func:`parse_ref`)
 - ``upload:SHA``: a file stored by :func:`upload` (TorchScript, zoo-architecture safetensors, embeddings)
 """
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 
+from .. import settings
 from ..errors import UserInputError
 from .base import Batch, Model, layer_table
 from .embeddings import EmbeddingsModel, parse_embeddings
-from .hf import HFTextModel
+from .hf import LOCAL_PREFIXES, HFTextModel
 from .torch_models import TorchModel, manifest, zoo_entry, zoo_names
 
 __all__ = ["load", "upload", "zoo_names", "zoo_entry", "manifest", "builtin_refs", "Model", "Batch",
@@ -20,8 +22,10 @@ __all__ = ["load", "upload", "zoo_names", "zoo_entry", "manifest", "builtin_refs
 
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".safetensors", ".npy", ".npz", ".csv", ".parquet")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*")
-LOCAL_PATHS_ENV = "REPLENS_ALLOW_LOCAL_PATHS"
+# A hub id: "name" or "org/name", optionally "@revision". Never looked up on disk.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?(@[A-Za-z0-9][A-Za-z0-9_.\-/]{0,99})?")
+LOCAL_PATHS_ENV = settings.LOCAL_PATHS_ENV
+HUB_ENV = settings.HUB_ENV
 
 
 def builtin_refs() -> list[str]:
@@ -29,11 +33,19 @@ def builtin_refs() -> list[str]:
     return [f"zoo:{n}" for n in zoo_names()] + ["hf:minilm", "hf:minilm-random"]
 
 
-def parse_ref(ref: str, allow_local: bool = True) -> tuple[str, str]:
-    """Split and validate a reference; raises UserInputError for malformed or forged ones.
+def parse_ref(ref: str, allow_local: bool = True, allow_hub: bool | None = None) -> tuple[str, str]:
+    """Split and validate a reference; raises UserInputError for malformed, forged or refused ones.
 
-    ``allow_local=False`` (the web app, unless $REPLENS_ALLOW_LOCAL_PATHS=1) refuses filesystem
-    paths, so a link cannot make the server read folders outside the store.
+    ``hf:`` references are of three kinds, told apart by their shape alone:
+
+    - ``hf:minilm``, ``hf:minilm-random``: the bundled model (no network, no path);
+    - a local folder, written as a path: ``hf:/abs/path``, ``hf:~/path``, ``hf:./rel``, ``hf:../rel``.
+      ``allow_local=False`` (the web app, unless $REPLENS_ALLOW_LOCAL_PATHS=1) refuses them, so a
+      link cannot make the server read folders outside the store;
+    - a hub id, ``hf:name`` or ``hf:org/name[@revision]``: downloaded from the Hugging Face hub,
+      never looked up on disk (a folder ``org/name`` under the working directory is not used).
+      ``allow_hub=False`` refuses them at once; ``None`` reads $REPLENS_ALLOW_HUB (on unless "0"
+      for the library and the CLI; the web app passes its own setting, off unless "1").
     """
     if not isinstance(ref, str) or ":" not in ref:
         raise UserInputError(f"Not a model reference: {ref!r}. Use zoo:NAME, hf:NAME-OR-PATH or upload:ID.")
@@ -45,21 +57,35 @@ def parse_ref(ref: str, allow_local: bool = True) -> tuple[str, str]:
         if not re.fullmatch(r"[0-9a-f]{8,64}", rest):
             raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
     elif source == "hf":
-        is_named = rest in ("minilm", "minilm-random") or _HUB_ID.fullmatch(rest)
-        if not is_named:
-            if not allow_local:
-                raise UserInputError(f"Local model paths are disabled on this server ({rest!r}). "
-                                     f"Set {LOCAL_PATHS_ENV}=1 where the server runs to allow them.")
-            if not os.path.isdir(os.path.expanduser(rest)):
-                raise UserInputError(f"No transformers model folder at {rest!r}.")
+        _check_hf(rest, allow_local, settings.hub_allowed(True) if allow_hub is None else allow_hub)
     else:
         raise UserInputError(f"Unknown model source {source!r} in {ref!r}; use zoo:, hf: or upload:.")
     return source, rest
 
 
-def load(ref: str, allow_local: bool = True) -> Model:
-    """Load a model by reference. Raises :class:`UserInputError` for anything a user can get wrong."""
-    source, rest = parse_ref(ref, allow_local)
+def _check_hf(rest: str, allow_local: bool, allow_hub: bool) -> None:
+    if rest in ("minilm", "minilm-random"):
+        return
+    if rest.startswith(LOCAL_PREFIXES):
+        if not allow_local:
+            raise UserInputError(f"Local model paths are disabled on this server ({rest!r}). "
+                                 f"Set {LOCAL_PATHS_ENV}=1 where the server runs to allow them.")
+        if not os.path.isdir(os.path.expanduser(rest)):
+            raise UserInputError(f"No transformers model folder at {rest!r}.")
+        return
+    if not _HUB_ID.fullmatch(rest) or ".." in rest:
+        raise UserInputError(f"Not a hub id or a folder: {rest!r}. Write a hub id as hf:org/name, a local "
+                             "folder as a path (hf:/abs/path or hf:./relative/path).")
+    if not allow_hub:
+        raise UserInputError(f"Downloading models from the Hugging Face hub is off on this server ({rest!r}). "
+                             f"Set {HUB_ENV}=1 where the server runs to allow it, or use hf:minilm, a zoo "
+                             "model or an upload.")
+
+
+def load(ref: str, allow_local: bool = True, allow_hub: bool | None = None) -> Model:
+    """Load a model by reference (see :func:`parse_ref` for what is allowed). Raises
+    :class:`UserInputError` for anything a user can get wrong."""
+    source, rest = parse_ref(ref, allow_local, allow_hub)
     if source == "zoo":
         from .torch_models import load_zoo
 
@@ -68,7 +94,10 @@ def load(ref: str, allow_local: bool = True) -> Model:
         from .hf import load_hf
 
         return load_hf(rest)
-    return _load_upload(rest)
+    from .. import tabular
+
+    with tabular.unreadable_as_user_error(ref, "an uploaded model"):  # only UserInputError reaches callers
+        return _load_upload(rest)
 
 
 def _classify(data: bytes, filename: str) -> str:

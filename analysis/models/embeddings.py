@@ -13,8 +13,25 @@ from .base import Model
 
 
 def parse_embeddings(data: bytes, filename: str) -> dict[str, np.ndarray]:
-    """Layer name -> float32 (rows x d). .npz: one array per layer; .npy/.csv/.parquet: one layer."""
+    """Layer name -> float32 (rows x d). .npz: one array per layer; .npy/.csv/.parquet: one layer.
+    Parsed once per content and name: later calls (every load of the upload) read the arrays back
+    from the result store."""
+    from ..store import sha256_bytes
+
     tabular.check_size(data, filename)
+    name = filename.rsplit("/", 1)[-1]
+    arrays, meta = tabular.parsed_once(sha256_bytes(data), f"embeddings:{name}", lambda: _pack(data, filename))
+    return {layer: arrays[f"layer_{i}"] for i, layer in enumerate(meta["layers"])}
+
+
+def _pack(data: bytes, filename: str) -> tuple[dict, dict]:
+    with tabular.unreadable_as_user_error(filename, "embeddings"):
+        layers = _parse(data, filename)
+    # stored under positional names: layer names are arbitrary text (an .npz's member names)
+    return {f"layer_{i}": a for i, a in enumerate(layers.values())}, {"layers": list(layers)}
+
+
+def _parse(data: bytes, filename: str) -> dict[str, np.ndarray]:
     suffix = tabular.suffix_of(filename)
     stem = filename.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "embedding"
     if suffix == ".npz":

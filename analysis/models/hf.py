@@ -1,8 +1,10 @@
 """Transformers text encoders: the bundled all-MiniLM-L6-v2, its random-init twin, local folders
-and hub ids (the hub needs network access; local folders and the bundled model do not)."""
+and hub ids (the hub needs network access and $REPLENS_ALLOW_HUB; local folders and the bundled
+model never contact the network)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from ..errors import UserInputError
 from .base import Batch, Model
 
 MAX_TOKENS = 128
+LOCAL_PREFIXES = ("/", "~", "./", "../")  # how a reference says "a folder on this machine"
+logger = logging.getLogger("replens")
 
 
 def minilm_path() -> Path:
@@ -46,12 +50,15 @@ def _file_sha(path: str, size: int, mtime: int) -> str:
 
 
 class HFTextModel(Model):
-    """A transformers encoder. Layers: the embeddings and each transformer block (token outputs)."""
+    """A transformers encoder read from a folder on this machine (the bundled model, a local folder,
+    or a hub snapshot already downloaded by :func:`load_hf`): ``local_files_only``, so loading it
+    never contacts the network, and no remote code. Layers: the embeddings and each transformer
+    block (token outputs)."""
 
     input_kind = "text"
     kind = "encoder"
 
-    def __init__(self, ref: str, source: str, random_init: bool = False):
+    def __init__(self, ref: str, folder: Path, random_init: bool = False, source: str | None = None):
         super().__init__()
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
@@ -59,24 +66,20 @@ class HFTextModel(Model):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         transformers.logging.set_verbosity_error()
-        local = Path(source).expanduser()
-        offline = local.is_dir()
-        if not offline and (source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1):
-            raise UserInputError(f"No transformers model folder at {source}.")
+        folder = Path(folder).expanduser().resolve()
+        kw = {"local_files_only": True, "trust_remote_code": False}
         try:
-            kw = {"local_files_only": True} if offline else {}
-            self.tokenizer = AutoTokenizer.from_pretrained(str(local) if offline else source, **kw)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), **kw)
             if random_init:
-                config = AutoConfig.from_pretrained(str(local) if offline else source, **kw)
+                config = AutoConfig.from_pretrained(str(folder), **kw)
                 torch.manual_seed(0)
                 module = AutoModel.from_config(config)
             else:
-                module = AutoModel.from_pretrained(str(local) if offline else source, **kw)
-        except UserInputError:
-            raise
-        except Exception as exc:
-            where = f"folder {local}" if offline else f"hub id {source!r} (needs network access)"
-            raise UserInputError(f"Could not load a transformers model from {where}: {exc}") from exc
+                module = AutoModel.from_pretrained(str(folder), use_safetensors=True, **kw)
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad folders
+            logger.warning("loading %s from %s failed", ref, folder, exc_info=True)
+            raise UserInputError(f"Could not load a transformers encoder for {ref} ({type(exc).__name__}). "
+                                 "RepLens reads a folder with config.json, safetensors weights and a tokenizer.") from exc
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
@@ -86,9 +89,8 @@ class HFTextModel(Model):
         cfg = module.config
         self.architecture = f"{type(module).__name__} ({cfg.model_type}, {getattr(cfg, 'num_hidden_layers', '?')} layers, " \
                             f"hidden {getattr(cfg, 'hidden_size', '?')})" + (", random init" if random_init else "")
-        base = folder_sha256(local) if offline else hashlib.sha256(source.encode()).hexdigest()
-        self.sha256 = hashlib.sha256(f"{base}|random={random_init}".encode()).hexdigest()
-        self.info = {"source": str(local) if offline else source, "random_init": random_init}
+        self.sha256 = hashlib.sha256(f"{folder_sha256(folder)}|random={random_init}".encode()).hexdigest()
+        self.info = {"source": source or str(folder), "random_init": random_init}
         self.layers = self._block_layers()
 
     def _block_layers(self) -> list[str]:
@@ -116,11 +118,38 @@ class HFTextModel(Model):
 
 
 def load_hf(spec: str) -> HFTextModel:
-    """``minilm``, ``minilm-random``, a local folder path, or a hub id."""
+    """``minilm``, ``minilm-random``, a local folder written as a path, or a hub id
+    (``org/name[@revision]``), as :func:`analysis.models.parse_ref` accepted it. A hub id is
+    downloaded into the Hugging Face cache first and loaded from there: it is never looked up as
+    a folder under the working directory."""
     if spec == "minilm":
-        return HFTextModel("hf:minilm", str(minilm_path()))
+        return HFTextModel("hf:minilm", minilm_path())
     if spec == "minilm-random":
-        return HFTextModel("hf:minilm-random", str(minilm_path()), random_init=True)
+        return HFTextModel("hf:minilm-random", minilm_path(), random_init=True)
     if not spec:
         raise UserInputError("Empty transformers reference: use hf:minilm, hf:/path/to/folder or hf:org/name.")
-    return HFTextModel(f"hf:{spec}", spec)
+    if spec.startswith(LOCAL_PREFIXES):
+        return HFTextModel(f"hf:{spec}", Path(spec))
+    return HFTextModel(f"hf:{spec}", hub_snapshot(spec), source=spec)
+
+
+# What a snapshot downloads: configuration, tokenizer and safetensors weights. Never pickled
+# weights (pytorch_model.bin) and never code.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def hub_snapshot(hub_id: str) -> Path:
+    """The hub repository ``org/name[@revision]`` downloaded (or found) in the Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = hub_id.partition("@")
+    try:
+        folder = Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES))
+    except Exception as exc:  # network, unknown repo, gated repo, disk: one message, details in the log
+        logger.warning("hub download of %s failed", hub_id, exc_info=True)
+        raise UserInputError(f"Could not download {hub_id!r} from the Hugging Face hub ({type(exc).__name__}). "
+                             "Check the id and that this machine can reach huggingface.co.") from exc
+    if not any(folder.glob("*.safetensors")):
+        raise UserInputError(f"{hub_id!r} has no safetensors weights; RepLens does not load pickled weights "
+                             "(pytorch_model.bin). Pick a repository with model.safetensors.")
+    return folder

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import zoo
+from .. import tabular, zoo
 from ..errors import UserInputError
 from .base import Model, as_tensor_batches, forward_order
 
@@ -117,37 +117,19 @@ def load_zoo(name: str) -> TorchModel:
 # --------------------------------------------------------------------------- uploads
 def from_safetensors(data: bytes, ref: str, filename: str, sha: str) -> TorchModel:
     """Weights for one of the zoo architectures. The architecture comes from the file's metadata
-    (as the zoo writes it) or is recognised from the tensor names and shapes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    (as the zoo writes it) or is recognised from the tensor names and shapes.
 
-    try:
-        state = load(data)
-    except (SafetensorError, Exception) as exc:  # a lying header raises several error types
-        raise UserInputError(f"{filename} is not a valid safetensors file ({exc}).") from exc
-    meta = _safetensors_metadata(data)
-    candidates = []
-    if "architecture" in meta:
-        try:
-            candidates.append((json.loads(meta["architecture"]), json.loads(meta.get("params", "{}"))))
-        except json.JSONDecodeError:
-            pass
-    candidates += [(e["architecture"], e["params"]) for e in manifest()["models"]]
-    for arch, params in candidates:
-        try:
-            module = zoo.build_model(arch, params)
-        except (KeyError, TypeError):
-            continue
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        if expected == {k: tuple(v.shape) for k, v in state.items()}:
-            module.load_state_dict(state)
-            bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-            if bad:
-                raise UserInputError(f"{filename}: tensor(s) {', '.join(bad[:3])} contain NaN/inf.")
-            desc = zoo.describe_architecture(arch, params)
-            return TorchModel(module, ref, filename, zoo.KIND[arch], desc, sha, 64,
-                              {"architecture": arch, "params": params, "file": filename})
-    names = ", ".join(sorted(state)[:4])
+    Everything is checked from the header before memory is spent: each candidate architecture is
+    built on torch's meta device (shapes only, no storage) and compared with the header's tensor
+    shapes, and its size parameters must fit the tensors at all; only the architecture that
+    matches is built for real, at the size the file's tensors already have. (A metadata "width"
+    of 16,000 used to build a 2.1 GB model before the check.)"""
+    with tabular.unreadable_as_user_error(filename, "safetensors weights"):
+        shapes, meta = _safetensors_header(data, filename)
+        for arch, params in _candidates(meta):
+            if _fits(arch, params, shapes):
+                return _load_safetensors(data, arch, params, ref, filename, sha)
+    names = ", ".join(sorted(shapes)[:4])
     raise UserInputError(
         f"{filename}: its tensors ({names}, ...) match none of the zoo architectures "
         f"({', '.join(zoo.ARCHITECTURES)}). Safetensors holds weights only; for another architecture "
@@ -155,13 +137,74 @@ def from_safetensors(data: bytes, ref: str, filename: str, sha: str) -> TorchMod
     )
 
 
-def _safetensors_metadata(data: bytes) -> dict:
+def _safetensors_header(data: bytes, filename: str) -> tuple[dict[str, tuple], dict]:
+    """Tensor shapes and the metadata, from the JSON header alone."""
     try:
         n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError(f"header of {n} bytes in a file of {len(data)}")
         header = json.loads(data[8: 8 + n])
-        return dict(header.get("__metadata__") or {})
-    except (ValueError, UnicodeDecodeError):
-        return {}
+        meta = header.pop("__metadata__", None) or {}
+        shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()}
+        for k, v in header.items():  # each tensor's bytes: as its shape and dtype say, inside the file
+            start, end = (int(o) for o in v["data_offsets"])
+            size = int(np.prod(shapes[k], dtype=object)) * _DTYPE_BYTES[v["dtype"]]
+            if not 0 <= start <= end <= len(data) - 8 - n or end - start != size:
+                raise ValueError(f"tensor {k!r} declares {size} bytes at offsets {start}..{end} "
+                                 f"of {len(data) - 8 - n}")
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise UserInputError(f"{filename} is not a valid safetensors file ({type(exc).__name__}: {str(exc)[:200]}).") from exc
+    if not shapes:
+        raise UserInputError(f"{filename} holds no tensors.")
+    return shapes, dict(meta) if isinstance(meta, dict) else {}
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _candidates(meta: dict) -> list[tuple]:
+    out = []
+    if "architecture" in meta:
+        try:
+            out.append((json.loads(meta["architecture"]), json.loads(meta.get("params", "{}"))))
+        except (json.JSONDecodeError, TypeError):
+            pass
+    return out + [(e["architecture"], e["params"]) for e in manifest()["models"]]
+
+
+def _fits(arch, params, shapes: dict[str, tuple]) -> bool:
+    """Whether ``arch`` built with ``params`` has exactly the header's tensor shapes. Size
+    parameters larger than every tensor dimension cannot fit and are refused without building."""
+    import torch
+
+    largest = max((d for shape in shapes.values() for d in shape), default=0)
+    if not isinstance(arch, str) or arch not in zoo.ARCHITECTURES or not isinstance(params, dict) or any(
+            not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= largest for v in params.values()):
+        return False
+    try:
+        with torch.device("meta"):
+            module = zoo.build_model(arch, params)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()} == shapes
+
+
+def _load_safetensors(data: bytes, arch: str, params: dict, ref: str, filename: str, sha: str) -> TorchModel:
+    from safetensors.torch import load
+
+    try:
+        state = load(data)
+    except Exception as exc:  # a lying header (offsets, dtypes) raises several error types
+        raise UserInputError(f"{filename} is not a valid safetensors file ({type(exc).__name__}).") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise UserInputError(f"{filename}: tensor(s) {', '.join(bad[:3])} contain NaN/inf.")
+    module = zoo.build_model(arch, params)
+    module.load_state_dict(state)
+    desc = zoo.describe_architecture(arch, params)
+    return TorchModel(module, ref, filename, zoo.KIND[arch], desc, sha, 64,
+                      {"architecture": arch, "params": params, "file": filename})
 
 
 # --------------------------------------------------------------------------- TorchScript, sandboxed

@@ -13,12 +13,10 @@ so a page can draw the finished sections while later ones run (``View.peek``).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
-from ..errors import UserInputError
 from ..jobs import Cost, Task, fmt_seconds
 from ..spec import SIDEBAR, AnalysisSpec, Param
 

@@ -35,7 +35,9 @@ def _get(cache: OrderedDict, limit: int, key, load):
 def load_model(ref: str):
     from .. import models, settings
 
-    return _get(_MODELS, MAX_MODELS, ref, lambda: models.load(ref, allow_local=settings.allow_local_paths()))
+    # Views serve the web app: its settings apply (the CLI turns local paths and the hub on for itself).
+    return _get(_MODELS, MAX_MODELS, ref, lambda: models.load(ref, allow_local=settings.local_paths_allowed(),
+                                                              allow_hub=settings.hub_allowed(default=False)))
 
 
 def load_dataset(name: str, n: int | None, seed: int, split: str):
