@@ -290,7 +290,7 @@ def test_upload_panel_shows_one_message_per_hostile_file_and_stays_usable(path, 
         next(u for u in at.sidebar.get("file_uploader") if u.key == key).upload(filename, blob)
         at.run()
         assert not at.exception, f"{name}: {[e.value for e in at.exception]}"
-        errors = [e.value for e in at.error]
+        errors = [e.value.replace("\\", "") for e in at.error]  # as shown: markdown escapes removed
         assert len(errors) == 1 and match.lower() in errors[0].lower(), f"{name}: {errors}"
         assert not marker.exists()
         assert_store_clean(isolated_store)
@@ -310,7 +310,7 @@ def test_upload_panel_says_why_code_uploads_are_off(monkeypatch, isolated_store)
         "mlp.pt", hostile_scripts.save(hostile_scripts.mlp()))
     at.run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [e.value.replace("\\", "") for e in at.error]  # as shown: markdown escapes removed
     assert len(errors) == 1 and "does not run uploaded programs" in errors[0], errors
     assert "REPLENS_CODE_UPLOADS=on" in errors[0]
     assert_store_clean(isolated_store)

@@ -150,7 +150,8 @@ def upload(data: bytes, filename: str, store=None) -> str:
     tabular.check_size(data, filename)
     sha = sha256_bytes(data)
     ref = f"upload:{sha[:16]}"
-    _build(data, filename, ref, sha)
+    with tabular.unreadable_as_user_error(filename, "a model"):  # only UserInputError reaches callers
+        _build(data, filename, ref, sha)
     (store or default_store()).put_blob(data, filename, "model")
     return ref
 
