@@ -31,7 +31,8 @@ class Section:
 
     compute(ctx, progress) -> value   a dataclass of arrays/tables or a dict of arrays
     reads                             spec parameters the value depends on
-    uses                              inputs it depends on: "a", "b" (models) and "d" (the data)
+    uses                              inputs it depends on: "a", "b" (models) and "d" (the data), or a
+                                      letter of the view module's ``INPUTS`` (letter -> content hash of ctx)
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
@@ -95,6 +96,9 @@ class Context:
             out["b"] = self.model_b.sha256
         if "d" in uses:
             out["d"] = self.ds.sha256
+        for name, content_hash in getattr(self.view.module, "INPUTS", {}).items():
+            if name in uses:  # an input only this view has (the autoencoder of the Vector field view)
+                out[name] = content_hash(self)
         return out
 
     def parts(self, section: Section) -> tuple[str, dict]:
