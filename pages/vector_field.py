@@ -154,12 +154,15 @@ def ood_view():
 
 
 def _ood_upload(container) -> None:
-    """An uploaded OOD set becomes the spec's ``vf_ood_set`` (stored by content hash, so the link keeps it)."""
-    current = st.session_state.get("vf_ood_set")
+    """An uploaded OOD set becomes the spec's ``vf_ood_set``, in the session and the address (it is
+    stored by content hash, so a link keeps it)."""
+    current = current_spec().params["vf_ood_set"]
     if current:
         container.caption(f"Your OOD set: {inert(current)}")
         if container.button("Remove it", key="vf_ood_remove"):
-            st.session_state["vf_ood_set"] = None
+            st.session_state.pop("vf_ood_set", None)
+            if "vf_ood_set" in st.query_params:
+                del st.query_params["vf_ood_set"]
             st.rerun()
     file = container.file_uploader("Your own OOD set (.npy / .npz / .csv / .parquet, one input per row)",
                                    key="vf_ood_upload")
@@ -172,7 +175,7 @@ def _ood_upload(container) -> None:
         show_error(f"Uploaded OOD set: {exc}")
         return
     st.session_state["_vf_ood_done"] = file.file_id
-    st.session_state["vf_ood_set"] = uploaded
+    st.session_state["vf_ood_set"] = st.query_params["vf_ood_set"] = uploaded
     st.rerun()
 
 

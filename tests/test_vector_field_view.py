@@ -38,6 +38,8 @@ def test_the_default_view_gives_the_numbers_the_old_cli_wrote(default_result):
     golden = json.loads((GOLDEN / "summary.json").read_text())
     numbers = V.summary(default_result)
     for key, value in golden["numbers"].items():
+        if key == "which OOD score wins":  # now plain text (no markdown emphasis): an uploaded set's name is in it
+            value = value.replace("*", "")
         if isinstance(value, float):
             assert numbers[key] == pytest.approx(value, rel=1e-10, abs=1e-10), key
         else:

@@ -30,8 +30,10 @@ def _titled(fig, title: str, height: int, below: int = 0):
     """Title (lines split by <br>) under the toolbar band, at the left; ``below``: room for subplot
     titles between it and the plots."""
     lines = title.count("<br>") + 1
-    top = TOOLBAR_PX + LINE_PX * lines + 12 + below
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", xref="container", y=1 - TOOLBAR_PX / height,
+    # Plotly anchors a title of several lines by its first line: lower it by the lines above the last
+    first = TOOLBAR_PX + 0.8 * LINE_PX * (lines - 1)
+    top = int(first + LINE_PX + 12 + below)
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", xref="container", y=1 - first / height,
                                  yanchor="top", yref="container", font=dict(size=14)),
                       height=height, margin=dict(l=10, r=10, t=top, b=10), font=FONT, plot_bgcolor="white")
     return fig
@@ -254,8 +256,7 @@ REGIME_ROWS = {"memorization": "memorization coefficient", "memorization_sd": "m
 def _regime_title(regime) -> str:
     models = list(regime.table["model"])
     if regime.axis == "bottleneck":
-        family = models[0].split(":", 1)[1].rsplit("-b", 1)[0]
-        return f"Regimes across bottleneck sizes · zoo:{family}-b{{{', '.join(map(str, regime.table[regime.axis]))}}}"
+        return f"Regimes across bottleneck sizes · {', '.join(models)}"
     return f"Regimes across training · {models[-1]} at epochs {', '.join(map(str, regime.table[regime.axis]))}"
 
 
