@@ -23,6 +23,7 @@ JACOBIANS = 16
 OVERHEAD_S = 0.3  # measured: reference set encoding, merging, nearest training images, storing the result
 SCORE_S_PER_ELEMENT = 3e-8  # measured: numpy float64 broadcast, square, sum and min (a loaded 2-core machine)
 TAIL = 2  # the slowest of hundreds of starts takes about twice the slowest of the pilot's (capped)
+OOD_TAIL = 4  # inputs far from the data (inverted, shuffled, uniform noise) are slower still: measured
 COSINE_S_PER_ELEMENT = 1e-9  # float64 products of the held-out set with the training set
 OMP_S_PER_FIT = 6e-5  # measured: argmax over the atoms plus lstsq on a few of them (64 inputs)
 _LOCK = threading.Lock()
@@ -120,9 +121,9 @@ def pilot(model, x, max_steps: int, tol: float, seed: int = 0, device=None) -> P
     return _remember(("pilot", model.sha256, int(max_steps), float(tol), int(seed), str(device)), measure)
 
 
-def calls(pilot: Pilot, cap: int) -> int:
+def calls(pilot: Pilot, cap: int, tail: float = TAIL) -> int:
     """Steps until the slowest of many starts stops."""
-    return int(min(cap, TAIL * pilot.max_steps))
+    return int(min(cap, tail * pilot.max_steps))
 
 
 def iteration_seconds(cost: StepCost, rows: int, mean_steps: float, n_calls: int) -> float:

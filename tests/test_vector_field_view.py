@@ -176,7 +176,7 @@ def test_estimates_name_the_work_and_memory_of_each_section():
     from analysis import vector_field_cost as C
 
     step, pilot = V._measured(small, V.autoencoder(small), V._x(V.reference(small).train))
-    calls = C.calls(pilot, SMALL["vf_steps"])
+    calls = C.calls(pilot, SMALL["vf_steps"], C.OOD_TAIL)
     assert ood.bytes == 2 * 8 * (calls + 1) * 40 * (SMALL["vf_starts"] // 10) * step.latent_dim
 
 

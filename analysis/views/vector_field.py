@@ -520,7 +520,7 @@ def _ood_cost(ctx) -> Cost:
     n_sets = 4 + bool(ctx.p["vf_ood_set"])
     d = ctx.stored("dynamics")
     m = len(d.dyn.attractors) if d is not None else max(1, int(ctx.p["vf_starts"]) // 10)
-    n_calls = cost_model.calls(pilot, int(ctx.p["vf_steps"]))
+    n_calls = cost_model.calls(pilot, int(ctx.p["vf_steps"]), cost_model.OOD_TAIL)
     seconds = cost_model.iteration_seconds(step, n_sets * n_in, _mean_steps(ctx, pilot), n_sets * n_calls)
     seconds += n_sets * cost_model.trajectory_score_seconds(n_calls, n_in, m, step.latent_dim)
     return Cost(STORE_S + seconds, cost_model.trajectory_score_bytes(n_calls, n_in, m, step.latent_dim))
