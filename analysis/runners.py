@@ -175,64 +175,6 @@ def run_functional_maps(spec: AnalysisSpec, progress: Progress | None = None, de
     return out
 
 
-def run_vector_field(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    """The Vector field page for one autoencoder: trajectories, attractors, memorization, the field
-    on a grid and the OOD scores (the page's field, attractors and ood views), under its store keys."""
-    import pandas as pd
-
-    from . import data, models
-    from . import vector_field as vf
-    from . import vector_field_figures as vff
-
-    p = spec.params
-    ref = p.get("vf_model")
-    if not ref:
-        candidates = [r for r in (p["a"], p["b"]) if not r.startswith("hf:") and models.load(r).is_autoencoder]
-        ref = candidates[0] if candidates else vf.FALLBACK_MODEL
-    model = models.load(ref)
-    if not model.is_autoencoder:
-        raise UserInputError(f"{ref} is not an autoencoder (it needs encode and decode); pick one with --vf-model.")
-    if model.n_inputs == 64 or ref.startswith("zoo:"):  # the zoo's own training split as the reference set
-        train_ds, test_ds = data.load("digits", None, 0, "train"), data.load("digits", None, 0, "test")
-        train_x, test_x = (np.asarray(d.inputs, dtype=np.float32) for d in (train_ds, test_ds))
-        labels, names = train_ds.labels, train_ds.label_names
-    else:  # the chosen dataset: first half as the reference set, the rest held out (as the page)
-        ds = data.load(p["data"], n=p["n"], seed=p["seed"], split="test")
-        model.check_data(ds)
-        x = np.asarray(ds.inputs, dtype=np.float32)
-        half = len(x) // 2
-        train_x, test_x = x[:half], x[half:]
-        labels, names = (None if ds.labels is None else ds.labels[:half]), ds.label_names
-    params = dict(n_starts=p["vf_starts"], n_noise=p["vf_noise"], max_steps=p["vf_steps"], tol=float(p["vf_tol"]),
-                  merge_cos=float(p["vf_merge"]), seed=p["seed"])
-    dyn = vf.analyse(model, train_x, test_x, device=device, progress=progress, **params)
-    out = PageResult(spec, provenance={"autoencoder": {"ref": ref, "sha256": model.sha256}})
-    out.numbers = {"attractors (training, held-out, noise starts)": ", ".join(str(int(c)) for c in dyn.counts),
-                   "converged (training starts)": float(dyn.converged_fraction[0]),
-                   "largest spectral radius": float(dyn.spectral_radius.max()) if len(dyn.spectral_radius) else None,
-                   "memorization coefficient": float(dyn.memorization.coefficient),
-                   "memorization null": float(dyn.memorization.null_mean),
-                   "unstable fixed points": int(len(dyn.unstable))}
-    plane, grid = vf.field_view(model, dyn, m=int(p["vf_grid"]), device=device)
-    out.figures["vf_field_fig"] = vff.field_figure(plane, grid, plane.to_plane(dyn.train_latents), labels, names,
-                                                   plane.to_plane(dyn.attractors), dyn.unstable, [], p["vf_bg"],
-                                                   f"{ref} · {'PCA plane of the latents' if plane.is_pca else '2-D latent space'}")
-    out.figures["vf_convergence_fig"] = vff.convergence_figure(dyn.residuals, float(p["vf_tol"]))
-    out.figures["vf_memorization_fig"] = vff.memorization_figure(dyn.similarity, dyn.null_similarity,
-                                                                 dyn.memorization.coefficient,
-                                                                 dyn.memorization.null_mean)
-    x_in = test_x[: min(int(p["vf_ood_n"]), len(test_x))]
-    res = vf.ood_scores(model, dyn.attractors, x_in, vf.ood_sets(x_in, seed=p["seed"]), max_steps=p["vf_steps"],
-                        tol=float(p["vf_tol"]), device=device)
-    out.figures["vf_ood_fig"] = vff.ood_figure(res.scores)
-    out.tables["ood"] = res.table
-    out.numbers["which OOD score wins"] = vf.ood_verdict(res)
-    out.tables["attractors"] = pd.DataFrame({"attractor": np.arange(len(dyn.attractors)),
-                                             "starts in basin": dyn.attractor_sizes,
-                                             "spectral radius": dyn.spectral_radius})
-    return out
-
-
 def run_attributions(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
     from .lrp import run_page
 
@@ -295,7 +237,6 @@ def run_sae(spec: AnalysisSpec, progress: Progress | None = None, device=None) -
 RUNNERS: dict[str, Callable[..., PageResult]] = {
     "projections": run_projections,
     "functional-maps": run_functional_maps,
-    "vector-field": run_vector_field,
     "attributions": run_attributions,
     "sae": run_sae,
 }

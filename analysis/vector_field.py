@@ -36,7 +36,6 @@ from .errors import UserInputError
 
 CACHE_VERSION = 2  # 2: the scale-aware distance rule merges end points near the origin
 DEFAULTS = {"max_steps": 500, "tol": 1e-6, "merge_cos": 0.99}
-FALLBACK_MODEL = "zoo:mlp-ae-b2"  # analysed when neither sidebar model is an autoencoder (2-D latent: exact field)
 
 
 # --------------------------------------------------------------------------- iteration
@@ -919,32 +918,3 @@ def is_cached(model, train_x, test_x, store=None, **params) -> bool:
     key = make_key("vector_field", model=model.sha256, train=array_sha(np.asarray(train_x, dtype=np.float32)),
                    test=array_sha(np.asarray(test_x, dtype=np.float32)), v=CACHE_VERSION, **p)
     return key in (store or default_store())
-
-
-VIEWS = ("field", "attractors", "regimes", "ood", "probing")
-TOLERANCES = (1e-4, 1e-5, 1e-6, 1e-7)
-GRID_SIZES = (20, 30, 40)
-BACKGROUNDS = ("speed", "basins")
-
-
-def _register_page() -> None:
-    """Declare the Vector field page's URL parameters (share links, CLI) in analysis.spec."""
-    from . import spec
-
-    spec.register("vector-field", (
-        spec.Param("vf_model", "str", help="autoencoder (default: model A if it is one, else zoo:mlp-ae-b2)"),
-        spec.Param("vf_view", "str", "field", choices=VIEWS, help="section shown"),
-        spec.Param("vf_tol", "float", DEFAULTS["tol"], choices=TOLERANCES, help="stop when ||z_t - z_t-1||^2 < tol"),
-        spec.Param("vf_steps", "int", DEFAULTS["max_steps"], lo=10, hi=3000, help="step cap"),
-        spec.Param("vf_merge", "float", DEFAULTS["merge_cos"], lo=0.5, hi=0.99999, help="merge rule (cosine)"),
-        spec.Param("vf_starts", "int", 300, lo=20, hi=1200, help="training / held-out starts"),
-        spec.Param("vf_noise", "int", 200, lo=10, hi=2000, help="noise starts"),
-        spec.Param("vf_bg", "str", "speed", choices=BACKGROUNDS, help="field background"),
-        spec.Param("vf_grid", "int", 30, choices=GRID_SIZES, help="grid points per axis"),
-        spec.Param("vf_samples", "list", ["0", "1", "2"], help="held-out samples whose trajectories are drawn"),
-        spec.Param("vf_ood_n", "int", 200, lo=20, hi=597, help="in-distribution samples for OOD"),
-        spec.Param("vf_atoms", "int", 5, lo=1, hi=64, help="OMP atoms per image (probing)"),
-    ))
-
-
-_register_page()

@@ -314,11 +314,26 @@ def prepare(page: str, pair: bool = True):
         _offer_matching_data(sel)
         halt()
     apply_fixes({k: v for k, v in spec.params.items() if v != before.params.get(k)})
-    for note in notes:
+    for note in _lasting(page, before, spec, notes):
         st.info(md(note), icon=":material/info:")
     if pair:
         st.caption(f"{md(sel.model_a)} (A) vs {md(sel.model_b)} (B) · {md(ctx.ds.describe())}")
     return view, ctx
+
+
+def _lasting(page: str, before, spec, notes: list[str]) -> list[str]:
+    """This run's notes, plus those of the run that replaced values, for as long as the sidebar and the
+    replaced values stay as they were (the reruns that draw a finished job must not drop them)."""
+    sidebar = {p.key: spec.params.get(p.key) for p in spec_mod.SIDEBAR}
+    changes = {k: v for k, v in spec.params.items() if v != before.params.get(k)}
+    kept = st.session_state.get("_resolve_notes")
+    if kept and kept["page"] == page and kept["sidebar"] == sidebar and \
+            all(spec.params.get(k) == v for k, v in kept["changes"].items()):
+        if not changes:
+            changes = kept["changes"]
+        notes = list(dict.fromkeys([*kept["notes"], *notes]))
+    st.session_state["_resolve_notes"] = {"page": page, "sidebar": sidebar, "changes": changes, "notes": notes}
+    return notes
 
 
 def _offer_matching_data(sel: Selection) -> None:

@@ -16,18 +16,20 @@ from analysis.spec import Param
 
 
 def widget(p: Param, options: Sequence | None = None, *, container=None, label: str | None = None,
-           default: Any = None, disabled: bool = False, help: str | None = None, kind: str | None = None):
+           default: Any = None, disabled: bool = False, help: str | None = None, kind: str | None = None,
+           **extra):
     """Draw ``p``'s widget and return its value. ``options`` override the declared choices (layers
     of the current model); ``default`` overrides the declared default (a default the view derives
     from the models, such as the last layer); ``kind`` picks another widget for the same value
-    ("radio", "slider", "select_slider", "text_area")."""
+    ("radio", "slider", "select_slider", "selectbox", "text_area"); ``extra`` goes to the Streamlit
+    widget (``format`` of a number, ``max_selections`` of a list)."""
     c = container or st
     label = label or p.label or p.key
     help = p.help if help is None else help
     opts = list(options) if options is not None else p.options()
     start = p.default if default is None else default
     seeded = p.key in st.session_state
-    common = dict(key=p.key, bind="query-params", help=help or None, disabled=disabled)
+    common = dict(key=p.key, bind="query-params", help=help or None, disabled=disabled, **extra)
 
     if p.kind == "bool":
         return c.toggle(label, **({} if seeded else {"value": bool(start)}), **common)

@@ -10,7 +10,7 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity"}
+MODULES = {"models": "models", "similarity": "similarity", "vector-field": "vector_field"}
 _VIEWS: dict[str, View] = {}
 
 
@@ -58,6 +58,10 @@ def warm_up(progress=None) -> dict:
         load_model(ref)
     import torch  # noqa: F401
 
+    for page in MODULES:  # what a view's jobs import lazily (seconds, once per process)
+        hook = getattr(get(page).module, "warm_up", None)
+        if hook is not None:
+            hook()
     return {}
 
 

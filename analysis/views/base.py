@@ -29,7 +29,8 @@ class Section:
 
     compute(ctx, progress) -> value   a dataclass of arrays/tables or a dict of arrays
     reads                             spec parameters the value depends on
-    uses                              inputs it depends on: "a", "b" (models) and "d" (the data)
+    uses                              inputs it depends on: "a", "b" (models) and "d" (the data), or a
+                                      letter of the view module's ``INPUTS`` (letter -> content hash of ctx)
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     variant(ctx) -> str               what its cost depends on beyond the section (the measure): each
                                       variant's estimates are corrected by its own past runs
@@ -100,6 +101,9 @@ class Context:
             out["b"] = self.model_b.sha256
         if "d" in uses:
             out["d"] = self.ds.sha256
+        for name, content_hash in getattr(self.view.module, "INPUTS", {}).items():
+            if name in uses:  # an input only this view has (the autoencoder of the Vector field view)
+                out[name] = content_hash(self)
         return out
 
     def parts(self, section: Section) -> tuple[str, dict]:
