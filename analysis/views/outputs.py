@@ -36,8 +36,8 @@ def headless(spec: AnalysisSpec, progress=None, device=None) -> PageOutputs:
 
         return run(spec, progress=progress, device=device)
     view = get(spec.page)
-    _, notes = view.resolve(spec)
-    if notes:  # the page would fall back to a default; the command line says what is wrong instead
+    fitted, notes = view.resolve(spec)
+    if fitted != spec:  # the page would fall back to a default; the command line says what is wrong instead
         from ..errors import UserInputError
 
         raise UserInputError(" ".join(notes))

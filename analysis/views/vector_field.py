@@ -16,7 +16,7 @@ half held out), since RepLens cannot know its training data (:func:`reference`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
