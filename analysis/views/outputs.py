@@ -37,7 +37,8 @@ def headless(spec: AnalysisSpec, progress=None, device=None) -> PageOutputs:
         return run(spec, progress=progress, device=device)
     view = get(spec.page)
     fitted, notes = view.resolve(spec)
-    if fitted != spec:  # the page would fall back to a default; the command line says what is wrong instead
+    replaced = [k for k, v in spec.params.items() if v is not None and fitted.params[k] != v]
+    if replaced:  # the page would fall back to a default; the command line says what is wrong instead
         from ..errors import UserInputError
 
         raise UserInputError(" ".join(notes))
