@@ -1,5 +1,5 @@
-"""Streamlines of a gridded 2-D field (analysis.streamlines): interpolation and integration with
-known answers, and the measured cost model of the Vector field view (analysis.vector_field_cost)."""
+"""Streamlines of a gridded 2-D field (analysis.vector_field.streamlines): interpolation and integration with
+known answers, and the measured cost model of the Vector field view (analysis.vector_field.cost)."""
 import threading
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from analysis import vector_field as vf
-from analysis import vector_field_cost as cost
-from analysis.streamlines import bilinear, streamlines
+from analysis.vector_field import cost
+from analysis.vector_field.streamlines import bilinear, streamlines
 
 U = np.linspace(-1.0, 1.0, 41)
 V = np.linspace(-2.0, 2.0, 31)  # another scale on y: lines must still follow the field

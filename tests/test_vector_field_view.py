@@ -173,7 +173,7 @@ def test_estimates_name_the_work_and_memory_of_each_section():
     grid = lambda m: view.section("field").estimate(view.context(spec(**{**SMALL, "vf_grid": m}))).seconds
     assert grid(20) < grid(40)
     ood = view.section("ood").estimate(small)
-    from analysis import vector_field_cost as C
+    from analysis.vector_field import cost as C
 
     step, pilot = V._measured(small, V.autoencoder(small), V._x(V.reference(small).train))
     calls = C.calls(pilot, SMALL["vf_steps"], C.OOD_TAIL)

@@ -1,5 +1,5 @@
 """Figures and tables of the Vector field view, from its Result (no numerics here: the streamlines
-come from :mod:`analysis.streamlines`): the field with training latents, attractors, trajectories
+come from :mod:`analysis.vector_field.streamlines`): the field with training latents, attractors, trajectories
 and basins; convergence curves; memorization against its null; regime panels; OOD histograms;
 data-free probing; image tiles for the galleries. The page, the CLI and the report draw the same.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import vector_field as vf
-from .. import vector_field_cost as cost_model
+from ..vector_field import cost as cost_model
 from ..errors import UserInputError
 from ..jobs import Cost
 from ..spec import Param
@@ -335,7 +335,7 @@ class FieldView:
     grid: vf.FieldGrid
     train_uv: np.ndarray
     attractors_uv: np.ndarray
-    lines: object  # analysis.streamlines.Streamlines
+    lines: object  # analysis.vector_field.streamlines.Streamlines
 
 
 @dataclass
@@ -395,7 +395,7 @@ def _dynamics(ctx, progress) -> Dynamics:
 
 
 def _field(ctx, progress) -> FieldView:
-    from ..streamlines import streamlines
+    from ..vector_field.streamlines import streamlines
 
     dyn, m = ctx.value("dynamics").dyn, int(ctx.p["vf_grid"])
     progress(0.05, f"the field on a {m} × {m} grid and each grid point's basin")

@@ -81,7 +81,7 @@ def step_cost(model, x, device=None) -> StepCost:
     def measure():
         import torch
 
-        from .vector_field import iterate, jacobian_spectral_radius, latent_access, map_rows
+        from . import iterate, jacobian_spectral_radius, latent_access, map_rows
 
         rows = np.resize(np.asarray(x, dtype=np.float32), (BATCH, *np.shape(x)[1:]))
         with latent_access(model, device) as (enc, dec):
@@ -108,7 +108,7 @@ def pilot(model, x, max_steps: int, tol: float, seed: int = 0, device=None) -> P
     def measure():
         import torch
 
-        from .vector_field import iterate, latent_access, map_rows, noise_inputs
+        from ..vector_field import iterate, latent_access, map_rows, noise_inputs
 
         x_arr = np.asarray(x, dtype=np.float32)
         rows = np.random.default_rng(seed).choice(len(x_arr), min(PILOT_STARTS, len(x_arr)), replace=False)
