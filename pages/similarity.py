@@ -43,10 +43,16 @@ if not ready:
     halt()
 for note in result.matrices.warnings:
     st.warning(md(note))
-widget(P["stretch"], help=f"Off: the colour scale spans the measure's whole range ({m.value_range[0]:g} to "
-                          f"{m.value_range[1]:g}), comparable across pages and papers. On: it spans the values "
-                          "in these three maps.")
+v1, v2 = st.columns([1, 2])
+widget(P["values"], container=v1, kind="radio")
+widget(P["stretch"], container=v2, help=f"On: the colours span the values shown, so near-identical models still "
+                                        f"show their differences. Off: they span the measure's whole range "
+                                        f"({m.value_range[0]:g} to {m.value_range[1]:g}), comparable across views.")
 spec = current_spec()
+if spec.params["values"] == "calibrated":
+    cal, got = run_sections(view, spec, ["calibration"], what="the permutation null of every cell (100 permutations)")
+    if got:
+        result.calibration = cal.calibration
 event = show_figure(figs.heatmap_ab(result, spec.params), "heatmap_ab", on_select="rerun", selection_mode="points")
 st.caption("Open circles: the best-matching layer of B for each layer of A. Click a cell to drill down.")
 dl1, dl2 = st.columns([1, 3])
@@ -96,8 +102,10 @@ if ready:
             k3.metric("Permutation p-value", f"{s.p_value:.3g}",
                       help=f"Rows of B shuffled {s.n_perm} times: (1 + #null ≥ observed) / (1 + {s.n_perm}). "
                            f"The smallest reachable value is {1 / (1 + s.n_perm):.3g}.")
-            k4.metric("Null mean (shuffled)", f"{s.null_mean:.4f}",
-                      help="What the measure reads when the pairing between samples is destroyed.")
+            k4.metric("Null (shuffled rows)", f"{s.null_mean:.4f} ± {s.null_std:.4f}",
+                      help="What the measure reads when the pairing between samples is destroyed, at this n "
+                           f"and width (mean ± sd of {s.n_perm} permutations). Calibrated score: "
+                           f"{s.calibrated:.3f} (0 = chance, 1 = the maximum).")
         n, (pa, pb) = len(ctx.ds), d.dims
         if m.needs_n_greater_than_p and n <= max(pa, pb):
             st.warning(f"n = {n} samples <= dimensions ({pa}, {pb}): {m.label} reads ~1 for any pair of "

@@ -61,11 +61,17 @@ def test_default_view_shows_three_heatmaps_and_drill_down():
     assert len(charts) >= 5  # A-B, A-A, B-B, drill-down scatter, stability (+ per class)
     ab = figure(at, 0)
     heat = ab["data"][0]
-    assert heat["type"] == "heatmap" and heat["zmin"] == 0 and heat["zmax"] == 1
+    assert heat["type"] == "heatmap"
     assert heat["y"][0] == "net.fc1" and len(heat["x"]) == 7
     ds = data.load("digits", n=500)
     ref = sim.layer_similarity(models.load("zoo:mlp-s0"), models.load("zoo:mlp-s1"), ds)
     np.testing.assert_allclose(array(heat["z"]), ref.to_numpy(), atol=1e-9)
+    # colours span the values shown by default (near-identical models still show their differences)
+    shown = np.concatenate([array(figure(at, i)["data"][0]["z"]).ravel() for i in range(3)])
+    assert heat["zmin"] == pytest.approx(shown.min()) and heat["zmax"] == pytest.approx(shown.max())
+    at.toggle(key="stretch").set_value(False).run()
+    heat = figure(at, 0)["data"][0]
+    assert heat["zmin"] == 0 and heat["zmax"] == 1
     best = [t for t in ab["data"] if t.get("name") == "best match in B"][0]
     assert len(best["x"]) == 7
     stats = at.toggle(key="stats")
@@ -94,7 +100,7 @@ def test_measure_and_its_parameter():
     assert at.selectbox(key="measure").value == "mutual_knn"
     assert at.number_input(key="k").value == 5
     heat = figure(at, 0)["data"][0]
-    assert heat["zmax"] == 1
+    assert heat["zmax"] <= 1
     assert not at.error
 
 
@@ -134,3 +140,19 @@ def test_a_job_over_the_servers_ceiling_is_refused_with_the_way_around(monkeypat
     errors = [e.value.replace("\\", "") for e in at.error]  # markdown escapes, as the page sends them
     assert any("over this server" in e and "REPLENS_MAX_JOB_S" in e and "minibatch" in e for e in errors), errors
     assert not at.get("plotly_chart") and not at.exception
+
+
+def test_calibrated_values_colour_the_map_by_distance_from_chance():
+    at = open_page(n=120)
+    at.radio(key="values").set_value("calibrated").run()
+    assert not at.exception, [e.value for e in at.exception]
+    fig = figure(at, 0)
+    assert "0 = chance" in fig["layout"]["title"]["text"]
+    z = array(fig["data"][0]["z"])
+    ds = data.load("digits", n=120)
+    a, b = models.load("zoo:mlp-s0"), models.load("zoo:mlp-s1")
+    cal = sim.layer_calibration(a, b, ds, "linear_cka", 100, 0)
+    np.testing.assert_allclose(z, cal.score.to_numpy(), atol=1e-9)
+    assert np.nanmax(z) <= 1.0 + 1e-9 and np.nanmin(z) > 0.5  # the same architecture, two seeds: far above chance
+    hover = fig["data"][1]["text"][0]
+    assert "null:" in hover and "p =" in hover

@@ -30,9 +30,36 @@ def colour_range(result, measure: str, stretch: bool) -> tuple[float, float]:
 
 def heatmap_ab(result, p) -> object:
     m, info = result.matrices, _measure(p["measure"])
+    if p.get("values") == "calibrated" and result.calibration is not None:
+        return calibrated_heatmap(result, p)
     lo, hi = colour_range(result, p["measure"], p["stretch"])
     return similarity_heatmap(m.ab, f"{info.label}: A ({p['a']}) vs B ({p['b']})", lo, hi, best=m.best,
                               colorbar_title=info.label)
+
+
+def calibrated_heatmap(result, p) -> object:
+    """A vs B coloured by the calibrated score (0 = chance at this n and width, 1 = the maximum); the
+    raw value, the null and the p-value are in each cell's hover."""
+    c, info = result.calibration, _measure(p["measure"])
+    score = c.score
+    lo, hi = (0.0, 1.0) if not p["stretch"] else _finite_range(score, 0.0, 1.0)
+    fig = similarity_heatmap(score, f"Calibrated {info.label}: A ({p['a']}) vs B ({p['b']}), "
+                                    f"0 = chance, 1 = maximum", lo, hi, best=result.matrices.best,
+                             colorbar_title="calibrated")
+    hover = [f"A: {a}<br>B: {b}<br>calibrated: {score.loc[a, b]:.3f}<br>{info.label}: {c.value.loc[a, b]:.4f}"
+             f"<br>null: {c.null_mean.loc[a, b]:.4f} ± {c.null_std.loc[a, b]:.4f}<br>p = {c.p_value.loc[a, b]:.3g}"
+             for a in score.index for b in score.columns]
+    fig.data[1].text = hover  # the invisible per-cell markers carry the hover
+    return fig
+
+
+def _finite_range(df, lo: float, hi: float) -> tuple[float, float]:
+    values = df.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return lo, hi
+    vlo, vhi = float(values.min()), float(values.max())
+    return vlo, (vhi if vhi > vlo else vlo + 1e-6)
 
 
 def self_maps(result, p) -> tuple[object, object]:
@@ -81,6 +108,8 @@ def all_figures(result, spec, ctx) -> dict:
             out["drill_classes"] = per_class(result, p)
     if result.statistics is not None:
         out["drill_stability"] = stability(result, p)
+    if result.calibration is not None:
+        out["heatmap_AB_calibrated"] = calibrated_heatmap(result, p)
     for name, df in (result.compare or {}).items():
         out[f"compare_{name}"] = compare_map(df, name)
     return out
@@ -95,4 +124,7 @@ def all_tables(result) -> dict:
         out["per_class"] = result.drill.per_class
     if result.statistics is not None:
         out["stability"] = result.statistics.stability
+    if result.calibration is not None:
+        c = result.calibration
+        out.update(calibrated_AB=c.score, null_mean_AB=c.null_mean, null_std_AB=c.null_std, p_value_AB=c.p_value)
     return out

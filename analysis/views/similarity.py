@@ -46,8 +46,13 @@ PARAMS = (
     Param("rdm", "str", "correlation", choices=("correlation", "euclidean"), label="RDM", help="RSA distance"),
     Param("layers_a", "list", domain="layers:a", label="Layers of A", help="layers of A in the map (default: all)"),
     Param("layers_b", "list", domain="layers:b", label="Layers of B", help="layers of B in the map (default: all)"),
-    Param("stretch", "bool", False, label="Stretch colours to the values shown",
-          help="colour scale stretched to the values shown"),
+    Param("stretch", "bool", True, label="Colours span the values shown",
+          help="On: the colour scale spans the values in the maps, so near-identical models still show their "
+               "differences. Off: it spans the measure's whole range, comparable across views and papers."),
+    Param("values", "str", "raw", choices=("raw", "calibrated"), label="Values",
+          help="raw: the measure. calibrated: (value − null mean) / (maximum − null mean) against the same "
+               "measure on row-permuted pairings (100 permutations): 0 is what unrelated data of this size "
+               "and width reads, 1 the maximum."),
     Param("cell_a", "str", domain="layer:a", label="Layer of A", help="drill-down layer of A (default: best match)"),
     Param("cell_b", "str", domain="layer:b", label="Layer of B", help="drill-down layer of B"),
     Param("stats", "bool", False, label="Bootstrap CI, permutation test and stability",
@@ -114,6 +119,8 @@ class Statistics:
     n_perm: int
     null_mean: float
     stability: object  # DataFrame n, mean, std, repeats
+    null_std: float = float("nan")
+    calibrated: float = float("nan")
 
 
 @dataclass
@@ -122,6 +129,7 @@ class Result:
     drill: Drill | None = None
     statistics: Statistics | None = None
     compare: dict | None = None  # measure -> DataFrame
+    calibration: object = None  # analysis.similarity.CalibratedMatrix of A vs B
 
 
 # ------------------------------------------------------------------ sections
@@ -232,13 +240,35 @@ def _statistics(ctx, progress) -> Statistics:
     s = sim.cell_statistics(xa, xb, ctx.p["measure"], n_boot=N_BOOT, n_perm=N_PERM, **params)
     progress(0.8, "stability on subsets")
     curve = sim.stability_curve(xa, xb, ctx.p["measure"], **params)
-    return Statistics(s.value, s.ci_low, s.ci_high, s.level, s.p_value, s.n_perm, s.null_mean, curve)
+    return Statistics(s.value, s.ci_low, s.ci_high, s.level, s.p_value, s.n_perm, s.null_mean, curve, s.null_std,
+                      s.calibrated)
 
 
 def _statistics_cost(ctx) -> Cost:
     drill = ctx.stored("drill")
     n = len(ctx.ds)
     return Cost(drill.stats_seconds if drill is not None else 1.0, int(8 * n * n * 6))
+
+
+N_PERM_MAP = 100
+
+
+def _calibration(ctx, progress):
+    from .. import similarity as sim
+
+    ctx.check_pair()
+    p = ctx.p
+    return sim.layer_calibration(ctx.model_a, ctx.model_b, ctx.ds, p["measure"], N_PERM_MAP, int(p["seed"]),
+                                 layers(ctx, "a"), layers(ctx, "b"), p["pooling"], device=ctx.device,
+                                 progress=progress, **measure_params(p))
+
+
+def _calibration_cost(ctx) -> Cost:
+    from .. import similarity as sim
+
+    n = len(ctx.ds)
+    seconds = sim.calibration_seconds(n, _dims(ctx, "a"), _dims(ctx, "b"), ctx.p["measure"], N_PERM_MAP)
+    return Cost(seconds + _forward_seconds(ctx), _matrix_cost(ctx).bytes)
 
 
 def _compare(ctx, progress) -> dict:
@@ -279,6 +309,9 @@ SECTIONS = (
     Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost, keyed=_keyed_cell,
             wanted=lambda ctx: bool(ctx.p["stats"]), title="bootstrap, permutation test and stability",
             ways_around="Use fewer samples.", variant=lambda ctx: ctx.p["measure"]),
+    Section("calibration", _calibration, MATRIX_READS + ("seed",), "abd", _calibration_cost,
+            wanted=lambda ctx: ctx.p["values"] == "calibrated", title="the permutation null of every cell",
+            ways_around="Use raw values, fewer samples or fewer layers.", variant=lambda ctx: ctx.p["measure"]),
     Section("compare", _compare, ("compare", "pooling", "layers_a", "layers_b"), "abd", _compare_cost,
             wanted=lambda ctx: bool(ctx.p["compare_on"] and ctx.p["compare"]), title="the measure comparison",
             ways_around=MATRIX_AROUND),
