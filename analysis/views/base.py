@@ -35,6 +35,8 @@ class Section:
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
+    inputs(ctx) -> dict               content hashes of further inputs it depends on (models named
+                                      in parameters, e.g. a checkpoint series), added to its key
     """
 
     name: str
@@ -45,6 +47,7 @@ class Section:
     wanted: Callable | None = None
     title: str = ""
     ways_around: str = ""
+    inputs: Callable | None = None
 
 
 class Context:
@@ -100,9 +103,11 @@ class Context:
     def parts(self, section: Section) -> tuple[str, dict]:
         """The section's store kind and key parts: the parameters it reads, the content hashes of
         the inputs it uses, and the view's version."""
+        inputs = self.fingerprint(section.uses)
+        if section.inputs is not None:
+            inputs.update(section.inputs(self))
         return (f"{self.view.page}-{section.name}"[:40],
-                {"params": {k: self.p[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
-                 "v": self.view.version})
+                {"params": {k: self.p[k] for k in section.reads}, "inputs": inputs, "v": self.view.version})
 
     def key(self, section: Section) -> str:
         from ..store import digest
