@@ -10,10 +10,12 @@ starts from an empty store, so every cell extracts and computes.
 
 Printed:
 - Ray's start time (``ray start --head --num-cpus=2``, until this process is connected);
-- the sweep in this process (analysis.sweep.run(cells)) and on Ray (run(cells, RayExecutor)), the
-  Ray run twice: cold (fresh workers import torch and load the models) and warm; the ratio;
+- the sweep in this process (analysis.sweep.run(cells)), with torch's default threads and with one
+  thread (torch and BLAS, as each Ray worker runs), best of two runs interleaved with the Ray runs
+  (a shared machine's load drifts), and on Ray (run(cells, RayExecutor)) twice: cold (fresh workers
+  import torch and load the models) and warm; the ratio of the best in-process run to Ray's;
 - the scheduling overhead per task: no-op jobs (analysis.jobs.probe:busy with 0 s) through the
-  RayExecutor, one at a time (the latency a page sees: submit, a worker, the monitor's 0.2 s poll)
+  RayExecutor, one at a time (the latency a job sees: submit, a worker, the result back)
   and all at once (the amortised cost inside a sweep), and bare Ray tasks for comparison.
 On 2 shared cores expect parity at best: the cells are small and the cores are the same ones.
 """
@@ -92,11 +94,27 @@ def main(argv=None) -> None:
     cells = sweep.similarity_cells(PAIRS, [args.measure], n=args.n)
     print(f"{len(cells)} cells (model pairs) x 7x7 layers (+ A-A, B-B), {args.measure}, n={args.n}")
     fresh_store("warm-up")
-    timed_sweep(cells[:1])  # imports and the first model load, paid once in this process
-    fresh_store("here")
-    here = timed_sweep(cells)
-    print(f"in this process:          {here:7.2f} s")
+    for a, b in PAIRS:  # imports and model loads, paid once in this process (Ray's warm run has them too)
+        timed_sweep(sweep.similarity_cells([(a, b)], [args.measure], n=20))
 
+    def in_process() -> dict:
+        """The sweep here with the default threads and with one thread (as each Ray worker has)."""
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        out, threads = {}, torch.get_num_threads()
+        fresh_store("here")
+        out[f"{threads} threads"] = timed_sweep(cells)
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1):
+                fresh_store("here-1")
+                out["1 thread"] = timed_sweep(cells)
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+    here = in_process()
     cluster = start_cluster(num_cpus=2)
     try:
         print(f"Ray start (2 CPUs):       {cluster.start_seconds:7.2f} s")
@@ -105,15 +123,20 @@ def main(argv=None) -> None:
         cold = timed_sweep(cells, executor)
         fresh_store("ray-warm")
         warm = timed_sweep(cells, executor)
+        again = in_process()  # interleaved: the machine's load drifts
+        here = {k: min(v, again[k]) for k, v in here.items()}
+        for k, v in here.items():
+            print(f"in this process, {k + ':':10s}{v:7.2f} s (best of 2)")
         print(f"on Ray, 2 workers, cold:  {cold:7.2f} s   (workers import torch, load the models)")
         print(f"on Ray, 2 workers, warm:  {warm:7.2f} s")
-        print(f"ratio in-process / Ray:   {here / warm:7.2f} warm, {here / cold:.2f} cold (above 1: Ray is faster)")
+        best = min(here.values())
+        print(f"ratio best in-process / Ray warm: {best / warm:.2f} (above 1: Ray is faster); / Ray cold: {best / cold:.2f}")
         one, batch = noop_overhead(executor, args.noop)
         bare = bare_ray_overhead(args.noop * 5)
-        print(f"overhead per task:        {1000 * one:7.1f} ms one at a time (submit -> result, incl. the 0.2 s poll)")
+        print(f"overhead per task:        {1000 * one:7.1f} ms one at a time (submit -> result)")
         print(f"                          {1000 * batch:7.1f} ms each with {args.noop} submitted at once")
         print(f"                          {1000 * bare:7.1f} ms a bare Ray task, for comparison")
-        print(f"sweep cells: {1000 * warm / len(cells):.0f} ms each on Ray (warm), {1000 * here / len(cells):.0f} ms "
+        print(f"sweep cells: {1000 * warm / len(cells):.0f} ms each on Ray (warm), {1000 * best / len(cells):.0f} ms "
               "in this process")
         executor.shutdown()
     finally:

@@ -42,6 +42,11 @@ def _ray_cli() -> str | None:
 
 
 def start_cluster(num_cpus: int = 2) -> RayCluster:
+    # pytest's hypothesis plugin imports this at the very end of a session; a session that had run Ray
+    # failed that import with CPython 3.11.7's spurious "AST constructor recursion depth mismatch"
+    # (python/cpython#106905, fixed in 3.11.8): import it before Ray's driver threads exist.
+    import hypothesis.internal.observability  # noqa: F401
+
     try:
         import ray
     except ImportError:

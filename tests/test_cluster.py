@@ -5,6 +5,7 @@ the shared PostgreSQL store whole, nothing duplicated), and the CLI's --ray."""
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,3 +152,18 @@ def test_the_cli_runs_a_sweep_and_a_view_on_ray(ray_cluster, tmp_path, capsys):
     assert store.keys("training-dynamics-dynamics")  # computed on the cluster, into this store
     dynamics = pd.read_csv(tmp_path / "view" / "dynamics.csv", index_col=0)
     assert dynamics.loc["encoder.bottleneck", "epoch 150"] == pytest.approx(1.0)
+
+
+def test_an_unreachable_cluster_is_one_message_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.store_backends import free_port
+
+    port = free_port()  # nothing listens there
+    out = subprocess.run([sys.executable, "-m", "analysis", "sweep", "--models", "zoo:mlp-s0", "--ray",
+                          f"127.0.0.1:{port}", "--store", str(tmp_path / "s"), "--quiet"],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent,
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert out.returncode == 2
+    assert f"error: Could not reach the Ray cluster at 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr

@@ -122,6 +122,12 @@ def test_layers_that_the_models_lack_fall_back_with_a_note():
     assert len(notes) == 2 and "net.fc1" in notes[0] and "encoder.fc1" in notes[1]
 
 
+def test_an_hf_revision_in_a_series_gets_a_message_saying_what_to_do():
+    spec = dynamics_spec(checkpoints=["hf:EleutherAI/pythia-70m@step1000"])
+    with pytest.raises(UserInputError, match="revisions.*download that revision to a folder"):
+        views.run(spec, sections=["dynamics"])
+
+
 def test_checkpoints_of_another_architecture_are_refused_with_a_message():
     spec = dynamics_spec(checkpoints=["zoo:mlp-s0"], layers=["encoder.fc1"])
     with pytest.raises(UserInputError, match="no layer 'encoder.fc1'.*one architecture"):

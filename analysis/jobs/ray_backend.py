@@ -42,7 +42,7 @@ log = logging.getLogger("replens.jobs")
 RAY_ENV = "REPLENS_RAY"
 GPUS_ENV = "REPLENS_RAY_GPUS"  # GPUs per task (fractions share one); default 1 on a cluster with GPUs
 MAX_RETRIES = 3
-POLL_S = 0.2
+POLL_S = 0.2  # progress and the time limit are checked this often; a finished task is noticed at once
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Settings a worker must share with the process that submitted the task (where results go, what
 # may be loaded); every REPLENS_ variable travels, except those that choose the executor itself.
@@ -56,6 +56,8 @@ def connect(address: str | None = None) -> bool:
     a local one when it is None. Returns True when this call started a local cluster."""
     if ray.is_initialized():
         return False
+    if address and address != "auto":
+        _check_reachable(address)
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     kw = dict(logging_level=logging.WARNING, log_to_driver=False,
               runtime_env={"env_vars": {"PYTHONPATH": path}})  # workers import this checkout's analysis
@@ -68,6 +70,23 @@ def connect(address: str | None = None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserInputError(f"Could not reach the Ray cluster at {address or 'a new local cluster'} ({exc}). "
                              "Start it (ray start --head) or correct REPLENS_RAY / --ray.") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the address, when nothing listens there (ray.init would wait minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        problem = "not host:port"
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    raise UserInputError(f"Could not reach the Ray cluster at {address} ({problem}). Start it (ray start --head) "
+                         "or correct REPLENS_RAY / --ray: host:6379, ray://host:10001, or auto on a node of the "
+                         "cluster.")
 
 
 def largest_node_memory() -> int:
@@ -126,6 +145,9 @@ class ProgressBoard:
         out, self.latest = self.latest, {}
         return out
 
+    def attempt(self, key: str) -> int:
+        return self.attempts.get(key, 0)
+
 
 @ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)
 def run_on_worker(task, values: dict, board):
@@ -150,14 +172,14 @@ class RayExecutor(Executor):
         self.gpus = task_gpus()
         self.board = ProgressBoard.remote()
         self._refs: dict[str, object] = {}
-        self._attempts: dict[str, int] = {}
         self._stop = threading.Event()
+        self._submitted = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="replens-ray-monitor", daemon=True)
         self._monitor.start()
 
     def attempts(self, key: str) -> int:
         """How many times the task of ``key`` has started (more than 1 after a worker died)."""
-        return self._attempts.get(key, 0)
+        return int(ray.get(self.board.attempt.remote(key), timeout=30))
 
     def _start(self, job: Job) -> None:
         options = {"num_gpus": self.gpus}
@@ -167,6 +189,7 @@ class RayExecutor(Executor):
         ref = run_on_worker.options(**options).remote(job.task, settings(), self.board)
         with self._lock:
             self._refs[job.key] = ref
+        self._submitted.set()
 
     def _kill(self, job: Job) -> None:
         with self._lock:
@@ -176,21 +199,30 @@ class RayExecutor(Executor):
 
     # ---------------------------------------------------------------- the monitor thread
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_S):
+        last_board = 0.0
+        while not self._stop.is_set():
             try:
-                self._collect()
-                self._read_board()
-                self._enforce_time_limit()
+                self._collect()  # returns as soon as a task ends, else after POLL_S
+                if time.monotonic() - last_board >= POLL_S:
+                    last_board = time.monotonic()
+                    self._read_board()
+                    self._enforce_time_limit()
             except Exception:  # noqa: BLE001 - the monitor must outlive any one bad poll
                 if not self._stop.is_set():
                     log.exception("the Ray job monitor failed a poll")
+                    self._stop.wait(POLL_S)
 
     def _collect(self) -> None:
         with self._lock:
             pending = {ref: key for key, ref in self._refs.items()}
         if not pending:
+            self._submitted.wait(POLL_S)
+            self._submitted.clear()
             return
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=False)
+        refs = list(pending)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S, fetch_local=False)
+        if ready:  # and every other one that has ended meanwhile
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         for ref in ready:
             key = pending[ref]
             with self._lock:
@@ -227,7 +259,6 @@ class RayExecutor(Executor):
             job = self.get(key)
             if job is None or job.state in FINISHED:
                 continue
-            self._attempts[key] = attempt
             job.worker_pid = pid
             self._progress(job, fraction, message if attempt <= 1 else f"{message} (attempt {attempt})")
 

@@ -45,6 +45,9 @@ def parse_ref(ref: str, allow_local: bool = True) -> tuple[str, str]:
         if not re.fullmatch(r"[0-9a-f]{8,64}", rest):
             raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
     elif source == "hf":
+        if "@" in rest:  # Pythia's convention for a training checkpoint: hf:org/name@step1000
+            raise UserInputError(f"Hub revisions ({ref!r}) are not loaded yet: download that revision to a folder "
+                                 "and use hf:/path/to/folder (with REPLENS_ALLOW_LOCAL_PATHS=1 in the web app).")
         is_named = rest in ("minilm", "minilm-random") or _HUB_ID.fullmatch(rest)
         if not is_named:
             if not allow_local:
