@@ -106,9 +106,13 @@ def task_gpus() -> float:
 
 
 def settings() -> dict:
-    """The environment a worker needs to act like this process (None: unset here)."""
+    """The environment a worker needs to act like this process (None: unset here). The store is
+    always named: a worker's own default folder would be another store."""
+    from ..store import default_root
+
     out = {k: v for k, v in os.environ.items() if k.startswith("REPLENS_") and k not in LOCAL_ONLY}
     out.update({k: os.environ.get(k) for k in ALSO_SENT})
+    out.setdefault("REPLENS_STORE", str(default_root()))
     return out
 
 
