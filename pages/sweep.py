@@ -3,6 +3,7 @@ layer, and a seeds × seeds matrix. Widgets -> spec -> the view's sections (as j
 import streamlit as st
 
 from analysis.errors import UserInputError
+from analysis.similarity import MEASURES
 from analysis.figures import sweep as figs
 from pages._jobs import run_sections
 from pages._share import base_url, current_spec
@@ -45,8 +46,8 @@ spec = current_spec()
 result, ready = run_sections(view, spec, ["dynamics"], what="every checkpoint against the final model")
 if ready:
     d = result.dynamics
-    st.caption(f"Each cell: the {inert(d.measure)} similarity of a layer in a checkpoint to the same layer in the "
-               "final model, on the same samples. Checkpoints are ordered by training step where it is known.")
+    st.caption(f"Each cell: the {inert(MEASURES[d.measure].label)} of a layer in a checkpoint and the same layer in "
+               "the final model, on the same samples. Checkpoints are ordered by training step where it is known.")
     show_figure(figs.dynamics_heatmap(result, spec.params), "dynamics_heatmap")
     show_figure(figs.dynamics_lines(result, spec.params), "dynamics_lines")
     show_table(d.values, "dynamics_table", "Each checkpoint vs the final model", hide_index=False)

@@ -115,6 +115,17 @@ def test_training_dynamics_are_the_similarity_views_cells():
     assert set(figs.all_tables(result)) == {"dynamics", "seeds"}
 
 
+def test_every_layer_asked_by_name_or_by_default_is_one_cached_computation():
+    view = views.get("training-dynamics")
+    final_layers = load_model("zoo:mlp-ae-b8").layers
+    by_default = view.context(dynamics_spec())
+    by_name = view.context(dynamics_spec(layers=list(final_layers), seed_layer="net.relu2"))  # as the page's widgets
+    for name in ("dynamics", "seeds"):
+        assert by_default.key(view.section(name)) == by_name.key(view.section(name))
+    other = view.context(dynamics_spec(layers=list(final_layers[:2])))
+    assert other.key(view.section("dynamics")) != by_default.key(view.section("dynamics"))
+
+
 def test_layers_that_the_models_lack_fall_back_with_a_note():
     view = views.get("training-dynamics")
     spec, notes = view.resolve(dynamics_spec(layers=["net.fc1"], seed_layer="encoder.fc1"))

@@ -2,8 +2,6 @@
 checkpoint map, one line per layer, and the seeds × seeds matrix."""
 from __future__ import annotations
 
-import numpy as np
-
 from . import FONT, _finish
 
 
@@ -21,7 +19,7 @@ def _heatmap(values, zmin: float, zmax: float, hover: str, colorbar: str, text: 
                  colorscale="Viridis", colorbar=dict(title=colorbar, thickness=14), xgap=1, ygap=1,
                  hovertemplate=hover + "<extra></extra>")
     if text:  # values written in the cells: a seeds matrix is small enough to read
-        trace.update(text=np.where(np.isfinite(z), np.round(z, 3).astype(str), "NaN"), texttemplate="%{text}")
+        trace.update(texttemplate="%{z:.3f}")
     return go.Figure(go.Heatmap(**trace))
 
 
@@ -43,11 +41,17 @@ def dynamics_heatmap(result, p) -> object:
 def dynamics_lines(result, p) -> object:
     import plotly.graph_objects as go
 
+    from plotly.colors import sample_colorscale
+
     d, info = result.dynamics, _measure(result.dynamics.measure)
     x = [str(c) for c in d.values.columns]
+    layers = list(d.values.index)
+    # Colour by depth (first layer dark, last light): with many layers, a categorical palette repeats.
+    colours = sample_colorscale("Viridis", [0.9 * i / max(len(layers) - 1, 1) for i in range(len(layers))])
     fig = go.Figure([go.Scatter(x=x, y=d.values.loc[layer].to_numpy(dtype=float), mode="lines+markers", name=str(layer),
+                                line=dict(color=colour), marker=dict(color=colour),
                                 hovertemplate=f"{layer}<br>%{{x}}: %{{y:.4f}}<extra></extra>")
-                     for layer in d.values.index])
+                     for layer, colour in zip(layers, colours)])
     fig.update_layout(title=dict(text=f"{info.label} to the final model, one line per layer", x=0.01), font=FONT,
                       plot_bgcolor="white", height=420, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(title="layer", font=dict(size=11)))

@@ -35,8 +35,9 @@ class Section:
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
-    inputs(ctx) -> dict               content hashes of further inputs it depends on (models named
-                                      in parameters, e.g. a checkpoint series), added to its key
+    inputs(ctx) -> dict               what else its value depends on, added to its key: content
+                                      hashes of models named in parameters (a checkpoint series),
+                                      parameters as resolved against the models (default layers)
     """
 
     name: str

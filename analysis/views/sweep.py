@@ -221,12 +221,14 @@ def resolve(ctx) -> dict:
 
 AROUND = "Use fewer checkpoints, seeds or layers, or run the sweep on a cluster (python -m analysis sweep --ray ...)."
 SECTIONS = (
-    Section("dynamics", _dynamics, ("final", "checkpoints", "measure", "pooling", "layers"), "d",
+    # Keyed by the layers resolved against the models: "every layer" asked as None (a link, the CLI) or
+    # as the full list (the page's widget) is one computation.
+    Section("dynamics", _dynamics, ("final", "checkpoints", "measure", "pooling"), "d",
             lambda ctx: _cells_cost(dynamics_cells(ctx)), title="each checkpoint against the final model",
-            ways_around=AROUND, inputs=lambda ctx: _hashes(series(ctx))),
-    Section("seeds", _seeds_from, ("seeds", "seed_layer", "measure", "pooling"), "d",
+            ways_around=AROUND, inputs=lambda ctx: {**_hashes(series(ctx)), "layers": layers(ctx)}),
+    Section("seeds", _seeds_from, ("seeds", "measure", "pooling"), "d",
             lambda ctx: _cells_cost(seed_cells(ctx)), title="the seeds matrix", ways_around=AROUND,
-            inputs=lambda ctx: _hashes(seed_models(ctx))),
+            inputs=lambda ctx: {**_hashes(seed_models(ctx)), "layer": seed_layer(ctx)}),
 )
 
 
