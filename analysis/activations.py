@@ -152,9 +152,12 @@ def _forward(model, ds, layers, pooling, device, progress, batch_size):
     return {l: np.concatenate(collected[l], 0) for l in layers}, rules
 
 
-def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None):
+def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None,
+                 keep_on_device: bool = False):
     """Yield (rows slice, {layer: pooled float32 batch}, {layer: rule}) one batch at a time, so a caller
-    can reduce activations as they are produced (memory independent of the dataset size)."""
+    can reduce activations as they are produced (memory independent of the dataset size). The model
+    goes back to the CPU at the end unless ``keep_on_device`` (a process that owns the model and
+    calls again, such as a Ray extraction actor)."""
     import torch
 
     from .device import pick
@@ -196,7 +199,8 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
         finally:
             for h in handles:
                 h.remove()
-            model.to("cpu")
+            if not keep_on_device:
+                model.to("cpu")
 
 
 def output_shapes(model, ds, layers: list[str] | None = None, device=None) -> dict[str, tuple]:

@@ -8,6 +8,7 @@ reads, so every view then finds them in the store. Layers already there are not 
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
@@ -34,7 +35,8 @@ class Extractor:
         rows = np.asarray(batch["id"], dtype=np.int64)
         out = {"row": rows}
         part = rows_of(self.ds, rows)
-        for _, acts, rules in iter_batches(self.model, part, self.layers, self.pooling, len(rows), self.device):
+        for _, acts, rules in iter_batches(self.model, part, self.layers, self.pooling, len(rows), self.device,
+                                           keep_on_device=True):  # this actor owns its model: it stays on the GPU
             for i, layer in enumerate(self.layers):  # column names: layer names may hold dots
                 out[f"x{i}"] = acts[layer]
                 out[f"rule{i}"] = np.full(len(rows), rules[layer])
@@ -66,6 +68,7 @@ def extract(model_ref: str, data: tuple, layers: list[str] | None = None, poolin
 
 def _run(model_ref, data, layers, pooling, n, batch_rows, actors, progress):
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no execution plans on the user's terminal
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     mapped = ray.data.range(n).map_batches(
