@@ -167,3 +167,25 @@ def test_an_unreachable_cluster_is_one_message_naming_it(tmp_path):
                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert out.returncode == 2
     assert f"error: Could not reach the Ray cluster at 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.usefixtures("apptest_navigation")
+def test_a_page_shows_a_ray_jobs_progress_then_its_result(ray_jobs):
+    from streamlit.testing.v1 import AppTest
+
+    jobs.set_executor(ray_jobs)  # the app's executor, as with REPLENS_RAY set
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+        at.run()
+        at.switch_page("pages/similarity.py").run()
+        at.number_input(key="n").set_value(140).run()
+        seen, deadline = [], time.monotonic() + 240
+        while len(at.get("plotly_chart")) < 3 and time.monotonic() < deadline:
+            seen += [p.proto.text for p in at.get("progress")]
+            time.sleep(0.5)
+            at.run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert len(at.get("plotly_chart")) >= 3  # the maps, computed on a Ray worker
+        assert any("layer-by-layer maps" in text for text in seen), seen  # its progress, drawn by the page
+    finally:
+        jobs.set_executor(None)
