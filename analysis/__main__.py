@@ -8,6 +8,9 @@ Examples::
     python -m analysis similarity --model-a hf:minilm --model-b hf:minilm-random --data text --report sim.html
     python -m analysis projections --method pca --proj-a net.fc2 --device cuda --out results/
     python -m analysis link "http://host:8501/similarity?a=zoo:mlp-s0&b=zoo:mlp-s1&measure=rbf_cka" --out r/
+    python -m analysis sweep --models zoo:mlp-s0 zoo:mlp-s1 zoo:mlp-s2 --measures linear_cka procrustes --out s/
+    python -m analysis sweep --checkpoints-of mlp-ae-b8 --ray auto --out dynamics/
+    python -m analysis sweep --models zoo:mlp-s0 --sae-layer net.relu2 --sae-k 8 16 32 --sae-expansion 2 4
 
 Outputs under ``--out``: one CSV per table, one Plotly JSON per figure, ``summary.json`` (the
 headline numbers, the spec, model and data hashes) and ``link.txt`` (the view's query string).
@@ -35,6 +38,7 @@ COMMAND_HELP = {
     "vector-field": "latent dynamics of an autoencoder: attractors, memorization, the field, OOD scores",
     "attributions": "LRP relevance of A and B on the data: conservation, agreement, faithfulness",
     "sae": "sparse autoencoders on a layer of A and of B, their metrics and matched features",
+    "training-dynamics": "each checkpoint of a training run against the final model, and seeds against seeds",
 }  # long names for the sidebar's one-letter keys
 
 
@@ -89,19 +93,72 @@ def build_parser() -> argparse.ArgumentParser:
     link = sub.add_parser("link", help="run the view a share link describes (full or short form)")
     link.add_argument("url", help="a RepLens share link (or just its path and query, e.g. /similarity?measure=...)")
     _common(link)
+    _sweep_parser(sub)
     return parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _sweep_parser(sub) -> None:
+    from .similarity import MEASURES
+
+    p = sub.add_parser("sweep", help="a grid of analyses (model pairs x measures over layers, or SAE k x "
+                                     "expansion), each cell cached like a single view",
+                       description="Compute a grid of cells into the store: a similarity cell per model pair "
+                                   "and measure (the Similarity view's layer-by-layer maps), or an SAE per k and "
+                                   "expansion (the SAE page's). Cells already in the store are not recomputed. "
+                                   "Writes sweep.csv (one row per cell and layer pair, or per SAE) under --out.")
+    g = p.add_argument_group("the grid")
+    g.add_argument("--models", nargs="+", default=[], metavar="REF", help="model references (zoo:…, hf:…, upload:…)")
+    g.add_argument("--checkpoints-of", metavar="ZOO_NAME",
+                   help="add a zoo model's training checkpoints and the model itself (e.g. mlp-ae-b8), compared "
+                        "with the final model (--pairs to-last)")
+    g.add_argument("--pairs", choices=sweep_pairings(), default=None,
+                   help="which pairs of --models: all (default), consecutive, or to-last (each against the last)")
+    g.add_argument("--measures", nargs="+", default=["linear_cka"], metavar="MEASURE",
+                   help=f"similarity measures (one of: {', '.join(MEASURES)}); default: linear_cka")
+    g.add_argument("--layers-a", nargs="+", metavar="LAYER", help="layers of the first model of each pair (default: all)")
+    g.add_argument("--layers-b", nargs="+", metavar="LAYER", help="layers of the second model (default: all)")
+    g.add_argument("--pooling", default="mean", help="pooling of token or spatial outputs (mean, first, flatten)")
+    g.add_argument("--sae-layer", metavar="LAYER", help="an SAE grid on this layer of each --models model")
+    g.add_argument("--sae-k", nargs="+", type=int, default=[16], metavar="K", help="active latents (topk SAEs)")
+    g.add_argument("--sae-expansion", nargs="+", type=int, default=[4], metavar="E", help="expansion factors")
+    g.add_argument("--sae-kind", default="topk", help="SAE kind (topk, batchtopk, relu, jumprelu)")
+    g.add_argument("--sae-steps", type=int, default=300, help="training steps per SAE")
+    d = p.add_argument_group("data (as in the sidebar)")
+    for param in spec_mod.SIDEBAR:
+        if param.key not in ("a", "b"):
+            d.add_argument(_option(param.key), dest=param.key, default=param.default, help=param.help)
+    _common(p, view=False)
+
+
+def sweep_pairings() -> tuple:
+    from .sweep import PAIRINGS
+
+    return PAIRINGS
+
+
+def _common(p: argparse.ArgumentParser, view: bool = True) -> None:
+    """Options of every command; ``view``: also those of a view's outputs (report, device, link)."""
     g = p.add_argument_group("output and execution")
     g.add_argument("--out", type=Path, help="folder for CSV tables, figure JSON and summary.json")
-    g.add_argument("--report", type=Path, help="also write a self-contained HTML report of the figures and tables")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
+    if view:
+        g.add_argument("--report", type=Path, help="also write a self-contained HTML report of the figures and tables")
+        g.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
     g.add_argument("--store", type=Path, help="result store folder (default: $REPLENS_STORE or the user cache)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--base-url", default=os.environ.get("REPLENS_BASE_URL"),
-                   help="the dashboard's address (e.g. http://lab-server:8501), so link.txt holds a link that "
-                        "opens; default: $REPLENS_BASE_URL")
+    if view:
+        g.add_argument("--base-url", default=os.environ.get("REPLENS_BASE_URL"),
+                       help="the dashboard's address (e.g. http://lab-server:8501), so link.txt holds a link that "
+                            "opens; default: $REPLENS_BASE_URL")
+    g.add_argument("--jobs", choices=("inline", "pool", "ray"), default="inline",
+                   help="where the computation runs: in this process (default), a local pool of worker processes, "
+                        "or a Ray cluster")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="run on the Ray cluster at ADDRESS: auto (the cluster this machine joined with ray start), "
+                        "host:6379 or ray://host:10001 (implies --jobs ray)")
+    if not view:
+        g.add_argument("--extract-on-cluster", action="store_true",
+                       help="with Ray: extract every model's activations first as a Ray Data job (actors holding "
+                            "the model, one per GPU), then compute the cells")
 
 
 def spec_from_args(args: argparse.Namespace) -> spec_mod.AnalysisSpec:
@@ -177,6 +234,83 @@ def _show(value) -> str:
     return str(value)
 
 
+def make_executor(args: argparse.Namespace):
+    """The executor --jobs / --ray ask for; None for this process (the default)."""
+    from . import jobs
+
+    kind = "ray" if args.ray else args.jobs
+    return None if kind == "inline" else jobs.make_executor(kind, args.ray)
+
+
+def wait(job, bar) -> None:
+    """Follow a job to its end on the progress bar; a failure becomes the command's error."""
+    from . import jobs
+
+    while not job.wait(0.25):
+        bar(job.fraction, job.message)
+    if job.state != jobs.DONE:
+        raise UserInputError(job.error or f"The job was {job.state}.")
+
+
+def compute_on(executor, spec, bar) -> None:
+    """Compute a view's missing sections as one job of ``executor`` (a Ray cluster, the local
+    pool); the outputs are then read from the store."""
+    from . import views
+
+    if not views.has(spec.page):
+        raise UserInputError(f"--jobs/--ray run views; the {spec.page} page is not one yet: run it without them.")
+    task = views.get(spec.page).plan(spec).task
+    if task is not None:
+        wait(executor.submit(task), bar)
+
+
+def sweep_cells(args: argparse.Namespace) -> list:
+    from . import sweep
+    from .similarity import MEASURES
+
+    sidebar = {p.key: p.parse(getattr(args, p.key)) for p in spec_mod.SIDEBAR if p.key not in ("a", "b")}
+    models = list(args.models)
+    if args.checkpoints_of:
+        from .zoo import checkpoints
+
+        try:
+            models += [f"zoo:{name}" for _, name in checkpoints(args.checkpoints_of)]
+        except StopIteration:
+            raise UserInputError(f"{args.checkpoints_of!r} is not a zoo model with checkpoints (try mlp-ae-b8).") from None
+    if not models:
+        raise UserInputError("Name the models of the grid (--models REF ...) or a checkpoint series (--checkpoints-of).")
+    if args.sae_layer:
+        data = (sidebar["data"], sidebar["n"], sidebar["seed"], sidebar["split"])
+        return [cell for m in dict.fromkeys(models)
+                for cell in sweep.sae_cells(m, args.sae_layer, args.sae_k, args.sae_expansion, data, args.pooling,
+                                            kind=args.sae_kind, steps=args.sae_steps)]
+    unknown = [m for m in args.measures if m not in MEASURES]
+    if unknown:
+        raise UserInputError(f"Unknown measure {unknown[0]!r}; measures: {', '.join(MEASURES)}.")
+    how = args.pairs or ("to-last" if args.checkpoints_of else "all")
+    return sweep.similarity_cells(sweep.pairs(models, how), args.measures, args.layers_a, args.layers_b,
+                                  args.pooling, **sidebar)
+
+
+def run_sweep(args: argparse.Namespace, executor, bar) -> int:
+    from . import sweep
+
+    cells = sweep_cells(args)
+    done = sweep.run(cells, executor, bar, prefetch=args.extract_on_cluster)
+    bar.close()
+    where = executor.name if executor is not None else "this process"
+    print(f"{done.cells} cells: {done.computed} computed, {done.cached} from the store, in {done.seconds:.1f} s "
+          f"({where})")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        sweep.table(cells).to_csv(args.out / "sweep.csv", index=False)
+        summary = {"cells": done.cells, "computed": done.computed, "cached": done.cached, "seconds": done.seconds,
+                   "backend": where, "grid": [cell.coords for cell in cells]}
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        print(f"wrote {args.out / 'sweep.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -188,18 +322,28 @@ def main(argv: list[str] | None = None) -> int:
     from . import jobs
     from .views.outputs import headless
 
-    # The CLI runs on the user's own machine: their folders are fair game, and jobs run right here.
+    # The CLI runs on the user's own machine: their folders are fair game, and jobs run right here
+    # unless --jobs or --ray sends them elsewhere.
     os.environ.setdefault("REPLENS_ALLOW_LOCAL_PATHS", "1")
     os.environ.setdefault("REPLENS_ALLOW_HUB", "1")
     jobs.set_executor(jobs.make_executor("inline"))
     bar = TerminalProgress(args.quiet)
+    executor = None
     try:
+        executor = make_executor(args)
+        if args.command == "sweep":
+            return run_sweep(args, executor, bar)
         spec = spec_from_args(args)
+        if executor is not None:
+            compute_on(executor, spec, bar)
         result = headless(spec, progress=bar, device=args.device)
     except UserInputError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if executor is not None:
+            executor.shutdown()
     bar.close()
     for name, value in result.numbers.items():
         print(f"{name}: {_show(value)}")

@@ -125,14 +125,21 @@ def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", d
         fresh, fresh_rules = _forward(model, ds, missing, pooling, pick(device), progress, batch_size)
         for layer in missing:
             if use_cache:
-                store.put(cache_key(model, ds, layer, pooling), {"x": fresh[layer]},
-                          {"model": model.ref, "data": ds.name, "layer": layer, "pooling": pooling,
-                           "rule": fresh_rules[layer], "n": len(ds)}, kind="activations")
+                write_layer(store, model, ds, layer, pooling, fresh[layer], fresh_rules[layer])
         result.update(fresh)
         rules.update(fresh_rules)
     elif progress:
         progress(1.0, "loaded from the result store")
     return Activations({l: result[l] for l in layers}, rules=rules, cached=cached)
+
+
+def write_layer(store, model, ds, layer: str, pooling: str, x: np.ndarray, rule: str) -> None:
+    """Keep one layer's activations (n x d, rows aligned with ``ds``) in the store: the one writer
+    of the activation cache, used by :func:`extract` and by the Ray extraction
+    (:mod:`analysis.jobs.ray_extract`), so a chunked on-disk cache can replace it in one place."""
+    store.put(cache_key(model, ds, layer, pooling), {"x": x},
+              {"model": model.ref, "data": ds.name, "layer": layer, "pooling": pooling, "rule": rule, "n": len(ds)},
+              kind="activations")
 
 
 def _forward(model, ds, layers, pooling, device, progress, batch_size):
@@ -145,9 +152,12 @@ def _forward(model, ds, layers, pooling, device, progress, batch_size):
     return {l: np.concatenate(collected[l], 0) for l in layers}, rules
 
 
-def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None):
+def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None,
+                 keep_on_device: bool = False):
     """Yield (rows slice, {layer: pooled float32 batch}, {layer: rule}) one batch at a time, so a caller
-    can reduce activations as they are produced (memory independent of the dataset size)."""
+    can reduce activations as they are produced (memory independent of the dataset size). The model
+    goes back to the CPU at the end unless ``keep_on_device`` (a process that owns the model and
+    calls again, such as a Ray extraction actor)."""
     import torch
 
     from .device import pick
@@ -189,7 +199,8 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
         finally:
             for h in handles:
                 h.remove()
-            model.to("cpu")
+            if not keep_on_device:
+                model.to("cpu")
 
 
 def output_shapes(model, ds, layers: list[str] | None = None, device=None) -> dict[str, tuple]:
@@ -229,14 +240,23 @@ def output_shapes(model, ds, layers: list[str] | None = None, device=None) -> di
 
 
 def _head(ds, k: int):
+    return rows_of(ds, slice(0, k))
+
+
+def rows_of(ds, rows):
+    """The dataset restricted to ``rows`` (a slice or an index array), in that order."""
     import copy
 
-    small = copy.copy(ds)
-    small.inputs = ds.inputs[:k]
-    small.indices = ds.indices[:k]
-    small.labels = None if ds.labels is None else ds.labels[:k]
-    small._sha = None
-    return small
+    part = copy.copy(ds)
+    if isinstance(ds.inputs, list):
+        idx = range(len(ds.inputs))[rows] if isinstance(rows, slice) else rows
+        part.inputs = [ds.inputs[int(i)] for i in idx]
+    else:
+        part.inputs = ds.inputs[rows]
+    part.indices = ds.indices[rows]
+    part.labels = None if ds.labels is None else ds.labels[rows]
+    part._sha = None
+    return part
 
 
 def pooled_dims(model, ds, layers: list[str], pooling: str = "mean") -> list[int]:

@@ -93,6 +93,11 @@ def model_label(ref: str) -> str:
     return ref
 
 
+def model_refs() -> list[str]:
+    """Every model a picker offers: the zoo, the bundled MiniLM pair and this server's uploads."""
+    return models_mod.builtin_refs() + _uploaded("model")
+
+
 def _uploaded(kind: str) -> list[str]:
     from analysis.store import default_store
 
@@ -122,7 +127,7 @@ def sidebar() -> Selection:
     if "_link_query" not in st.session_state:  # the link as opened, before widgets drop bad values
         st.session_state["_link_query"] = {k: st.query_params.get_all(k) for k in st.query_params}
         _drop_non_finite_numbers()
-    model_options = models_mod.builtin_refs() + _uploaded("model")
+    model_options = model_refs()
     for key in ("a", "b"):
         opts = _with_url_value(model_options, key, _check_model_ref)
         pending = st.session_state.pop(f"_set_{key}", None)

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("REPLENS_JOBS", "inline")
 
 from tests.store_backends import own_postgres, postgres_server, store_backend  # noqa: E402,F401  (fixtures)
+from tests.ray_cluster import ray_cluster  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -20,12 +20,22 @@ from . import worker
 log = logging.getLogger("replens.jobs")
 
 
-def _failure(exc: BaseException) -> tuple[str, bool]:
+def failure(exc: BaseException) -> tuple[str, bool]:
     """(message for the user, whether it is the user's to fix). Never a traceback or a server path."""
     if isinstance(exc, UserInputError):
         return str(exc), True
     return (f"The computation failed ({type(exc).__name__}). It was logged on the server; "
             "retry, or change the parameters."), False
+
+
+def over_time(limits) -> tuple[str, bool]:
+    """The message of a job stopped at the server's time limit (the user can make it smaller)."""
+    return (f"Stopped after {fmt_seconds(limits.max_seconds)}, this server's limit per job (REPLENS_MAX_JOB_S). "
+            "Use fewer samples or layers, or the command line on a machine of your own."), True
+
+
+WORKER_DIED = ("The worker running this computation stopped (out of memory or killed). "
+               "The result store is intact; retry, or use fewer samples.")
 
 
 class InlineExecutor(Executor):
@@ -42,7 +52,7 @@ class InlineExecutor(Executor):
         except Exception as exc:  # noqa: BLE001 - reported on the job, logged in full
             if not isinstance(exc, UserInputError):
                 log.exception("job %s failed", job.task.title or job.key)
-            self._settle(job, FAILED, *_failure(exc))
+            self._settle(job, FAILED, *failure(exc))
         else:
             self._settle(job, DONE, result=result)
 
@@ -115,17 +125,14 @@ class PoolExecutor(Executor):
         except CancelledError:
             self._settle(job, CANCELLED, "cancelled")
         except TimeoutError:
-            self._settle(job, FAILED, f"Stopped after {fmt_seconds(self.limits.max_seconds)}, this server's "
-                                      "limit per job (REPLENS_MAX_JOB_S). Use fewer samples or layers, or the "
-                                      "command line on a machine of your own.", True)
+            self._settle(job, FAILED, *over_time(self.limits))
         except ProcessExpired as exc:
             log.error("worker of job %s died: %s", job.task.title or job.key, exc)
-            self._settle(job, FAILED, "The worker running this computation stopped (out of memory or killed). "
-                                      "The result store is intact; retry, or use fewer samples.")
+            self._settle(job, FAILED, WORKER_DIED)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, UserInputError):
                 log.error("job %s failed: %r", job.task.title or job.key, exc)
-            self._settle(job, FAILED, *_failure(exc))
+            self._settle(job, FAILED, *failure(exc))
         else:
             self._settle(job, DONE, result=result)
 

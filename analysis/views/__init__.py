@@ -10,7 +10,8 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity", "vector-field": "vector_field"}
+MODULES = {"models": "models", "similarity": "similarity", "vector-field": "vector_field",
+           "training-dynamics": "sweep"}
 _VIEWS: dict[str, View] = {}
 
 

@@ -36,9 +36,11 @@ class Section:
                                       variant's estimates are corrected by its own past runs
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
-    keyed(ctx) -> dict                values the store keys it by instead of the spec's, where the spec
-                                      leaves a choice to the view ("the best match"): a link that names
-                                      the chosen value and one that leaves it open share the result
+    keyed(ctx) -> dict                what else the store keys it by, beside the parameters it reads:
+                                      a choice the spec leaves to the view, as made ("the best match",
+                                      the default layers), so a link that names the value and one that
+                                      leaves it open share the result; content hashes of models named
+                                      in parameters (a checkpoint series)
     """
 
     name: str
