@@ -7,12 +7,13 @@ from analysis.similarity import MEASURES
 from analysis.figures import sweep as figs
 from pages._jobs import run_sections
 from pages._share import base_url, current_spec
-from pages._shell import halt, inert, load_model, model_refs, prepare, show_error, show_figure, show_table
+from analysis.safe_text import md
+from pages._shell import halt, load_model, model_refs, prepare, show_error, show_figure, show_table
 from pages._widgets import widget
 
 view, ctx = prepare("training-dynamics", pair=False)
 P = {p.key: p for p in view.params}
-st.caption(f"{inert(ctx.ds.describe())} (the sidebar's dataset; models A and B are not used here)")
+st.caption(f"{md(ctx.ds.describe())} (the sidebar's dataset; models A and B are not used here)")
 
 
 def options(*keys: str) -> list[str]:
@@ -46,7 +47,7 @@ spec = current_spec()
 result, ready = run_sections(view, spec, ["dynamics"], what="every checkpoint against the final model")
 if ready:
     d = result.dynamics
-    st.caption(f"Each cell: the {inert(MEASURES[d.measure].label)} of a layer in a checkpoint and the same layer in "
+    st.caption(f"Each cell: the {md(MEASURES[d.measure].label)} of a layer in a checkpoint and the same layer in "
                "the final model, on the same samples. Checkpoints are ordered by training step where it is known.")
     show_figure(figs.dynamics_heatmap(result, spec.params), "dynamics_heatmap")
     show_figure(figs.dynamics_lines(result, spec.params), "dynamics_lines")
@@ -54,7 +55,7 @@ if ready:
     with st.expander("Open a checkpoint against the final model on the Similarity page"):
         base = base_url()
         for cell, name in zip(view.module.dynamics_cells(view.context(spec)), d.values.columns):
-            st.markdown(f"[{inert(name)}: {inert(cell.spec.params['a'])} vs {inert(cell.spec.params['b'])}]"
+            st.markdown(f"[{md(name)}: {md(cell.spec.params['a'])} vs {md(cell.spec.params['b'])}]"
                         f"({cell.spec.url(base)})")
 
 # ------------------------------------------------------------------ seeds
