@@ -31,10 +31,14 @@ class Section:
 
     compute(ctx, progress) -> value   a dataclass of arrays/tables or a dict of arrays
     reads                             spec parameters the value depends on
-    uses                              inputs it depends on: "a", "b" (models) and "d" (the data)
+    uses                              inputs it depends on: "a", "b" (models) and "d" (the data), or a
+                                      letter of the view module's ``INPUTS`` (letter -> content hash of ctx)
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
+    stored                            False: a cheap listing of what the store holds now (every SAE
+                                      trained on a layer), computed afresh on every read and never
+                                      stored; it must not need sections that may still be missing
     """
 
     name: str
@@ -45,6 +49,7 @@ class Section:
     wanted: Callable | None = None
     title: str = ""
     ways_around: str = ""
+    stored: bool = True
 
 
 class Context:
@@ -95,6 +100,9 @@ class Context:
             out["b"] = self.model_b.sha256
         if "d" in uses:
             out["d"] = self.ds.sha256
+        for name, content_hash in getattr(self.view.module, "INPUTS", {}).items():
+            if name in uses:  # an input only this view has (the autoencoder of the Vector field view)
+                out[name] = content_hash(self)
         return out
 
     def parts(self, section: Section) -> tuple[str, dict]:
@@ -117,14 +125,18 @@ class Context:
         """A section's value: from this context, else the store, else computed (and stored)."""
         if name not in self._values:
             section = self.view.section(name)
+            if not section.stored:
+                self._values[name] = section.compute(self, progress or _quiet)
+                return self._values[name]
             kind, parts = self.parts(section)
             self._values[name] = self.store.cached(kind, parts, lambda: section.compute(self, progress or _quiet))
         return self._values[name]
 
     def stored(self, name: str):
-        """A section's value if the store holds it (never computes); None otherwise."""
-        if name in self._values:
-            return self._values[name]
+        """A section's value if the store holds it (never computes, but for an unstored listing,
+        which is read afresh); None otherwise."""
+        if name in self._values or not self.view.section(name).stored:
+            return self.value(name)
         value = self.store.lookup(*self.parts(self.view.section(name)))
         if value is not None:
             self._values[name] = value
