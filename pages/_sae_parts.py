@@ -78,9 +78,9 @@ def show_examples(ds, rows, values, tokens: dict, key: str, width: int = 64) -> 
             toks, vals = tokens[int(r)]
             st.markdown(f"<div style='margin-bottom:4px'><code>{html.escape(cap)}</code> "
                         f"{figs.highlight_tokens_html(toks, vals)}</div>", unsafe_allow_html=True)
-    elif ds.kind == "text":
-        for r, cap in zip(rows, captions):
-            st.markdown(f"`{inert(cap)}` {inert(ds.hover_text(int(r)))}" if cap else inert(ds.hover_text(int(r))))
+    elif ds.kind == "text":  # the sentence's own text names its label
+        for r, v in zip(rows, values):
+            st.markdown((f"`{v:.3g}` " if v is not None else "") + inert(ds.hover_text(int(r))))
     else:
         show_table({"input": [ds.hover_text(int(r)) for r in rows],
                     "activation": [None if v is None else float(v) for v in values]}, key=key)
@@ -112,9 +112,9 @@ def feature_block(result, side: str, ds) -> None:
         st.markdown("**Top activating inputs**")
         show_examples(ds, d.top_rows, d.top_values, d.tokens, "sae_top")
         with st.expander("Inputs from each activation band", expanded=True):
-            for lo, hi, rows, values, count in d.bands:
+            for lo, hi, rows, values, count in (band for band in d.bands if band[4]):
                 st.caption(f"activation in ({lo:.3g}, {hi:.3g}] · {count} inputs")
-                show_examples(ds, rows, values, d.tokens, f"sae_band_{lo:.4f}", width=48)
+                show_examples(ds, rows, values, d.tokens, f"sae_band_{lo:.4f}", width=60)
     st.markdown("**Nearest features** (decoder cosine): click a row to open it")
     ev = show_table(d.nearest, key=f"sae_near_{d.index}", on_select="rerun", selection_mode="single-row",
                     column_config={"cosine": st.column_config.NumberColumn(format="%.3f"),

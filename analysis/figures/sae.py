@@ -49,9 +49,10 @@ def _layout(fig, height: int, title: str, legend: bool = False, below: int = 0, 
 
 
 def where(training, sae: bool = False) -> str:
-    """'A · net.relu2 of zoo:mlp-s0' for a Training record (``sae``: and which SAE)."""
+    """'A · net.relu2 of zoo:mlp-s0' for a Training record (``sae``: and which SAE, on a line of its
+    own, so that a title fits a half-width chart)."""
     out = f"{training.side.upper()} · {_text(training.layer)} of {_text(training.model)}"
-    return f"{out} · {_text(training.describe)}" if sae else out
+    return f"{out}<br>{_text(training.describe)}" if sae else out
 
 
 # ------------------------------------------------------------------ training and metrics
@@ -183,7 +184,7 @@ def activation_histogram(values, title: str = "Non-zero activations"):
     return _layout(fig, 300, title)
 
 
-def class_bars(values, names, title: str, signed: bool = False):
+def class_bars(values, names, title: str, signed: bool = False, y_title: str = ""):
     """One bar per class: mean activation (or a signed logit effect, red/blue)."""
     import plotly.graph_objects as go
 
@@ -192,6 +193,7 @@ def class_bars(values, names, title: str, signed: bool = False):
     fig = go.Figure(go.Bar(x=[_text(n) for n in names], y=values, marker_color=colours,
                            hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
     fig.update_xaxes(title="class", type="category")
+    fig.update_yaxes(title=y_title)
     if signed:
         fig.add_hline(y=0, line_color="#999")
     return _layout(fig, 300, title)
@@ -301,9 +303,11 @@ def feature_figures(result, side: str) -> dict:
     head, tail = f"Feature {d.index}", f"<br>{where(t)}"
     out = {"sae_hist": activation_histogram(d.activations, f"{head}: non-zero activations{tail}")}
     if d.class_mean is not None and names:
-        out["sae_classes"] = class_bars(d.class_mean, names, f"{head}: mean activation per class{tail}")
+        out["sae_classes"] = class_bars(d.class_mean, names, f"{head}: mean activation per class{tail}",
+                                        y_title="mean activation")
     if d.effect is not None and names:
-        out["sae_logits"] = class_bars(d.effect, names, f"{head}: class-logit effect{tail}", signed=True)
+        out["sae_logits"] = class_bars(d.effect, names, f"{head}: class-logit effect{tail}", signed=True,
+                                       y_title="logit change")
     return out
 
 

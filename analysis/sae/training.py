@@ -322,8 +322,8 @@ def latents_outnumber_inputs(d_sae: int, n_samples: int) -> str:
     if int(d_sae) < int(n_samples):
         return ""
     return (f"{d_sae:,} latents for {n_samples:,} inputs: with at least as many latents as inputs the SAE can "
-            "reconstruct each input with a latent of its own, so the explained variance (near 1) says little "
-            "about features. Use more samples, or a smaller expansion.")
+            "reconstruct each input with a latent of its own, so a high explained variance says little about "
+            "features. Use more samples, or a smaller expansion.")
 
 
 def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
