@@ -134,7 +134,8 @@ def test_a_long_training_shows_its_estimate_then_its_curve_live_and_stops_on_can
     assert page.get_by_test_id("stProgress").count() >= 1
     page.get_by_role("button", name="Cancel").click()
     page.get_by_text(re.compile("Cancelled")).first.wait_for(timeout=60_000)
-    assert page.get_by_role("button", name="Run again").count() == 1
+    page.get_by_role("button", name="Run again").wait_for(timeout=60_000)
+    B.wait_rendered(page, 60_000)  # and no progress bar is left
     context.close()
 
 
