@@ -181,64 +181,10 @@ def run_attributions(spec: AnalysisSpec, progress: Progress | None = None, devic
     return run_page(spec, progress=progress, device=device)
 
 
-def run_sae(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    """The SAE features page: an SAE on A's and on B's chosen layer (same hyper-parameters, trained
-    once and kept in the store under the page's keys), their metrics, the downstream check, and the
-    matched features of A and B."""
-    import pandas as pd
-
-    from . import sae as S
-    from . import sae_figures as sf
-    from .activations import extract
-
-    ds, model_a, model_b, prov = _inputs(spec)
-    p = spec.params
-    layer_a = _layer(model_a, p.get("sae_layer_a"), model_a.layers[len(model_a.layers) // 2], "sae_layer_a")
-    layer_b = _layer(model_b, p.get("sae_layer_b"), model_b.layers[len(model_b.layers) // 2], "sae_layer_b")
-    kind = p["sae_kind"]
-    params = {"kind": kind, "expansion": p["sae_exp"], "steps": p["sae_steps"], "lr": p["sae_lr"],
-              "batch_size": p["sae_bs"]}
-    if kind in S.PENALTY_KINDS:
-        params["l1"] = p[f"sae_l1_{kind}"]
-    else:
-        params["k"] = p["sae_k"]
-    out = PageResult(spec, provenance=prov)
-    trained = {}
-    for i, (tag, model, layer) in enumerate((("A", model_a, layer_a), ("B", model_b, layer_b))):
-        sub = None if progress is None else (lambda f, m, i=i: progress((i + f) / 2, f"{tag}: {m}"))
-        sae = S.trained_sae(model, ds, layer, device=device, progress=sub, **params)
-        acts = extract(model, ds, [layer], device=device)[layer]
-        metrics = S.evaluate(sae, acts)
-        trained[tag] = (sae, acts)
-        out.numbers.update({f"{tag} L0": metrics.l0, f"{tag} variance explained": metrics.fve,
-                            f"{tag} MSE": metrics.mse, f"{tag} dead fraction": metrics.dead_fraction})
-        try:
-            down = S.downstream(sae, model, layer, ds)
-            out.numbers[f"{tag} loss recovered"] = down.score
-        except UserInputError as exc:
-            out.numbers[f"{tag} loss recovered"] = f"skipped: {exc}"
-        out.figures[f"sae_curve_{tag}"] = sf.training_curve(sae.history, f"{tag} · {layer} · training curve")
-        stats = S.feature_stats(sae, acts, ds.labels, tuple(ds.label_names) if ds.label_names else None)
-        out.tables[f"features_{tag}"] = pd.DataFrame({"feature": np.arange(sae.d_sae), "density": stats.density,
-                                                      "max activation": stats.max_act})
-        if tag == p["sae_model"]:  # the browsed model's decoder map, as the page draws it
-            coords = S.decoder_map(sae, p["sae_map"])
-            out.figures[f"sae_map_{tag}"] = sf.decoder_map_figure(coords, stats.density, None, None,
-                                                                  p["sae_map"].upper())
-    match = S.match_features(trained["A"][0], trained["A"][1], trained["B"][0], trained["B"][1])
-    out.figures["sae_match_quality"] = sf.match_quality(match.correlation, match.best_a, match.threshold)
-    out.tables["matches"] = pd.DataFrame({"feature of A": match.a, "feature of B": match.b,
-                                          "correlation": match.correlation})
-    out.numbers["shared pairs"] = int((match.correlation >= match.threshold).sum())
-    out.numbers["pairs"] = int(len(match.a))
-    return out
-
-
 RUNNERS: dict[str, Callable[..., PageResult]] = {
     "projections": run_projections,
     "functional-maps": run_functional_maps,
     "attributions": run_attributions,
-    "sae": run_sae,
 }
 
 

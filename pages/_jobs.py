@@ -66,10 +66,12 @@ def executor():
 
 
 def run_sections(view, spec, sections=None, *, label: str = "Compute", auto_s: float = AUTO_RUN_S,
-                 what: str | None = None):
+                 what: str | None = None, live=None):
     """The view's result for ``sections`` (None: all wanted ones) as far as it is ready, and whether
     it is complete. Draws, where the result is not complete: the estimate and a button (long jobs),
-    the progress with a Cancel button (running jobs), or the error with a Retry button."""
+    the progress with a Cancel button (running jobs), or the error with a Retry button. ``live``:
+    a function that draws what the running job has produced so far (a training curve), called
+    under its progress bar at every refresh."""
     try:
         result, missing = view.peek(spec, sections)
     except UserInputError as exc:
@@ -114,7 +116,7 @@ def run_sections(view, spec, sections=None, *, label: str = "Compute", auto_s: f
             _finished_badly(ex, job, task.key)
             return result, False
         return view.peek(spec, sections)[0], True
-    _watch(task.key)
+    _watch(task.key, live)
     return result, False
 
 
@@ -135,7 +137,7 @@ def _finished_badly(ex, job, key: str) -> None:
 
 
 @st.fragment(run_every=0.5)
-def _watch(key: str) -> None:
+def _watch(key: str, live=None) -> None:
     """Progress of a running job, redrawn on its own every half second; the page reruns when the job
     ends (to draw its result)."""
     ex = executor()
@@ -151,3 +153,5 @@ def _watch(key: str) -> None:
         st.session_state.setdefault("_jobs_cancelled_here", set()).add(key)
         ex.cancel(key)
         st.rerun(scope="app")
+    if live is not None:
+        live()

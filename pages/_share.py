@@ -159,8 +159,9 @@ def pin_button(key: str, on_click) -> None:
 
 
 def figure_title(fig, fallback: str) -> str:
-    text = getattr(getattr(fig.layout, "title", None), "text", None)
-    return text or fallback
+    from analysis.figures import plain_title
+
+    return plain_title(fig, fallback)
 
 
 def _browser_key() -> str | None:

@@ -54,7 +54,10 @@ def widget(p: Param, options: Sequence | None = None, *, container=None, label: 
         step = cast(p.step) if p.step is not None else (1 if p.kind == "int" else None)
         if kind == "slider":
             return c.slider(label, lo, hi, **({} if seeded else {"value": cast(start)}), step=step, **common)
-        return c.number_input(label, lo, hi, **({} if seeded else {"value": cast(start)}), step=step, **common)
+        # no default (None: the view chooses, e.g. the densest feature): the box starts empty, so the
+        # spec keeps "the view's choice" until the user picks a value
+        value = None if start is None else cast(start)
+        return c.number_input(label, lo, hi, **({} if seeded else {"value": value}), step=step, **common)
     return c.text_input(label, **({} if seeded else {"value": start or ""}), **common)
 
 
@@ -65,10 +68,15 @@ def _index(options: list, value) -> int | None:
 def apply_fixes(changes: dict) -> None:
     """Write values a view's ``resolve`` replaced into the session state (and the URL) before the
     widgets are drawn: widgets then start from a value they can show."""
+    from streamlit.errors import StreamlitAPIException
+
     for key, value in changes.items():
         if value is None:
             st.session_state.pop(key, None)
             if key in st.query_params:
-                del st.query_params[key]
+                try:
+                    del st.query_params[key]
+                except StreamlitAPIException:  # bound to a widget drawn before: its value goes, the URL follows
+                    st.session_state[key] = None
         else:
             st.session_state[key] = value

@@ -15,6 +15,17 @@ def _finish(fig):
     return fig
 
 
+def plain_title(fig, fallback: str = "") -> str:
+    """A figure's title as plain text for a pinned item's caption: Plotly's line breaks become " · "
+    and its markup and entities are undone (the report escapes the caption itself)."""
+    import html
+    import re
+
+    text = getattr(getattr(fig.layout, "title", None), "text", None) or ""
+    text = re.sub(r"<[^>]*>", "", re.sub(r"<br\s*/?>", " · ", text, flags=re.I))
+    return html.unescape(text).strip() or fallback
+
+
 def pixel_tile(image: np.ndarray, size: int = 64, invert: bool = True) -> np.ndarray:
     """An image in [0, 1] as a uint8 tile upscaled by nearest neighbour (crisp pixels), ink dark."""
     img = np.clip(np.asarray(image, dtype=np.float64), 0, 1)

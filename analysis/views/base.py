@@ -41,6 +41,9 @@ class Section:
                                       the default layers), so a link that names the value and one that
                                       leaves it open share the result; content hashes of models named
                                       in parameters (a checkpoint series)
+    stored                            False: a cheap listing of what the store holds now (every SAE
+                                      trained on a layer), computed afresh on every read and never
+                                      stored; it must not need sections that may still be missing
     """
 
     name: str
@@ -53,6 +56,7 @@ class Section:
     ways_around: str = ""
     variant: Callable | None = None
     keyed: Callable | None = None
+    stored: bool = True
 
 
 class Context:
@@ -141,6 +145,9 @@ class Context:
         """A section's value: from this context, else the store, else computed (and stored)."""
         if name not in self._values:
             section = self.view.section(name)
+            if not section.stored:
+                self._values[name] = section.compute(self, progress or _quiet)
+                return self._values[name]
             kind, parts = self.parts(section)
             self._values[name] = self.store.cached(kind, parts, lambda: self._timed(section, progress or _quiet))
         return self._values[name]
@@ -162,9 +169,10 @@ class Context:
         return value
 
     def stored(self, name: str):
-        """A section's value if the store holds it (never computes); None otherwise."""
-        if name in self._values:
-            return self._values[name]
+        """A section's value if the store holds it (never computes, but for an unstored listing,
+        which is read afresh); None otherwise."""
+        if name in self._values or not self.view.section(name).stored:
+            return self.value(name)
         value = self.store.lookup(*self.parts(self.view.section(name)))
         if value is not None:
             self._values[name] = value

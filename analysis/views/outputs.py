@@ -59,7 +59,9 @@ def report_items(result: PageOutputs) -> list[dict]:
             "pinned": stamp, "notes": ""}
     items = []
     for name, fig in result.figures.items():
-        title = (fig.layout.title.text if fig.layout.title else None) or name
+        from ..figures import plain_title
+
+        title = plain_title(fig, name)
         items.append({**base, "id": name, "kind": "figure", "title": title, "caption": title, "figure": fig.to_json()})
     for name, df in result.tables.items():
         keep_index = not isinstance(df.index, pd.RangeIndex)

@@ -1,0 +1,334 @@
+"""Training an SAE on one layer's activations (every kind), its hyper-parameters, the sparsity
+sweep of the frontier and the estimate of its run time shown before it starts."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserInputError
+from ..validation import as_matrix
+from .model import DEFAULT_L1, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD, KINDS, PENALTY_KINDS, \
+    SparseAutoencoder, _Step
+
+DEFAULTS = {"kind": "topk", "expansion": 8, "k": 16, "steps": 1000, "lr": 1e-3, "batch_size": 256, "seed": 0}
+AUX_COEF = 1 / 32
+# Sustained float32 FLOP/s of a training step (12 * batch * d * m FLOP) on this project's 2-core CPU:
+# benchmarks/sae.py measured ~2.1e10 on a quiet machine; a lower figure covers a shared one. The
+# estimate shown before training uses it.
+FLOPS_PER_SECOND = 1.5e10
+STEP_OVERHEAD_S = 1e-3
+SMALL_WORK = 5e7  # multiply-adds of one encoder product below which one thread is faster
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to the rows."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / torch.clamp((x - m).norm(dim=1), min=1e-8)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= tol * max(float(m.norm()), 1e-12):
+            m = new
+            break
+        m = new
+    return m.float()
+
+
+def normalise_params(kind: str = "topk", expansion: int = 8, k: int = 16, l1: float | None = None, steps: int = 1000,
+                     lr: float = 1e-3, batch_size: int = 256, seed: int = 0) -> dict:
+    """The hyper-parameters that define a trained SAE, checked, with only those the kind uses (so
+    the store key does not change when an unused one does)."""
+    if kind not in KINDS:
+        raise UserInputError(f"Unknown SAE kind {kind!r}; use one of {', '.join(KINDS)}.")
+    if int(expansion) < 1:
+        raise UserInputError("The expansion factor is at least 1 (latents = expansion x layer width).")
+    if int(steps) < 1 or int(batch_size) < 1 or not float(lr) > 0:
+        raise UserInputError("Steps and batch size are positive integers and the learning rate is positive.")
+    out = {"kind": kind, "expansion": int(expansion), "steps": int(steps), "lr": float(lr),
+           "batch_size": int(batch_size), "seed": int(seed)}
+    if kind in PENALTY_KINDS:
+        l1 = DEFAULT_L1[kind] if l1 is None else float(l1)
+        if not l1 >= 0:
+            raise UserInputError("The sparsity penalty is zero or positive.")
+        out["l1"] = l1
+    else:
+        if int(k) < 1:
+            raise UserInputError("k (active latents per input) is at least 1.")
+        out["k"] = int(k)
+    return out
+
+
+def train_sae(acts, kind: str = "topk", expansion: int = 8, k: int = 16, l1: float | None = None, steps: int = 1000,
+              lr: float = 1e-3, batch_size: int = 256, seed: int = 0, device=None,
+              progress: Callable[[float, str], None] | None = None, on_log: Callable[[dict], None] | None = None,
+              log_every: int | None = None, b_dec_init: str = "geometric_median") -> SparseAutoencoder:
+    """Train an SAE of ``kind`` on ``acts`` (n x d). ``l1`` is the penalty of ``relu`` (L1) and
+    ``jumprelu`` (L0) SAEs (default ``DEFAULT_L1``); ``k`` the active latents of TopK/BatchTopK.
+    ``progress(fraction, message)`` and ``on_log(history)`` are called about 20 times."""
+    x = as_matrix(acts, "activations", dtype=np.float32)
+    params = normalise_params(kind, expansion, k, l1, steps, lr, batch_size, seed)
+    sae = SparseAutoencoder(x.shape[1], params["expansion"] * x.shape[1], kind, params.get("k", k))
+    _train(sae, x, **{key: v for key, v in params.items() if key not in ("kind", "expansion")}, device=device,
+           progress=progress, on_log=on_log, log_every=log_every, b_dec_init=b_dec_init)
+    sae.train_info["params"] = params
+    return sae
+
+
+def _init(sae: SparseAutoencoder, xs: torch.Tensor, gen: torch.Generator, b_dec_init: str) -> None:
+    with torch.no_grad():
+        w = torch.randn(sae.d_sae, sae.d_in, generator=gen)
+        w = w / w.norm(dim=1, keepdim=True)
+        if sae.kind == "relu":
+            w = 0.1 * w  # Anthropic 2024: no norm constraint, small decoder norms at the start
+        sae.W_dec.data = w.to(xs.device)
+        sae.W_enc.data = w.T.clone().to(xs.device)
+        sae.b_enc.data = torch.zeros(sae.d_sae, device=xs.device)
+        sub = xs[torch.randperm(len(xs), generator=gen)[:8192].to(xs.device)]
+        sae.b_dec.data = geometric_median(sub) if b_dec_init == "geometric_median" else sub.mean(0)
+        if sae.kind == "jumprelu":
+            sae.threshold.data = torch.full((sae.d_sae,), JUMPRELU_INIT_THRESHOLD, device=xs.device)
+
+
+def _train(sae: SparseAutoencoder, acts, **params) -> None:
+    with cpu_threads(min(int(params.get("batch_size", 256)), len(acts)) * sae.d_in * sae.d_sae):
+        _train_loop(sae, acts, **params)
+
+
+@contextlib.contextmanager
+def cpu_threads(work: float):
+    """One torch thread for small matrix products: with two threads on a busy 2-core machine a
+    (512 x 32) @ (32 x 256) product took 20 ms instead of 0.2 ms (threads spin waiting for a core)."""
+    before = torch.get_num_threads()
+    if work < SMALL_WORK:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | None = None, steps: int = 1000,
+           lr: float = 1e-3, batch_size: int = 256, seed: int = 0, device=None, progress=None, on_log=None,
+           log_every: int | None = None, b_dec_init: str = "geometric_median") -> None:
+    from ..device import pick
+
+    x = as_matrix(acts, "activations", dtype=np.float32)
+    if x.shape[1] != sae.d_in:
+        raise UserInputError(f"The activations have {x.shape[1]} dimensions; this SAE reads {sae.d_in}.")
+    if k is not None:
+        sae.k = int(k)
+    if sae.kind in ("topk", "batchtopk") and not 1 <= sae.k <= sae.d_sae:
+        raise UserInputError(f"k = {sae.k} must lie between 1 and the number of latents ({sae.d_sae}).")
+    penalty = (DEFAULT_L1.get(sae.kind, 0.0) if l1 is None else float(l1)) if sae.kind in PENALTY_KINDS else 0.0
+    dev = pick(device)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    mean_sq = float((x.astype(np.float64) ** 2).sum(1).mean())
+    if mean_sq <= 0:
+        raise UserInputError("The layer's activations are all zero: there is nothing to decompose.")
+    scale = math.sqrt(d / mean_sq)  # train on inputs with E||x||^2 = d
+    xs = torch.from_numpy(x).to(dev) * scale
+    variance = float(((xs.double() - xs.double().mean(0)) ** 2).sum(1).mean()) or 1.0
+    sae.to(dev)
+    _init(sae, xs, gen, b_dec_init)
+    unit_norm = sae.kind != "relu"
+    opt = _Adam([p for p in sae.parameters() if p.requires_grad])
+    batch_size = min(int(batch_size), n)
+    dead_after = max(n, 10 * batch_size)  # samples without firing before a latent counts as dead
+    since_fired = torch.zeros(sae.d_sae, device=dev)
+    fired_window = torch.zeros(sae.d_sae, dtype=torch.bool, device=dev)
+    resample_at = {int(steps * f) for f in (0.25, 0.5)} if sae.kind in PENALTY_KINDS and steps >= 200 else set()
+    log_every = log_every or max(1, steps // 20)
+    decay_from = int(0.8 * steps)
+    order, pos = torch.randperm(n, generator=gen), 0
+    sae.history = {"step": [], "loss": [], "l0": [], "fve": []}
+    run = {"loss": 0.0, "l0": 0.0, "sse": 0.0, "count": 0}
+    for step in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        xb = xs[order[pos: pos + batch_size].to(dev)]
+        pos += batch_size
+        z = sae.pre_acts(xb)
+        f = sae.activate(z, training=True)
+        err = xb - (f @ sae.W_dec + sae.b_dec)
+        sse = err.pow(2).sum(-1).mean()
+        warm = min(1.0, (step + 1) / max(1, int(0.05 * steps)))
+        if sae.kind in ("topk", "batchtopk"):
+            loss = sse / variance
+            dead = since_fired >= dead_after
+            n_dead = int(dead.sum())
+            if n_dead:
+                k_aux = min(max(d // 2, 1), n_dead)
+                aux_z = torch.where(dead[None], z, torch.full_like(z, -torch.inf))
+                top = torch.topk(aux_z, k_aux, dim=-1)
+                aux_f = torch.zeros_like(z).scatter_(-1, top.indices, torch.relu(top.values))
+                residual = err.detach()
+                aux = (residual - aux_f @ sae.W_dec).pow(2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
+                loss = loss + AUX_COEF * min(n_dead / k_aux, 1.0) * aux
+        elif sae.kind == "relu":
+            loss = sse + warm * penalty * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        else:
+            loss = sse + warm * penalty * _Step.apply(z, sae.threshold, JUMPRELU_BANDWIDTH).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        if unit_norm and sae.W_dec.grad is not None:  # keep only the gradient tangent to the unit sphere
+            w = sae.W_dec.data
+            sae.W_dec.grad -= (sae.W_dec.grad * w).sum(1, keepdim=True) * w
+        opt.step(lr if step < decay_from else lr * (steps - step) / max(1, steps - decay_from))
+        with torch.no_grad():
+            if unit_norm:
+                sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            if sae.kind == "jumprelu":
+                sae.threshold.data.clamp_(min=1e-6)
+            active = (f > 0).any(0)
+            since_fired += batch_size
+            since_fired[active] = 0
+            fired_window |= active
+            run["loss"] += float(loss)
+            run["l0"] += float((f > 0).sum(-1).float().mean())
+            run["sse"] += float(sse)
+            run["count"] += 1
+        if step + 1 in resample_at:
+            _resample(sae, xs, ~fired_window, opt, gen)
+            fired_window.zero_()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            c = max(run["count"], 1)
+            sae.history["step"].append(step + 1)
+            sae.history["loss"].append(run["loss"] / c)
+            sae.history["l0"].append(run["l0"] / c)
+            sae.history["fve"].append(1.0 - run["sse"] / c / variance)
+            run = {"loss": 0.0, "l0": 0.0, "sse": 0.0, "count": 0}
+            if on_log:
+                on_log(sae.history)
+            if progress:
+                progress((step + 1) / steps, f"step {step + 1}/{steps} · L0 {sae.history['l0'][-1]:.1f} · "
+                                             f"explained variance {sae.history['fve'][-1]:.3f}")
+    with torch.no_grad():
+        if sae.kind == "batchtopk":
+            sae.threshold.data = torch.full((sae.d_sae,), _global_threshold(sae, xs), device=dev)
+        sae.b_enc.data /= scale  # fold the input scale back: the SAE reads raw activations
+        sae.b_dec.data /= scale
+        if sae.kind in ("jumprelu", "batchtopk"):
+            sae.threshold.data /= scale
+    sae.to("cpu")
+    seconds = time.perf_counter() - t0
+    sae.train_info.update({"seconds": seconds, "samples_per_second": steps * batch_size / max(seconds, 1e-9),
+                           "input_scale": scale, "device": str(dev), "n": n})
+
+
+class _Adam:
+    """Adam (Kingma & Ba) in a few tensor ops. torch.optim.Adam would do the same, but its first use
+    imports torch._dynamo (~5 s on a 2-core machine), longer than a whole default training run."""
+
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.betas, self.eps, self.t = list(params), betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+
+    def moments(self, p) -> list[torch.Tensor]:
+        for q, m, v in zip(self.params, self.m, self.v):
+            if q is p:
+                return [m, v]
+        return []
+
+
+def _global_threshold(sae: SparseAutoencoder, xs: torch.Tensor) -> float:
+    """BatchTopK's inference threshold: the smallest activation kept when the training set (up to
+    8192 rows) is one batch, i.e. the (rows * k)-th largest positive pre-activation."""
+    z = torch.relu(sae.pre_acts(xs[:8192])).flatten()
+    kk = min(sae.k * min(len(xs), 8192), int((z > 0).sum()))
+    if kk < 1:
+        return 0.0
+    return float(torch.topk(z, kk, sorted=False).values.min())
+
+
+def _resample(sae: SparseAutoencoder, xs: torch.Tensor, dead: torch.Tensor, opt, gen) -> None:
+    """Anthropic (2023): point each dead latent at an input it reconstructs badly (drawn with
+    probability ~ squared error), encoder row scaled to 0.2 x the mean alive encoder norm, bias 0,
+    and clear the optimiser's moments for those rows."""
+    idx = torch.nonzero(dead).flatten()
+    if len(idx) == 0:
+        return
+    with torch.no_grad():
+        sample = xs[torch.randperm(len(xs), generator=gen)[:4096].to(xs.device)]
+        err = sample - (sae.activate(sae.pre_acts(sample)) @ sae.W_dec + sae.b_dec)
+        weight = err.pow(2).sum(1).cpu().double()
+        if float(weight.sum()) <= 0:
+            return
+        pick = torch.multinomial(weight, len(idx), replacement=len(idx) > len(weight), generator=gen).to(xs.device)
+        direction = err[pick] / err[pick].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead
+        enc_norm = float(sae.W_enc[:, alive].norm(dim=0).mean()) if alive.any() else 1.0
+        dec_norm = 1.0 if sae.kind != "relu" else float(sae.W_dec[alive].norm(dim=1).mean()) if alive.any() else 0.1
+        sae.W_dec.data[idx] = direction * dec_norm
+        sae.W_enc.data[:, idx] = direction.T * 0.2 * enc_norm
+        sae.b_enc.data[idx] = 0.0
+        for p in (sae.W_dec, sae.b_enc):
+            for moment in opt.moments(p):
+                moment[idx] = 0.0
+        for moment in opt.moments(sae.W_enc):
+            moment[:, idx] = 0.0
+
+
+def sweep_params(params: dict) -> list[dict]:
+    """Variants of ``params`` along the sparsity axis, for the L0 vs explained-variance frontier:
+    k in 4..64 (TopK family) or the penalty x 1/4..4 (ReLU, JumpReLU); the given one excluded."""
+    params = normalise_params(**params)
+    if "k" in params:
+        return [{**params, "k": k} for k in (4, 8, 16, 32, 64) if k != params["k"]]
+    return [{**params, "l1": round(params["l1"] * f, 6)} for f in (0.25, 0.5, 2.0, 4.0)]
+
+
+EXPANSIONS = (1, 2, 4, 8, 16, 32)
+INPUTS_PER_LATENT = 4
+
+
+def expansion_for(n_samples: int, d_in: int) -> int:
+    """A dictionary scaled to the data: the largest expansion (a power of two up to 32) that keeps at
+    most one latent per ``INPUTS_PER_LATENT`` inputs, and at least 1 (one latent per dimension).
+    On 500 digits and a 128-wide layer this is 1x (128 latents, 9% dead after 300 TopK steps) where
+    4x left 58% of 512 latents dead. When even 1x gives more latents than inputs, the SAE can spend a
+    latent on each input: see :func:`latents_outnumber_inputs`."""
+    fits = [e for e in EXPANSIONS if e * int(d_in) * INPUTS_PER_LATENT <= int(n_samples)]
+    return max(fits) if fits else 1
+
+
+def latents_outnumber_inputs(d_sae: int, n_samples: int) -> str:
+    """A warning when an SAE has at least as many latents as training inputs (empty otherwise): it can
+    then dedicate a latent to each input, so a high explained variance says nothing about features."""
+    if int(d_sae) < int(n_samples):
+        return ""
+    return (f"{d_sae:,} latents for {n_samples:,} inputs: with at least as many latents as inputs the SAE can "
+            "reconstruct each input with a latent of its own, so a high explained variance says little about "
+            "features. Use more samples, or a smaller expansion.")
+
+
+def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
+    """About how long :func:`train_sae` takes on this machine's CPU (encoder, decoder and their
+    gradients: ~12 * batch * d * m floating-point operations per step, plus a fixed cost per step)."""
+    b = min(int(batch_size), int(n))
+    m = int(expansion) * int(d_in)
+    return steps * (12.0 * b * d_in * m / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05
