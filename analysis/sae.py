@@ -1143,3 +1143,4 @@ def _register_page() -> None:
 
 
 _register_page()
+from .crosscoder import train_crosscoder  # noqa: E402,F401  (re-exported: one dictionary across two models)

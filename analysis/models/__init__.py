@@ -3,6 +3,7 @@
 - ``zoo:NAME``: a checkpoint shipped in assets/zoo (see :mod:`analysis.zoo`)
 - ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:org/name``: transformers encoders
 - ``upload:SHA``: a file stored by :func:`upload` (TorchScript, zoo-architecture safetensors, embeddings)
+- ``merge:ID``: a merged model kept in the result store (see :mod:`analysis.merging.reference`)
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def parse_ref(ref: str, allow_local: bool = True) -> tuple[str, str]:
     if source == "zoo":
         if not _SAFE_NAME.fullmatch(rest):
             raise UserInputError(f"Not a zoo model name: {rest!r}.")
+    elif source == "merge":
+        if not re.fullmatch(r"[0-9a-f]{16}", rest):
+            raise UserInputError(f"Not a merge id: {rest!r} (expected 16 hex digits).")
     elif source == "upload":
         if not re.fullmatch(r"[0-9a-f]{8,64}", rest):
             raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
@@ -64,6 +68,10 @@ def load(ref: str, allow_local: bool = True) -> Model:
         from .torch_models import load_zoo
 
         return load_zoo(rest)
+    if source == "merge":
+        from ..merging.reference import load_merge
+
+        return load_merge(rest, allow_local)
     if source == "hf":
         from .hf import load_hf
 
