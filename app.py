@@ -78,6 +78,7 @@ else:  # a browser session: the Streamlit script
         st.Page(HERE / "pages" / "vector_field.py", title="Vector field", icon=":material/cyclone:",
                 url_path="vector-field"),
         st.Page(HERE / "pages" / "sae.py", title="SAE features", icon=":material/blur_on:", url_path="sae"),
+        st.Page(HERE / "pages" / "merge.py", title="Merge & stitch", icon=":material/merge:", url_path="merge"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
     ]
     current = st.navigation(pages)

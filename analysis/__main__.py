@@ -35,6 +35,7 @@ COMMAND_HELP = {
     "vector-field": "latent dynamics of an autoencoder: attractors, memorization, the field, OOD scores",
     "attributions": "LRP relevance of A and B on the data: conservation, agreement, faithfulness",
     "sae": "sparse autoencoders on a layer of A and of B, their metrics and matched features",
+    "merge": "permutation alignment, interpolation barrier, merged model, block swaps, crosscoder of A and B",
 }  # long names for the sidebar's one-letter keys
 
 

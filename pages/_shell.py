@@ -94,6 +94,13 @@ def model_label(ref: str) -> str:
 
         info = default_store().find_blob(ref[7:])
         return f"{ref[:15]}… · uploaded {info['name']}" if info else f"{ref} · (missing on this server)"
+    if ref.startswith("merge:"):
+        from analysis.merging.reference import describe, recipe
+
+        try:
+            return f"{ref} · {describe(recipe(ref[6:]))}"
+        except UserInputError:
+            return f"{ref} · (missing on this server)"
     return ref
 
 
@@ -101,6 +108,12 @@ def _uploaded(kind: str) -> list[str]:
     from analysis.store import default_store
 
     return [f"upload:{b['sha256'][:16]}" for b in default_store().blobs(kind)]
+
+
+def _merged() -> list[str]:
+    from analysis.merging.reference import merged_refs
+
+    return merged_refs()
 
 
 def _with_url_value(options: list[str], key: str, valid) -> list[str]:
@@ -126,7 +139,7 @@ def sidebar() -> Selection:
     if "_link_query" not in st.session_state:  # the link as opened, before widgets drop bad values
         st.session_state["_link_query"] = {k: st.query_params.get_all(k) for k in st.query_params}
         _drop_non_finite_numbers()
-    model_options = models_mod.builtin_refs() + _uploaded("model")
+    model_options = models_mod.builtin_refs() + _uploaded("model") + _merged()
     for key in ("a", "b"):
         opts = _with_url_value(model_options, key, _check_model_ref)
         pending = st.session_state.pop(f"_set_{key}", None)
@@ -196,6 +209,10 @@ def _check_model_ref(v: str) -> None:
         models_mod.zoo_entry(rest)
     elif source == "upload" and default_store().find_blob(rest, "model") is None:
         raise UserInputError(f"No uploaded model with id {rest!r} on this server; upload the file again.")
+    elif source == "merge":
+        from analysis.merging.reference import recipe
+
+        recipe(rest)  # a merge this server does not hold: one message, the default model instead
 
 
 def _check_data_ref(v: str) -> None:
