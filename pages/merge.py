@@ -2,6 +2,7 @@
 import numpy as np
 import streamlit as st
 
+from analysis import crosscoder
 from analysis import figures as base_figures
 from analysis.figures import merge as figs
 from analysis.views.merge import default_feature
@@ -126,6 +127,11 @@ if not refused(compat.crosscoder):
             show_figure(figs.ratio_histogram(res), "mg_ratio_hist")
         with g2:
             show_figure(figs.crosscoder_training(res), "mg_xc_training")
+        trained = crosscoder.from_arrays(x.arrays, x.kind, x.k)
+        st.download_button("Download the crosscoder (cfg.json + safetensors)", key="mg_xc_download",
+                           data=crosscoder.to_zip(trained, model_names=[spec.params["a"], spec.params["b"]],
+                                                  hook_names=[x.layer_a, x.layer_b]),
+                           file_name="crosscoder.zip", mime="application/zip", icon=":material/download:")
         table = figs.latent_table(res)
         event = show_table(table.sort_values("density", ascending=False), "mg_latents_table", "Crosscoder latents",
                            on_select="rerun", selection_mode="single-row", height=260)

@@ -247,27 +247,39 @@ def resolve(ctx) -> dict:
 
 
 # ------------------------------------------------------------------ cost model
-def _row_seconds(ctx, side: str) -> float:
-    """Seconds per row of one forward pass of a model, measured on a few rows (numeric models) or
-    the house constant for text encoders."""
-    key = f"_row_s_{side}"
+BATCH = 256  # rows per forward pass in analysis.merging
+STEP_S = 0.1  # fixed cost of one evaluation of a model copy (state dict loading, scoring)
+# The constants below were measured on this 2-core machine while other work shared it; the jobs'
+# own timing history corrects them further (analysis.jobs.estimates).
+
+
+def _batch_seconds(ctx, side: str) -> float:
+    """Seconds of one forward pass of a batch of up to BATCH rows, measured (numeric models, after a
+    first pass that warms up), or the house constant per row for text encoders."""
+    key = f"_batch_s_{side}"
     if key not in ctx.__dict__:
         model = ctx.model_a if side == "a" else ctx.model_b
+        rows = min(BATCH, len(ctx.ds))
         if model.input_kind == "text":
-            ctx.__dict__[key] = 4e-3
+            ctx.__dict__[key] = 4e-3 * rows
         else:
             from ..merging.task import outputs, subset
 
-            rows = subset(ctx.ds, np.arange(min(64, len(ctx.ds))))
-            t0 = time.perf_counter()
-            outputs(model, rows, batch_size=64)
-            ctx.__dict__[key] = (time.perf_counter() - t0) / len(rows.indices)
+            batch = subset(ctx.ds, np.arange(rows))
+            outputs(model, batch, batch_size=rows)
+            times = []
+            for _ in range(3):  # the median: one pass of a few ms is at the mercy of other processes
+                t0 = time.perf_counter()
+                outputs(model, batch, batch_size=rows)
+                times.append(time.perf_counter() - t0)
+            ctx.__dict__[key] = float(np.median(times))
     return ctx.__dict__[key]
 
 
 def _forward_s(ctx, rows: int | None = None, passes: float = 1.0) -> float:
+    """Both models over ``rows`` rows (all by default), ``passes`` times."""
     n = len(ctx.ds) if rows is None else rows
-    return passes * n * (_row_seconds(ctx, "a") + _row_seconds(ctx, "b"))
+    return passes * np.ceil(n / BATCH) * (_batch_seconds(ctx, "a") + _batch_seconds(ctx, "b"))
 
 
 def _positions(ctx) -> float:
@@ -281,8 +293,8 @@ def _alignment_cost(ctx) -> Cost:
     units = [d for _, d in groups]
     n = len(ctx.ds) * _positions(ctx)
     moments = sum(4 * n * d * d for d in units) / 2e9  # centred second moments of two models, pre and post
-    lap = sum(d ** 3 for d in units) * 2e-8
-    seconds = 2 * _forward_s(ctx) + moments + lap + 0.3
+    lap = sum(d ** 3 for d in units) * 3e-10  # scipy linear_sum_assignment on a dense d x d matrix
+    seconds = 6 * _forward_s(ctx) + moments + lap + 1.5  # two passes, and B twice in float64 for the check
     if ctx.p["mg_method"] == "weights":
         params = ctx.model_a.num_parameters()
         seconds += 12 * (lap + 3 * params * 2e-8 + 0.05 * len(units))  # ~12 sweeps
@@ -290,25 +302,47 @@ def _alignment_cost(ctx) -> Cost:
 
 
 def _interpolation_cost(ctx) -> Cost:
+    """Two lines (B as it is, B aligned) of ``steps`` evaluations of one model each."""
     steps = int(ctx.p["mg_steps"])
-    return Cost(2 * steps * _forward_s(ctx) / 2 + 0.02 * steps + 0.2, 0)
+    return Cost(steps * (_forward_s(ctx) + 2 * STEP_S) + 0.2, 0)
 
 
 def _merge_cost(ctx) -> Cost:
-    return Cost(_forward_s(ctx) + 0.3, 0)
+    return Cost(_forward_s(ctx) / 2 + 2 * STEP_S + 0.5, 0)
+
+
+def _junction_widths(ctx) -> list[int]:
+    """The width each translator of the block swaps works in: the channels where both sides have the
+    same positions, else whole flattened outputs (see analysis.merging.blocks.Junction)."""
+    from ..activations import output_shapes
+    from ..merging.blocks import a_range, block_boundaries
+
+    ba, bb = block_boundaries(ctx.model_a), block_boundaries(ctx.model_b)
+    sa, sb = output_shapes(ctx.model_a, ctx.ds, ba), output_shapes(ctx.model_b, ctx.ds, bb)
+    tokens = ctx.model_b.input_kind == "text"
+
+    def width(x, y):
+        x, y = tuple(x or (1,)), tuple(y or (1,))
+        if tokens or x[1:] == y[1:]:
+            return max(x[-1] if tokens else x[0], y[-1] if tokens else y[0])
+        return max(int(np.prod(x)), int(np.prod(y)))
+
+    la, lb = len(ba), len(bb)
+    pairs = [(bb[i - 1], ba[max(1, a_range(i, i, la, lb)[0]) - 1]) for i in range(1, lb)]
+    pairs += [(ba[a_range(j, j, la, lb)[1]], bb[j]) for j in range(lb)]
+    return [width(sb.get(x) or sa.get(x), sa.get(y) or sb.get(y)) for x, y in pairs]
 
 
 def _swaps_cost(ctx) -> Cost:
+    """Translators at every junction (an SVD of their width), then per range of blocks a pass of A
+    and one of B over the scored half, with the hooks and translations between them."""
     from ..merging.blocks import block_boundaries
 
     lb = len(block_boundaries(ctx.model_b))
     ranges = lb * (lb + 1) / 2
-    half = len(ctx.ds) / 2
-    width = max(ctx.value("compat").groups or [(None, 64)], key=lambda g: g[1])[1]
-    fits = (2 * lb) * (width ** 3 * 2e-8 + 0.02) if ctx.p["mg_bridge"] == "translator" else 0.0
-    flat = 0.0 if ctx.model_a.input_kind == ctx.model_b.input_kind and "conv" not in str(
-        ctx.model_a.info.get("architecture", "")) + str(ctx.model_b.info.get("architecture", "")) else 2 * lb * 0.8
-    return Cost(ranges * _forward_s(ctx, int(half), 1.0) * 1.5 + 3 * _forward_s(ctx, int(half)) + fits + flat + 0.5, 0)
+    half = len(ctx.ds) // 2
+    fits = sum(d ** 3 * 2e-8 + 0.1 for d in _junction_widths(ctx)) if ctx.p["mg_bridge"] == "translator" else 0.0
+    return Cost(1.0 + fits + ranges * (0.4 + 3 * _forward_s(ctx, half)) + 3 * _forward_s(ctx, half), 0)
 
 
 def _crosscoder_cost(ctx) -> Cost:
@@ -483,7 +517,7 @@ def _curves(ctx, progress) -> Curves:
 
 XC_READS = ("mg_layer_a", "mg_layer_b", "mg_xc_kind", "mg_latents", "mg_k", "mg_l1", "mg_xc_steps", "seed")
 SECTIONS = (
-    Section("compat", _compat, ("mg_bridge",), "abd", title="what this pair allows"),
+    Section("compat", _compat, ("mg_bridge",), "abd", lambda ctx: Cost(0.5, 0), title="what this pair allows"),
     Section("alignment", _alignment, ("mg_method", "seed"), "abd", _alignment_cost, wanted=_ok("permute"),
             title="permutation alignment", ways_around="Use fewer samples, or match by weights."),
     Section("interpolation", _interpolation, ("mg_method", "mg_steps", "seed"), "abd", _interpolation_cost,
@@ -495,7 +529,8 @@ SECTIONS = (
             wanted=_ok("swaps"), title="block swaps", ways_around="Use fewer samples, or the 'none' bridge."),
     Section("crosscoder", _crosscoder, XC_READS, "abd", _crosscoder_cost, wanted=_ok("crosscoder"),
             title="the crosscoder", ways_around="Use fewer training steps or latents."),
-    Section("feature", _feature, XC_READS + ("mg_feature",), "abd", wanted=_ok("crosscoder"),
+    Section("feature", _feature, XC_READS + ("mg_feature",), "abd", lambda ctx: Cost(_forward_s(ctx) + 0.2, 0),
+            wanted=_ok("crosscoder"),
             title="the crosscoder latent"),
     Section("curves", _curves, ("mg_layer_a", "mg_layer_b", "seed"), "abd", _curves_cost,
             wanted=lambda ctx: bool(ctx.p["mg_curves"]) and not ctx.value("compat").curves,
