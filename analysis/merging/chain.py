@@ -35,17 +35,14 @@ def leaf_chain(model) -> list[Link] | None:
             seen.append((name, inputs[0] if inputs else None, out))
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in leaves.items()]
-    x = torch.zeros(2, n_inputs)
-    try:
-        with model.lock, torch.no_grad():
-            was_training = module.training
-            module.eval()
+    x = torch.zeros(2, n_inputs, device=next(module.parameters()).device)
+    with model.lock, torch.no_grad():  # a shared model: its hooks and its forward pass are this call's alone
+        handles = [m.register_forward_hook(record(n)) for n, m in leaves.items()]
+        try:
             out = module(x)
-            module.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+        finally:
+            for h in handles:
+                h.remove()
     if not seen or len({n for n, _, _ in seen}) != len(seen) or seen[0][1] is not x or seen[-1][2] is not out:
         return None
     for (_, _, previous_out), (_, current_in, _) in zip(seen, seen[1:]):

@@ -69,7 +69,7 @@ def _unit_rows(out, group: UnitGroup, mask, same_tokens: bool) -> np.ndarray:
     if group.tokens:
         if mask is not None and same_tokens:
             return out[mask.bool()].cpu().double().numpy()
-        m = torch.ones(out.shape[:2]) if mask is None else mask.to(out.dtype)
+        m = torch.ones(out.shape[:2], device=out.device) if mask is None else mask.to(out.dtype)
         return ((out * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)).cpu().double().numpy()
     if out.ndim > 2:
         out = out.movedim(1, -1).reshape(-1, out.shape[1])
@@ -107,17 +107,19 @@ def unit_correlations(models: list, ds, groups: list[UnitGroup], batch_size: int
         for model, batch in zip(models, batches):
             captured = {}
             mods = model.hookable()
-            handles = [mods[module].register_forward_hook(
-                lambda _m, _i, out, key=key, g=g: captured.__setitem__(key, _unit_rows(out, g, batch.mask, same_tokens)))
-                for key, module, g in streams]
-            try:
-                with model.lock, torch.no_grad():
-                    model.to(dev)
-                    model.run(batch)
-            finally:
-                for h in handles:
-                    h.remove()
-                model.to("cpu")
+            with model.lock:  # a shared model: its hooks and its forward pass are this call's alone
+                handles = [mods[module].register_forward_hook(
+                    lambda _m, _i, out, key=key, g=g: captured.__setitem__(key, _unit_rows(out, g, batch.mask,
+                                                                                           same_tokens)))
+                    for key, module, g in streams]
+                try:
+                    with torch.no_grad():
+                        model.to(dev)
+                        model.run(batch)
+                finally:
+                    for h in handles:
+                        h.remove()
+                    model.to("cpu")
             for key in rows:
                 rows[key].append(captured[key])
         for key in rows:

@@ -404,9 +404,8 @@ def _interpolation(ctx, progress) -> Interpolations:
 
 
 def _merge(ctx, progress) -> Merged:
-    from .. import models
     from ..merging import merge
-    from ..merging.reference import recipe
+    from ..merging.reference import load_merge, recipe
     from ..merging.task import score
 
     alignment = _alignment_of(ctx) if ctx.p["mg_aligned"] else None
@@ -414,7 +413,7 @@ def _merge(ctx, progress) -> Merged:
     ref = merge(ctx.model_a, ctx.model_b, ctx.ds, float(ctx.p["mg_alpha"]), alignment, store=ctx.store,
                 device=ctx.device)
     progress(0.7, f"scoring {ref}")
-    s = score(models.load(ref), ctx.ds, device=ctx.device)
+    s = score(load_merge(ref.split(":", 1)[1], store=ctx.store), ctx.ds, device=ctx.device)
     body = recipe(ref.split(":", 1)[1], ctx.store)
     return Merged(ref, float(ctx.p["mg_alpha"]), alignment.method if alignment else "", s.metric, s.loss,
                   s.accuracy, body)
