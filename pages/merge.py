@@ -1,4 +1,6 @@
 """Merge & stitch page: widgets -> spec -> the view's sections (as jobs) -> figures. No numerics here."""
+from urllib.parse import urlencode
+
 import numpy as np
 import streamlit as st
 
@@ -71,8 +73,8 @@ if not refused(compat.permute):
                 if b1.button("Use it as model B", key="mg_use_merge", icon=":material/swap_horiz:"):
                     st.session_state["_set_b"] = m.ref
                     st.rerun()
-                b2.markdown(f"[Compare it with A on the Similarity page](similarity?a={spec.params['a']}&b={m.ref}"
-                            f"&data={spec.params['data']}&n={spec.params['n']})")
+                query = urlencode({"a": spec.params["a"], "b": m.ref, "data": spec.params["data"], "n": spec.params["n"]})
+                b2.markdown(f"[Compare it with A on the Similarity page](similarity?{query})")
 
 # ------------------------------------------------------------------ 2. block swaps
 st.header("Block swaps", divider="gray")
