@@ -87,6 +87,7 @@ else:  # a browser session: the Streamlit script
         st.Page(HERE / "pages" / "sae.py", title="SAE features", icon=":material/blur_on:", url_path="sae"),
         st.Page(HERE / "pages" / "sweep.py", title="Training dynamics", icon=":material/timeline:",
                 url_path="training-dynamics"),
+        st.Page(HERE / "pages" / "merge.py", title="Merge & stitch", icon=":material/merge:", url_path="merge"),
         st.Page(HERE / "pages" / "report.py", title="Report", icon=":material/summarize:", url_path="report"),
         # Share links and the gallery address the Models page as /models, but Streamlit serves the
         # default page only at "/": /models opened with a "Page not found" dialog, then ran the

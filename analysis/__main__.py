@@ -39,6 +39,7 @@ COMMAND_HELP = {
     "attributions": "LRP relevance of A and B on the data: conservation, agreement, faithfulness",
     "sae": "sparse autoencoders on a layer of A and of B, their metrics and matched features",
     "training-dynamics": "each checkpoint of a training run against the final model, and seeds against seeds",
+    "merge": "permutation alignment, interpolation barrier, merged model, block swaps, crosscoder of A and B",
 }  # long names for the sidebar's one-letter keys
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from .errors import UserInputError
 from .validation import as_matrix, check_aligned
 
-METHODS = ("ortho", "linear", "l-ortho", "affine")
+METHODS = ("ortho", "linear", "l-ortho", "affine", "invariant")
+INVARIANT = "invariant"  # the product of invariant relative spaces (analysis.relative_spaces)
 RETRIEVAL_COUNTS = (3, 5, 10, 20, 50, 100)  # anchor budgets of the retrieval sweep (page and CLI)
 SELECTIONS = ("random", "farthest-point", "k-means", "class-balanced")
 SCALINGS = ("feature", "global", "none")
@@ -118,7 +119,9 @@ class Translator:
     Parameters
     ----------
     method : "ortho" (Procrustes), "linear" (least squares), "l-ortho" (least squares, then the
-        nearest orthogonal matrix) or "affine" (least squares with a bias)
+        nearest orthogonal matrix), "affine" (least squares with a bias) or "invariant" (through the
+        product of invariant relative spaces, see :mod:`analysis.relative_spaces`; ``scaling`` does
+        not apply to it)
     scaling : "feature" (standard-scale every dimension with the anchors' mean and std, the paper's
         choice), "global" (centre, divide by one RMS spread: keeps rotations exact) or "none"
 
@@ -132,7 +135,13 @@ class Translator:
         self.method = method
         self.scaling = scaling
 
-    def fit(self, X_anchors, Y_anchors):
+    def fit(self, X_anchors, Y_anchors, Y_fit=None):
+        if self.method == INVARIANT:  # ``Y_fit``: rows of Y (unpaired) for its decoder; the anchors by default
+            from .relative_spaces import InvariantTranslator
+
+            self.inner_ = InvariantTranslator().fit(X_anchors, Y_anchors, Y_fit)
+            self.dim_x_, self.dim_y_, self.warnings_ = self.inner_.dim_x_, self.inner_.dim_y_, self.inner_.warnings_
+            return self
         if self.method not in METHODS:
             raise UserInputError(f"Unknown translation {self.method!r}; use one of {', '.join(METHODS)}.")
         if self.scaling not in SCALINGS:
@@ -169,6 +178,8 @@ class Translator:
         return self
 
     def transform(self, X) -> np.ndarray:
+        if self.method == INVARIANT and hasattr(self, "inner_"):
+            return self.inner_.transform(X)
         if not hasattr(self, "R_"):
             raise UserInputError("Fit the translator on anchors first.")
         x = as_matrix(X, "X", min_rows=1)

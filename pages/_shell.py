@@ -90,18 +90,31 @@ def model_label(ref: str) -> str:
 
         info = default_store().find_blob(ref[7:])
         return f"{ref[:15]}… · uploaded {info['name']}" if info else f"{ref} · (missing on this server)"
+    if ref.startswith("merge:"):
+        from analysis.merging.reference import describe, recipe
+
+        try:
+            return f"{ref} · {describe(recipe(ref[6:]))}"
+        except UserInputError:
+            return f"{ref} · (missing on this server)"
     return ref
 
 
 def model_refs() -> list[str]:
-    """Every model a picker offers: the zoo, the bundled MiniLM pair and this server's uploads."""
-    return models_mod.builtin_refs() + _uploaded("model")
+    """Every model a picker offers: the zoo, the bundled MiniLM pair, this server's uploads and merges."""
+    return models_mod.builtin_refs() + _uploaded("model") + _merged()
 
 
 def _uploaded(kind: str) -> list[str]:
     from analysis.store import default_store
 
     return [f"upload:{b['sha256'][:16]}" for b in default_store().blobs(kind)]
+
+
+def _merged() -> list[str]:
+    from analysis.merging.reference import merged_refs
+
+    return merged_refs()
 
 
 def _with_url_value(options: list[str], key: str, valid) -> list[str]:
@@ -197,6 +210,10 @@ def _check_model_ref(v: str) -> None:
         models_mod.zoo_entry(rest)
     elif source == "upload" and default_store().find_blob(rest, "model") is None:
         raise UserInputError(f"No uploaded model with id {rest!r} on this server; upload the file again.")
+    elif source == "merge":
+        from analysis.merging.reference import recipe
+
+        recipe(rest)  # a merge this server does not hold: one message, the default model instead
 
 
 def _check_data_ref(v: str) -> None:

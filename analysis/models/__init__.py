@@ -4,6 +4,7 @@
 - ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:./folder``, ``hf:org/name[@rev]``:
   transformers encoders (bundled, local folders written as paths, hub ids; see :func:`parse_ref`)
 - ``upload:SHA``: a file stored by :func:`upload` (TorchScript, zoo-architecture safetensors, embeddings)
+- ``merge:ID``: a merged model kept in the result store (see :mod:`analysis.merging.reference`)
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def parse_ref(ref: str, allow_local: bool = True, allow_hub: bool | None = None)
     if source == "zoo":
         if not _SAFE_NAME.fullmatch(rest):
             raise UserInputError(f"Not a zoo model name: {rest!r}.")
+    elif source == "merge":
+        if not re.fullmatch(r"[0-9a-f]{16}", rest):
+            raise UserInputError(f"Not a merge id: {rest!r} (expected 16 hex digits).")
     elif source == "upload":
         if not re.fullmatch(r"[0-9a-f]{8,64}", rest):
             raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
@@ -90,6 +94,10 @@ def load(ref: str, allow_local: bool = True, allow_hub: bool | None = None) -> M
         from .torch_models import load_zoo
 
         return load_zoo(rest)
+    if source == "merge":
+        from ..merging.reference import load_merge
+
+        return load_merge(rest, allow_local)
     if source == "hf":
         from .hf import load_hf
 

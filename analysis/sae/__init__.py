@@ -52,8 +52,8 @@ from .training import (AUX_COEF, DEFAULTS, FLOPS_PER_SECOND, INPUTS_PER_LATENT, 
                        cpu_threads, estimate_seconds, expansion_for, geometric_median, latents_outnumber_inputs,
                        normalise_params, sweep_params, train_sae)
 
-# ---- crosscoders: another branch adds analysis/crosscoder.py; its re-export goes here, e.g.
-# from ..crosscoder import train_crosscoder  # noqa: E402,F401
+# crosscoders: one dictionary across two models (analysis.crosscoder)
+from ..crosscoder import train_crosscoder  # noqa: E402,F401
 
 __all__ = [
     "AUX_COEF", "DEFAULTS", "DEFAULT_L1", "DENSE_FRACTION", "Downstream", "FLOPS_PER_SECOND", "FeatureMatch",

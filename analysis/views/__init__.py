@@ -11,7 +11,7 @@ from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
 MODULES = {"models": "models", "similarity": "similarity", "vector-field": "vector_field",
-           "training-dynamics": "sweep", "sae": "sae"}
+           "training-dynamics": "sweep", "sae": "sae", "merge": "merge"}
 _VIEWS: dict[str, View] = {}
 
 
