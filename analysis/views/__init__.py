@@ -10,7 +10,7 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity"}
+MODULES = {"models": "models", "similarity": "similarity", "functional-maps": "functional_maps"}
 _VIEWS: dict[str, View] = {}
 
 
@@ -57,6 +57,12 @@ def warm_up(progress=None) -> dict:
     for ref in (d["a"], d["b"]):
         load_model(ref)
     import torch  # noqa: F401
+    # the kNN graphs, spectra and probes of several views: about 1.5 s of imports that a first
+    # job would otherwise pay (and that would inflate its kind's learned estimate correction)
+    import scipy.sparse.csgraph  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
 
     return {}
 
