@@ -53,11 +53,11 @@ def c_map(result, p):
     C = np.asarray(f.C)
     lim = float(np.abs(C).max()) or 1.0
     fig = go.Figure(go.Heatmap(z=C, x=list(range(C.shape[1])), y=list(range(C.shape[0])), zmid=0, zmin=-lim,
-                               zmax=lim, colorscale="RdBu_r", colorbar=dict(thickness=12, title="C"),
+                               zmax=lim, colorscale="RdBu_r", colorbar=dict(thickness=12, title="C", x=0.76, xanchor="left"),
                                hovertemplate="A eigvec %{x}<br>B eigvec %{y}<br>C = %{z:.3f}<extra></extra>"))
     # square cells: the plot shrinks to a square rather than the axes running past the matrix
     fig.update_yaxes(autorange="reversed", title="eigenvector of B's graph", scaleanchor="x", constrain="domain")
-    fig.update_xaxes(title="eigenvector of A's graph", constrain="domain", constraintoward="left")
+    fig.update_xaxes(title="eigenvector of A's graph", constrain="domain", constraintoward="left", domain=[0, 0.74])
     how = (f"estimated from {f.n_anchors} {_t(f.selection)} anchors ({_t(f.diagnostics['descriptors'])})"
            if f.estimated else "ground truth Φ_Bᵀ Φ_A (no descriptors)")
     fig = _layout(fig, f"Functional map C: {side(p, 'A', f.layer_a)} → {side(p, 'B', f.layer_b)}", how, 560,

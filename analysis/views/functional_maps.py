@@ -44,7 +44,7 @@ def _metrics():
     return list(METRICS)
 
 
-LAYER_HELP = "Default: the penultimate layer, or an autoencoder's bottleneck (its latent space)."
+LAYER_HELP = "The layer compared: by default the penultimate one, or an autoencoder's bottleneck (its latent space)."
 PARAMS = (
     Param("fm_layer_a", "str", domain="layer:a", label="Layer of A", help=LAYER_HELP),
     Param("fm_layer_b", "str", domain="layer:b", label="Layer of B", help=LAYER_HELP),
@@ -69,7 +69,7 @@ PARAMS = (
     Param("fm_refine", "bool", True, label="ZoomOut refinement",
           help="Refine C by ZoomOut (Melzi et al. 2019), growing it from K − 10 to K eigenvectors."),
     Param("fm_class", "str", domain="class:d", label="Class to move",
-          help="The class moved in the robustness panel (default: the first)."),
+          help="The class moved in the robustness panel (by default the first class of the data)."),
 )
 
 
