@@ -19,7 +19,6 @@ point map is read as "for every y, its match in X" (the official ``FM_T`` pairs 
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -31,7 +30,6 @@ from .validation import as_matrix, check_aligned
 
 DESCRIPTORS = ("geodesic", "labels", "hks")
 METRICS = ("cosine", "euclidean")
-CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- graph and spectrum
@@ -493,19 +491,6 @@ class LatentFunctionalMap:
 
 
 # --------------------------------------------------------------------------- convenience and sweeps
-ROBUST_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # class shifts of the robustness panel (page and CLI)
-
-
-def default_layer(model) -> str:
-    """The layer the page and the CLI compare by default: the penultimate one, or an autoencoder's
-    bottleneck (its latent space) when it has one."""
-    if model.kind == "autoencoder":
-        for name in model.layers:
-            if name.endswith("bottleneck"):
-                return name
-    return model.layers[max(0, len(model.layers) - 2)]
-
-
 def match_quality(p2p, labels=None) -> dict:
     """With aligned rows: fraction of matches that are the same sample, and of the same class."""
     p2p = np.asarray(p2p)
@@ -550,42 +535,6 @@ def robustness_curve(x, labels, cls, alphas, n_neighbors=None, n_eigs: int = 50,
     return {"alpha": np.asarray(alphas, dtype=float), "lfm": np.asarray(lfm), "cka": np.asarray(ck)}
 
 
-def array_digest(*arrays) -> str:
-    """sha256 of arrays' float32 bytes and shapes (cache keys)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def cached(kind: str, compute, store=None, use_cache: bool = True, **key_parts) -> dict:
-    """A dict of arrays from the result store, or ``compute()`` stored under a key of ``key_parts``."""
-    from .store import default_store, make_key
-
-    store = store or default_store()
-    key = make_key(kind, v=CACHE_VERSION, **key_parts)
-    if use_cache:
-        hit = store.get(key)
-        if hit is not None:
-            return {k: v for k, v in hit.items()}
-    out = compute()
-    arrays = {k: np.asarray(v) for k, v in out.items()}
-    if use_cache:
-        store.put(key, arrays, {k: str(v)[:200] for k, v in key_parts.items()}, kind=kind)
-    return arrays
-
-
-def is_cached(kind: str, store=None, **key_parts) -> bool:
-    from .store import default_store, make_key
-
-    return make_key(kind, v=CACHE_VERSION, **key_parts) in (store or default_store())
-
-
 def calibrated_similarity(x, y, n_perm: int = 200, seed: int = 0, store=None, use_cache: bool = True, **params):
     """The LFM similarity of X and Y (rows aligned: the ground-truth map) beside its permutation null
     at the same n and K, with the calibrated score and p-value (an
@@ -602,8 +551,15 @@ def calibrated_similarity(x, y, n_perm: int = 200, seed: int = 0, store=None, us
         return {"value": np.asarray(m.similarity()),
                 "null": permutation_null(m.eigenvectors_x_, m.eigenvectors_y_, n_perm, seed)}
 
-    hit = cached("lfm_calibration", compute, store, use_cache, x=array_digest(x), y=array_digest(y),
-                 params=sorted(params.items()), n_perm=int(n_perm), seed=int(seed))
+    if use_cache:
+        from .store import default_store
+
+        parts = {"x": np.asarray(x, dtype=np.float32), "y": np.asarray(y, dtype=np.float32),
+                 "params": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(params.items())},
+                 "n_perm": int(n_perm), "seed": int(seed)}
+        hit = (store or default_store()).cached("lfm-calibration", parts, compute)
+    else:
+        hit = compute()
     return calibration_from_null("lfm", float(hit["value"]), hit["null"], len(x), seed, 1.0)
 
 
@@ -622,25 +578,3 @@ def fit_arrays(x, y, anchors=None, labels=None, rows_aligned: bool = True, n_emb
         out["C_true"] = m.C_true_
     out.update({f"diag_{k}": np.asarray(v) for k, v in m.diagnostics().items()})
     return out
-
-
-def _register_page() -> None:
-    """Declare the Functional maps page's URL parameters (share links, CLI) in analysis.spec."""
-    from . import spec
-    from .translation import SELECTIONS
-
-    spec.register("functional-maps", (
-        spec.Param("fm_layer_a", "str", help="layer of A (default: penultimate; an autoencoder's bottleneck)"),
-        spec.Param("fm_layer_b", "str", help="layer of B (default: penultimate; an autoencoder's bottleneck)"),
-        spec.Param("fm_anchors", "int", 10, lo=2, hi=5000, help="anchor budget"),
-        spec.Param("fm_select", "str", "random", choices=SELECTIONS, help="anchor selection"),
-        spec.Param("fm_descr", "list", ["geodesic"], help="descriptors: geodesic, labels, hks"),
-        spec.Param("fm_k", "int", 0, lo=0, hi=1000, help="kNN graph neighbours (0: auto)"),
-        spec.Param("fm_eigs", "int", 50, lo=4, hi=200, help="Laplacian eigenvectors K"),
-        spec.Param("fm_metric", "str", "cosine", choices=METRICS, help="graph distance"),
-        spec.Param("fm_refine", "bool", True, help="ZoomOut refinement"),
-        spec.Param("fm_class", "str", help="class moved in the robustness panel (default: the first)"),
-    ))
-
-
-_register_page()

@@ -156,7 +156,7 @@ def register(page: str, params: Sequence[Param]) -> None:
 
 # Pages whose parameters are declared next to their analysis (imported on first need, so a link to
 # such a page, or the CLI, works before the page itself has run in this process).
-PAGE_MODULES = {"functional-maps": "fmaps", "attributions": "lrp"}
+PAGE_MODULES = {"attributions": "lrp"}
 
 
 def all_pages() -> list[str]:

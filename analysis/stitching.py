@@ -20,8 +20,6 @@ from .errors import UserInputError
 from .translation import METHODS, Translator, pad, select_anchors, small_blas
 
 
-STITCH_COUNTS = (3, 5, 10, 20, 50, 100, 200)  # anchor counts of the page's stitching sweep (and the CLI's)
-
 def _raw_width(model, layer: str, ds) -> int | None:
     """Values per sample that ``layer`` outputs (None if it cannot be hooked)."""
     from .activations import output_shapes

@@ -19,7 +19,6 @@ from .validation import as_matrix, check_aligned
 
 METHODS = ("ortho", "linear", "l-ortho", "affine", "invariant")
 INVARIANT = "invariant"  # the product of invariant relative spaces (analysis.relative_spaces)
-RETRIEVAL_COUNTS = (3, 5, 10, 20, 50, 100)  # anchor budgets of the retrieval sweep (page and CLI)
 SELECTIONS = ("random", "farthest-point", "k-means", "class-balanced")
 SCALINGS = ("feature", "global", "none")
 _EPS = np.finfo(np.float64).eps

@@ -65,13 +65,14 @@ def executor():
     return ex
 
 
-def run_sections(view, spec, sections=None, *, label: str = "Compute", auto_s: float = AUTO_RUN_S,
+def run_sections(view, spec, sections=None, *, label: str = "Compute", auto_s: float | None = None,
                  what: str | None = None, live=None):
     """The view's result for ``sections`` (None: all wanted ones) as far as it is ready, and whether
-    it is complete. Draws, where the result is not complete: the estimate and a button (long jobs),
-    the progress with a Cancel button (running jobs), or the error with a Retry button. ``live``:
-    a function that draws what the running job has produced so far (a training curve), called
-    under its progress bar at every refresh."""
+    it is complete. Draws, where the result is not complete: the estimate and a button (jobs longer
+    than ``auto_s``, default AUTO_RUN_S), the progress with a Cancel button (running jobs), or the
+    error with a Retry button. ``live``: a function that draws what the running job has produced so
+    far (a training curve), called under its progress bar at every refresh."""
+    auto_s = AUTO_RUN_S if auto_s is None else auto_s
     try:
         result, missing = view.peek(spec, sections)
     except UserInputError as exc:

@@ -335,27 +335,29 @@ def prepare(page: str, pair: bool = True):
         show_error(str(exc))
         _offer_matching_data(sel)
         halt()
-    apply_fixes({k: v for k, v in spec.params.items() if v != before.params.get(k)})
-    for note in _lasting(page, before, spec, notes):
+    changes = {k: v for k, v in spec.params.items() if v != before.params.get(k)}
+    apply_fixes(changes)
+    for note in _kept_notes(page, ctx, notes, changes):
         st.info(md(note), icon=":material/info:")
     if pair:
         st.caption(f"{md(sel.model_a)} (A) vs {md(sel.model_b)} (B) · {md(ctx.ds.describe())}")
     return view, ctx
 
 
-def _lasting(page: str, before, spec, notes: list[str]) -> list[str]:
-    """This run's notes, plus those of the run that replaced values, for as long as the sidebar and the
-    replaced values stay as they were (the reruns that draw a finished job must not drop them)."""
-    sidebar = {p.key: spec.params.get(p.key) for p in spec_mod.SIDEBAR}
-    changes = {k: v for k, v in spec.params.items() if v != before.params.get(k)}
-    kept = st.session_state.get("_resolve_notes")
-    if kept and kept["page"] == page and kept["sidebar"] == sidebar and \
-            all(spec.params.get(k) == v for k, v in kept["changes"].items()):
-        if not changes:
-            changes = kept["changes"]
-        notes = list(dict.fromkeys([*kept["notes"], *notes]))
-    st.session_state["_resolve_notes"] = {"page": page, "sidebar": sidebar, "changes": changes, "notes": notes}
-    return notes
+def _kept_notes(page: str, ctx, notes: list[str], changes: dict) -> list[str]:
+    """The notes about replaced values, shown as long as those values stay as fixed (the next run,
+    after a job finishes, has nothing left to fix but the note still holds); gone once the user
+    changes one of them or opens another page. Compared as the view sees them (``ctx.p``, with the
+    values it chooses filled in), since the widgets fill in their defaults on the next run."""
+    if notes and changes:
+        st.session_state["_view_notes"] = (page, {k: ctx.p.get(k) for k in changes}, list(notes))
+    elif notes:
+        return notes
+    kept = st.session_state.get("_view_notes")
+    if not kept or kept[0] != page or any(ctx.p.get(k) != v for k, v in kept[1].items()):
+        st.session_state.pop("_view_notes", None)
+        return []
+    return kept[2]
 
 
 def _offer_matching_data(sel: Selection) -> None:

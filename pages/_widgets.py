@@ -67,10 +67,15 @@ def _index(options: list, value) -> int | None:
 
 def apply_fixes(changes: dict) -> None:
     """Write values a view's ``resolve`` replaced into the session state (and the URL) before the
-    widgets are drawn: widgets then start from a value they can show."""
+    widgets are drawn: widgets then start from a value they can show. A bound widget seeds itself
+    from the query string its session opened with, so the replaced value is dropped there too
+    (else a link's 5000 anchors would stay on screen while the view uses 898)."""
     from streamlit.errors import StreamlitAPIException
 
+    from pages._shell import _forget_initial_query_param
+
     for key, value in changes.items():
+        _forget_initial_query_param(key)
         if value is None:
             st.session_state.pop(key, None)
             if key in st.query_params:
@@ -80,3 +85,13 @@ def apply_fixes(changes: dict) -> None:
                     st.session_state[key] = None
         else:
             st.session_state[key] = value
+            try:  # the address bar too; refused once the bound widget exists (it then writes it itself)
+                st.query_params[key] = _query_text(value)
+            except st.errors.StreamlitAPIException:
+                pass
+
+
+def _query_text(value):
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)

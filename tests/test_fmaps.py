@@ -178,17 +178,16 @@ def test_robustness_curve_starts_at_one(digits_x):
     assert r["cka"][1] < 0.99
 
 
-def test_store_cache_round_trip():
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"a": np.arange(3.0)}
-
-    first = fmaps.cached("fm_test", compute, x=1)
-    second = fmaps.cached("fm_test", compute, x=1)
-    assert len(calls) == 1 and np.array_equal(first["a"], second["a"])
-    assert fmaps.is_cached("fm_test", x=1) and not fmaps.is_cached("fm_test", x=2)
+def test_fit_arrays_is_the_fitted_map_as_plain_arrays(digits_x):
+    """The library's array form of a fit (for notebooks and scripts) agrees with the estimator."""
+    rng = np.random.default_rng(2)
+    y = digits_x @ _rotation(64, 3) + rng.normal(0, 0.05, digits_x.shape)
+    anchors = rng.choice(len(digits_x), 10, replace=False)
+    out = fmaps.fit_arrays(digits_x, y, anchors, n_embed=3, n_eigs=20)
+    m = fmaps.LatentFunctionalMap(n_eigs=20).fit(digits_x, y, anchors=anchors, rows_aligned=True)
+    np.testing.assert_allclose(out["C"], m.C_, atol=1e-12)
+    np.testing.assert_array_equal(out["p2p"], m.correspondence())
+    assert out["phi_x"].shape == (len(digits_x), 3) and float(out["diag_similarity"]) == pytest.approx(m.similarity())
 
 
 # ----------------------------------------------------------------- calibrated similarity

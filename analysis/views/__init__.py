@@ -10,8 +10,8 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity", "vector-field": "vector_field",
-           "training-dynamics": "sweep", "sae": "sae", "merge": "merge"}
+MODULES = {"models": "models", "similarity": "similarity", "functional-maps": "functional_maps",
+           "vector-field": "vector_field", "training-dynamics": "sweep", "sae": "sae", "merge": "merge"}
 _VIEWS: dict[str, View] = {}
 
 
@@ -58,6 +58,12 @@ def warm_up(progress=None) -> dict:
     for ref in (d["a"], d["b"]):
         load_model(ref)
     import torch  # noqa: F401
+    # the kNN graphs, spectra and probes of several views: about 1.5 s of imports that a first
+    # job would otherwise pay (and that would inflate its kind's learned estimate correction)
+    import scipy.sparse.csgraph  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
 
     for page in MODULES:  # what a view's jobs import lazily (seconds, once per process)
         hook = getattr(get(page).module, "warm_up", None)

@@ -5,7 +5,8 @@ A view module (``analysis/views/<page>.py``) declares
 - ``SECTIONS``: what it computes, in order. A section names the parameters it ``reads`` and the
   inputs it uses (model A, model B, the data), so its store key changes exactly when its result
   can: clicking another heatmap cell recomputes the drill-down, not the heatmap;
-- optionally ``resolve(ctx)``: notes and fixes for values that no longer fit the current models.
+- optionally ``resolve(ctx)``: notes and fixes for values that no longer fit the current models;
+- optionally ``fill(ctx)``: the values it chooses where the spec leaves them open (default layers).
 
 ``View.compute(spec, progress, cancel)`` is the only orchestration: the page (through a job), the
 CLI and a job runner all call it. Each section's value goes to the store as soon as it is done,
@@ -218,9 +219,17 @@ class View:
         raise KeyError(f"{self.page} has no section {name!r}")
 
     def context(self, spec: AnalysisSpec, device=None, store=None) -> Context:
+        """A context for the spec. A view module's ``fill(ctx)`` gives the values it chooses where
+        the spec leaves them open (None: e.g. a default layer of model A); they are filled in here,
+        before any store key is made, so a link that names them and one that does not (the page's
+        widgets and the CLI) share one stored result."""
         if spec.page != self.page:
             raise ValueError(f"a {spec.page!r} spec given to the {self.page!r} view")
-        return Context(self, spec, device, store)
+        ctx = Context(self, spec, device, store)
+        fill = getattr(self.module, "fill", None)
+        if fill is not None:
+            ctx.p = {**ctx.p, **fill(ctx)}
+        return ctx
 
     def _names(self, ctx: Context, sections: Sequence[str] | None) -> list[str]:
         names = [s.name for s in self.sections] if sections is None else list(sections)
