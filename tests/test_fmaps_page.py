@@ -139,7 +139,7 @@ def test_moving_another_class_recomputes_only_the_robustness_sweep():
 
     at = open_page(n=120)
     store = default_store()
-    counts = lambda: {s: len(store.keys(f"view:functional-maps:{s}"))  # noqa: E731
+    counts = lambda: {s: len(store.keys(f"functional-maps-{s}"))  # noqa: E731
                       for s in ("fit", "stitching", "retrieval", "robustness")}
     before = counts()
     at.selectbox(key="fm_class").set_value("3").run()

@@ -88,7 +88,8 @@ def test_only_the_view_orchestrates():
     tree = ast.parse((ROOT / "pages" / "functional_maps.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    assert {m for m in imported if m.startswith("analysis")} == {"analysis.errors", "analysis.figures", "analysis.views"}
+    assert {m for m in imported if m.startswith("analysis")} == {"analysis.errors", "analysis.figures", "analysis.views",
+                                                               "analysis.safe_text"}
     assert "numpy" not in imported and "cache_data" not in ast.unparse(tree)
     assert "functional-maps" not in spec.PAGE_MODULES
     for module, names in ((fmaps, ("cached", "is_cached", "default_layer", "ROBUST_ALPHAS")),
