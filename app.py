@@ -42,6 +42,9 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
         from streamlit.runtime.pages_manager import PagesManager
 
         PagesManager.uses_pages_directory = False
+        from analysis.numba_cache import configure
+
+        configure()  # numba's compiled code (UMAP) is kept in the store, compiled once, not per start
         # The shell's data and plotting libraries, imported here (before any session exists) rather
         # than by the first session: they import each other lazily, and an import race between
         # sessions can hand out a half-initialised module (see pages/_shell.py).

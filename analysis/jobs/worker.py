@@ -53,6 +53,9 @@ def init_pool_worker(queue, threads: int) -> None:
     global _QUEUE
     _QUEUE = queue
     os.environ["REPLENS_IN_WORKER"] = "1"
+    from ..numba_cache import configure
+
+    configure()  # before any task imports umap: its compiled code is kept in the store
     try:
         import torch
 

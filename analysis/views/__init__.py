@@ -10,7 +10,7 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity"}
+MODULES = {"models": "models", "similarity": "similarity", "projections": "projections"}
 _VIEWS: dict[str, View] = {}
 
 

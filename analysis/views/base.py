@@ -97,11 +97,19 @@ class Context:
             out["d"] = self.ds.sha256
         return out
 
+    @cached_property
+    def keyed(self) -> dict:
+        """The parameters as store keys see them. A view's ``canonical(ctx)`` may name the choice a
+        default leaves to it (layer None -> the last layer), so that a spec which leaves the choice
+        to the view (the CLI) and one that names it (a page's widget) share their stored results."""
+        canonical = getattr(self.view.module, "canonical", None)
+        return {**self.p, **canonical(self)} if canonical else self.p
+
     def parts(self, section: Section) -> tuple[str, dict]:
         """The section's store kind and key parts: the parameters it reads, the content hashes of
         the inputs it uses, and the view's version."""
         return (f"view:{self.view.page}:{section.name}",
-                {"params": {k: self.p[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
+                {"params": {k: self.keyed[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
                  "v": self.view.version})
 
     def key(self, section: Section) -> str:
