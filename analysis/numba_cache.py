@@ -9,7 +9,10 @@ optimiser, the exact k-NN) are not cached at all. Here
 
 - :func:`configure` points numba at ``<store>/numba`` (unless ``NUMBA_CACHE_DIR`` is set already),
   which must happen before umap or pynndescent is imported in the process;
-- :func:`import_umap` imports umap-learn and turns on numba's cache for its uncached functions.
+- :func:`import_umap` imports umap-learn and turns on numba's cache for its uncached functions;
+- :func:`precompile_in_background` compiles UMAP's fit in a low-priority process when a server
+  starts on a store whose folder lacks it, so that a user who asks for UMAP a minute later finds
+  it compiled (``python -m analysis.numba_cache`` does the same by hand, e.g. when building an image).
 
 numba keys each cached function by its source file, its signature and the CPU, and recompiles when
 any of these changes, so a store shared by several machines or package versions stays correct.
@@ -17,13 +20,16 @@ any of these changes, so a store shared by several machines or package versions 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 ENV = "NUMBA_CACHE_DIR"
 PACKAGES = ("umap", "pynndescent")
-# Functions whose cache files show that UMAP's fit has been compiled into a cache folder.
-FIT_FUNCTIONS = ("umap_.smooth_knn_dist", "layouts._optimize_layout_euclidean_single_epoch")
+# Functions whose cache files show that UMAP's fit has been compiled into a cache folder (by the
+# package folder they live in): below 4,096 samples UMAP finds exact neighbours; above, NN-descent.
+EXACT_FIT = {"umap": ("umap_.smooth_knn_dist", "layouts._optimize_layout_euclidean_single_epoch")}
+NN_DESCENT = {"pynndescent": ("pynndescent_.process_candidates", "utils.deheap_sort")}
 
 
 def store_cache_dir() -> Path | None:
@@ -93,13 +99,39 @@ def import_umap():
     return _UMAP[0]
 
 
-def umap_compiled() -> bool:
-    """Whether UMAP's fit runs without compiling in a new process: umap-learn is already imported
-    here, or the cache folder holds its compiled fit."""
-    if _UMAP:
-        return True
+def umap_compiled(nn_descent: bool = False) -> bool:
+    """Whether UMAP's fit runs without compiling in a new process: the cache folder holds its
+    compiled fit (with NN-descent's code when ``nn_descent``)."""
     folder = Path(os.environ[ENV]) if os.environ.get(ENV) else store_cache_dir()
     if folder is None or not folder.is_dir():
         return False
-    found = {p.name.split("-", 1)[0] for sub in folder.glob("umap_*") for p in sub.glob("*.nbi")}
-    return all(f in found for f in FIT_FUNCTIONS)
+    wanted = {**EXACT_FIT, **(NN_DESCENT if nn_descent else {})}
+    for package, functions in wanted.items():
+        found = {p.name.split("-", 1)[0] for sub in folder.glob(f"{package}_*") for p in sub.glob("*.nbi")}
+        if not all(f in found for f in functions):
+            return False
+    return True
+
+
+def compile_umap() -> None:
+    """Compile UMAP's fit (exact neighbours, the path below 4,096 samples) into the cache folder."""
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    import_umap().UMAP(n_neighbors=15, random_state=0, n_jobs=1).fit_transform(x)
+
+
+def precompile_in_background() -> subprocess.Popen | None:
+    """Start :func:`compile_umap` in a process at the lowest CPU priority (it takes only what the
+    server leaves idle) unless the cache folder holds UMAP's fit already. Returns the process."""
+    if configure() is None or umap_compiled():
+        return None
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", __name__], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.nice(19))  # noqa: PLW1509 - nice only, no threads yet
+
+
+if __name__ == "__main__":
+    configure()
+    compile_umap()

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis import numba_cache
@@ -95,12 +96,39 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
 
 
 def test_umap_is_compiled_once_its_fit_functions_are_in_the_cache_folder(numba_env, monkeypatch, tmp_path):
-    monkeypatch.setattr(numba_cache, "_UMAP", [])
     monkeypatch.setenv(numba_cache.ENV, str(tmp_path))
     assert not numba_cache.umap_compiled()
-    folder = tmp_path / "umap_0123abcd"
-    folder.mkdir()
-    (folder / "umap_.smooth_knn_dist-144.py311.nbi").write_bytes(b"")
+    umap_dir, nnd_dir = tmp_path / "umap_0123abcd", tmp_path / "pynndescent_4567ef"
+    umap_dir.mkdir()
+    nnd_dir.mkdir()
+    (umap_dir / "umap_.smooth_knn_dist-144.py311.nbi").write_bytes(b"")
     assert not numba_cache.umap_compiled()  # the layout optimiser is still to compile
-    (folder / "layouts._optimize_layout_euclidean_single_epoch-63.py311.nbi").write_bytes(b"")
-    assert numba_cache.umap_compiled()
+    (umap_dir / "layouts._optimize_layout_euclidean_single_epoch-63.py311.nbi").write_bytes(b"")
+    assert numba_cache.umap_compiled() and not numba_cache.umap_compiled(nn_descent=True)
+    for name in ("pynndescent_.process_candidates-219", "utils.deheap_sort-249"):
+        (nnd_dir / f"{name}.py311.nbi").write_bytes(b"")
+    assert numba_cache.umap_compiled(nn_descent=True)
+
+
+def test_a_real_umap_fit_leaves_its_compiled_code_in_the_cache_folder():
+    from analysis import projection
+
+    x = np.random.default_rng(0).normal(size=(60, 5))
+    projection.project(x, "umap", 2, 0, use_cache=False, n_neighbors=5)
+    umap = numba_cache.import_umap()
+    assert type(umap.umap_.smooth_knn_dist._cache).__name__ == "FunctionCache"  # not cached by umap-learn
+    assert numba_cache.umap_compiled()  # conftest's NUMBA_CACHE_DIR
+
+
+def test_the_background_compile_starts_only_for_a_store_that_lacks_umaps_code(numba_env, monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(numba_cache.subprocess, "Popen", lambda args, **kw: started.append((args, kw)) or "proc")
+    monkeypatch.setenv(numba_cache.ENV, str(tmp_path))
+    assert numba_cache.precompile_in_background() == "proc"
+    (args, kw), = started
+    assert args[1:] == ["-m", "analysis.numba_cache"] and kw["env"][numba_cache.ENV] == str(tmp_path)
+    for package, functions in numba_cache.EXACT_FIT.items():
+        (tmp_path / f"{package}_0123").mkdir()
+        for name in functions:
+            (tmp_path / f"{package}_0123" / f"{name}-1.py311.nbi").write_bytes(b"")
+    assert numba_cache.precompile_in_background() is None and len(started) == 1

@@ -260,11 +260,12 @@ def forward_seconds(ctx, side: str, layers: list[str]) -> float:
     if all(is_cached(model, ctx.ds, name, store=ctx.store) for name in layers):
         return 0.0
     per_row = {"text": 4e-3, "image": 2e-5}.get(ctx.ds.kind, 2e-5)
-    return len(ctx.ds) * per_row
+    return 0.15 + len(ctx.ds) * per_row  # the pass itself, and writing each layer to the store
 
 
-def embedding_cost(ctx, side: str, name: str, compile_s: bool = True) -> Cost:
-    """Time and memory of one layer's projection; nothing when it is stored."""
+def embedding_cost(ctx, side: str, name: str, start: bool = True, forward: bool = True) -> Cost:
+    """Time and memory of one layer's projection; nothing when it is stored. ``start``: with the
+    method's start (import, compiling); ``forward``: with the pass that extracts the layer."""
     from .. import projection
     from ..activations import pooled_dims
 
@@ -274,9 +275,11 @@ def embedding_cost(ctx, side: str, name: str, compile_s: bool = True) -> Cost:
     n, d = len(ctx.ds), pooled_dims(model, ctx.ds, [name])[0]
     p, dims = ctx.p, dims_of(ctx)
     seconds = projection.estimate_seconds(n, d, p["method"], dims, **method_params(p))
-    if compile_s:
-        seconds += projection.start_seconds(p["method"])
-    return Cost(seconds + forward_seconds(ctx, side, [name]), projection.estimate_bytes(n, d, p["method"], dims))
+    if start:
+        seconds += projection.start_seconds(p["method"], n)
+    if forward:
+        seconds += forward_seconds(ctx, side, [name])
+    return Cost(seconds, projection.estimate_bytes(n, d, p["method"], dims))
 
 
 def _projection_a_cost(ctx) -> Cost:
@@ -286,7 +289,7 @@ def _projection_a_cost(ctx) -> Cost:
 def _projection_b_cost(ctx) -> Cost:
     # UMAP's start (import, compiling) is paid once per job: counted with A unless A needs no projection
     a_computes = not ctx.p["coords"] and ctx.store.lookup(*_embedding_parts(ctx, "a", layer(ctx, "a"))) is None
-    return embedding_cost(ctx, "b", layer(ctx, "b"), compile_s=not a_computes)
+    return embedding_cost(ctx, "b", layer(ctx, "b"), start=not a_computes)
 
 
 # ------------------------------------------------------------------ neighbourhood agreement
@@ -309,7 +312,9 @@ def _agreement_cost(ctx) -> Cost:
     da = pooled_dims(ctx.model_a, ctx.ds, [layer(ctx, "a")])[0]
     db = pooled_dims(ctx.model_b, ctx.ds, [layer(ctx, "b")])[0]
     seconds = projection.knn_agreement_seconds(n, da, db)
-    seconds += forward_seconds(ctx, "a", [layer(ctx, "a")]) + forward_seconds(ctx, "b", [layer(ctx, "b")])
+    for side in ("a", "b"):  # a projection still to compute extracts the layer first
+        if ctx.stored(f"projection_{side}") is not None or (side == "a" and ctx.p["coords"]):
+            seconds += forward_seconds(ctx, side, [layer(ctx, side)])
     return Cost(seconds, projection.knn_agreement_bytes(n))
 
 
@@ -383,9 +388,9 @@ def _walk_cost(ctx, side: str) -> Cost:
     from .. import projection
 
     model = ctx.model_a if side == "a" else ctx.model_b
-    costs = [embedding_cost(ctx, side, name, compile_s=False) for name in model.layers]
+    costs = [embedding_cost(ctx, side, name, start=False, forward=False) for name in model.layers]
     total = sum(costs, Cost())
-    start = projection.start_seconds(ctx.p["method"]) if any(c.seconds > 0.02 for c in costs) else 0.0
+    start = projection.start_seconds(ctx.p["method"], len(ctx.ds)) if any(c.seconds > 0.02 for c in costs) else 0.0
     return Cost(total.seconds + start + forward_seconds(ctx, side, list(model.layers)), total.bytes)
 
 
