@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from analysis.spec import Param
 
@@ -27,6 +28,11 @@ def widget(p: Param, options: Sequence | None = None, *, container=None, label: 
     opts = list(options) if options is not None else p.options()
     start = p.default if default is None else default
     seeded = p.key in st.session_state
+    if seeded:
+        # Written again, so the widget is sent with its value: after a job the page reruns from a
+        # fragment, and the browser had dropped the state of widgets outside the fragment (a
+        # selectbox showed its first option while the view used another).
+        st.session_state[p.key] = st.session_state[p.key]
     common = dict(key=p.key, bind="query-params", help=help or None, disabled=disabled)
 
     if p.kind == "bool":
@@ -67,6 +73,9 @@ def apply_fixes(changes: dict) -> None:
         if value is None:
             st.session_state.pop(key, None)
             if key in st.query_params:
-                del st.query_params[key]
+                try:
+                    del st.query_params[key]
+                except StreamlitAPIException:  # bound to a widget drawn before: it rewrites its own parameter
+                    pass
         else:
             st.session_state[key] = value
