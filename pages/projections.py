@@ -57,7 +57,7 @@ with st.expander("Use precomputed coordinates for A", expanded=uploaded):
 # ------------------------------------------------------------------ the two views
 spec = current_spec()
 result, ready = run_sections(view, spec, ["projection_a", "projection_b", "alignment"], auto_s=PICKED_AUTO_S,
-                             what=f"the {method.upper()} projections of both layers")
+                             what=f"the {figs.METHOD_NAMES[method]} projections of both layers")
 if not ready:
     halt()
 agreement, got = run_sections(view, spec, ["agreement"], what="the neighbourhood agreement of the two layers")
@@ -126,7 +126,8 @@ w1, w2 = st.columns([1, 3])
 side = widget(P["path_model"], container=w1, kind="radio")
 section = f"walk_{side.lower()}"
 try:
-    cost = view.plan(AnalysisSpec(view.page, {**current_spec().params, "walk": True}), [section]).describe()
+    plan = view.plan(AnalysisSpec(view.page, {**current_spec().params, "walk": True}), [section])
+    cost = plan.describe() if plan.task is not None else None  # None: stored already
 except UserInputError as exc:
     cost = None
     show_error(str(exc))

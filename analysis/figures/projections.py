@@ -6,6 +6,8 @@ import pandas as pd
 
 from . import projection_scatter
 
+METHOD_NAMES = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE", "precomputed": "uploaded"}
+
 
 def hover_texts(ds) -> list[str]:
     return [ds.hover_text(i) for i in range(len(ds))]
@@ -13,7 +15,7 @@ def hover_texts(ds) -> list[str]:
 
 def view_a(result, p, ds, colours, selected=(), hover=None) -> object:
     e = result.projection_a
-    title = f"A · {p['a']} · {e.layer}" + (f" ({e.method.upper()})" if e.method != "precomputed" else "")
+    title = f"A · {p['a']} · {e.layer}" + (f" ({METHOD_NAMES[e.method]})" if e.method != "precomputed" else "")
     return projection_scatter(e.coords, colours.values, colours.kind, hover or hover_texts(ds), title,
                               e.axis_titles, colours.names, selected)
 
@@ -26,7 +28,7 @@ def view_b(result, p, ds, colours, selected=(), hover=None) -> object:
 
 
 def walk_view(walk, layer: str, p, ds, hover=None) -> object:
-    m = p["method"].upper()
+    m = METHOD_NAMES[p["method"]]
     return projection_scatter(walk.coords[layer], ds.labels, "category", hover or hover_texts(ds),
                               f"{walk.side} · {walk.ref} · {layer} (aligned to the previous layer)",
                               [f"{m} 1", f"{m} 2", f"{m} 3"], ds.label_names, [])
