@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from analysis.spec import Param
 
@@ -25,14 +24,14 @@ def widget(p: Param, options: Sequence | None = None, *, container=None, label: 
     c = container or st
     label = label or p.label or p.key
     help = p.help if help is None else help
-    opts = list(options) if options is not None else p.options()
-    start = p.default if default is None else default
-    seeded = p.key in st.session_state
-    if seeded:
+    if p.key in st.session_state:
         # Written again, so the widget is sent with its value: after a job the page reruns from a
         # fragment, and the browser had dropped the state of widgets outside the fragment (a
         # selectbox showed its first option while the view used another).
         st.session_state[p.key] = st.session_state[p.key]
+    opts = list(options) if options is not None else p.options()
+    start = p.default if default is None else default
+    seeded = p.key in st.session_state
     common = dict(key=p.key, bind="query-params", help=help or None, disabled=disabled)
 
     if p.kind == "bool":
@@ -69,13 +68,15 @@ def _index(options: list, value) -> int | None:
 def apply_fixes(changes: dict) -> None:
     """Write values a view's ``resolve`` replaced into the session state (and the URL) before the
     widgets are drawn: widgets then start from a value they can show."""
+    from streamlit.errors import StreamlitAPIException
+
     for key, value in changes.items():
         if value is None:
             st.session_state.pop(key, None)
             if key in st.query_params:
                 try:
                     del st.query_params[key]
-                except StreamlitAPIException:  # bound to a widget drawn before: it rewrites its own parameter
-                    pass
+                except StreamlitAPIException:  # bound to a widget drawn before: its value goes, the URL follows
+                    st.session_state[key] = None
         else:
             st.session_state[key] = value

@@ -35,6 +35,10 @@ class Section:
     estimate(ctx) -> Cost             its time and memory before it runs (None: negligible)
     wanted(ctx) -> bool               whether this spec asks for it at all
     ways_around                       said when it is refused for being over the server's ceiling
+    keyed(ctx) -> dict                what else the store keys it by, beside the parameters it reads:
+                                      a choice the spec leaves to the view, as made (the last layer),
+                                      so a link that names the value and one that leaves it open
+                                      share the result
     """
 
     name: str
@@ -45,6 +49,7 @@ class Section:
     wanted: Callable | None = None
     title: str = ""
     ways_around: str = ""
+    keyed: Callable | None = None
 
 
 class Context:
@@ -97,20 +102,14 @@ class Context:
             out["d"] = self.ds.sha256
         return out
 
-    @cached_property
-    def keyed(self) -> dict:
-        """The parameters as store keys see them. A view's ``canonical(ctx)`` may name the choice a
-        default leaves to it (layer None -> the last layer), so that a spec which leaves the choice
-        to the view (the CLI) and one that names it (a page's widget) share their stored results."""
-        canonical = getattr(self.view.module, "canonical", None)
-        return {**self.p, **canonical(self)} if canonical else self.p
-
     def parts(self, section: Section) -> tuple[str, dict]:
         """The section's store kind and key parts: the parameters it reads, the content hashes of
         the inputs it uses, and the view's version."""
+        params = {k: self.p[k] for k in section.reads}
+        if section.keyed is not None:
+            params.update(section.keyed(self))
         return (f"view:{self.view.page}:{section.name}",
-                {"params": {k: self.keyed[k] for k in section.reads}, "inputs": self.fingerprint(section.uses),
-                 "v": self.view.version})
+                {"params": params, "inputs": self.fingerprint(section.uses), "v": self.view.version})
 
     def key(self, section: Section) -> str:
         from ..store import digest

@@ -161,11 +161,6 @@ def layer(ctx, side: str) -> str:
     return chosen
 
 
-def canonical(ctx) -> dict:
-    """Store keys name the layers shown, whether the spec chose them or left them to the view."""
-    return {"proj_a": layer(ctx, "a"), "proj_b": layer(ctx, "b")}
-
-
 def method_params(p) -> dict:
     """The chosen method's own parameters, under projection.project's names."""
     names = {"umap_k": "n_neighbors", "umap_d": "min_dist", "perplexity": "perplexity"}
@@ -212,7 +207,7 @@ def _embedding_parts(ctx, side: str, name: str) -> tuple[str, dict]:
     """A layer's projection is stored under what it depends on: the model, the data, the layer and
     the method's own parameters (so a UMAP parameter never recomputes a PCA)."""
     p = ctx.p
-    return (f"view:{PAGE}:embedding", {"inputs": ctx.fingerprint(side + "d"), "layer": name, "method": p["method"],
+    return (f"{PAGE}-embedding", {"inputs": ctx.fingerprint(side + "d"), "layer": name, "method": p["method"],
                                         "params": method_params(p), "dims": dims_of(ctx), "seed": p["seed"],
                                         "v": VERSION})
 
@@ -398,14 +393,20 @@ def _wants_walk(side: str):
     return lambda ctx: bool(ctx.p["walk"]) and walked(ctx) == side
 
 
+def _layers(sides: str):
+    """A section is keyed by the layers it shows, whether the spec named them or left them to the
+    view (the last layer): a link and a page that spell the choice differently share the result."""
+    return lambda ctx: {f"proj_{side}": layer(ctx, side) for side in sides}
+
+
 WALK_AROUND = "Use fewer samples, PCA (instant), or walk through a model with fewer layers."
 SECTIONS = (
-    Section("projection_a", _projection_a, PROJECTION_READS + ("proj_a",), "ad", _projection_a_cost,
+    Section("projection_a", _projection_a, PROJECTION_READS, "ad", _projection_a_cost, keyed=_layers("a"),
             title="the projection of A", ways_around="Use fewer samples, or PCA (instant)."),
-    Section("projection_b", _projection_b, PROJECTION_READS + ("proj_b",), "bd", _projection_b_cost,
+    Section("projection_b", _projection_b, PROJECTION_READS, "bd", _projection_b_cost, keyed=_layers("b"),
             title="the projection of B", ways_around="Use fewer samples, or PCA (instant)."),
-    Section("alignment", _alignment, PROJECTION_READS + ("proj_a", "proj_b"), "abd", title="B aligned to A"),
-    Section("agreement", _agreement, ("proj_a", "proj_b"), "abd", _agreement_cost,
+    Section("alignment", _alignment, PROJECTION_READS, "abd", title="B aligned to A", keyed=_layers("ab")),
+    Section("agreement", _agreement, (), "abd", _agreement_cost, keyed=_layers("ab"),
             title="the neighbourhood agreement",
             ways_around="Use fewer samples, or colour by another property (the views do not need it)."),
     Section("predictions_a", lambda ctx, progress: _predictions(ctx, "a"), (), "ad",
