@@ -109,8 +109,8 @@ if selected:
         st.rerun()
     shown = selected[:24]
     if ds.kind == "image":
-        st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown], caption=[hover[i] for i in shown],
-                 width=72)
+        st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown],
+                 caption=[inert(hover[i]) for i in shown], width=72)  # captions read markdown
     else:
         table = {"sample": [hover[i] for i in shown]}
         if result.agreement is not None:
