@@ -48,6 +48,11 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
         from streamlit.runtime.pages_manager import PagesManager
 
         PagesManager.uses_pages_directory = False
+        from analysis.numba_cache import precompile_in_background
+
+        # numba's compiled code (UMAP) is kept in the store: compiled once per store, in the
+        # background at the lowest priority when this store lacks it, never once per start
+        compiler = precompile_in_background()
         # The shell's data and plotting libraries, imported here (before any session exists) rather
         # than by the first session: they import each other lazily, and an import race between
         # sessions can hand out a half-initialised module (see pages/_shell.py).
@@ -57,6 +62,8 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 
         threading.Thread(target=_warm_up, name="replens-warm-up", daemon=True).start()
         yield
+        if compiler is not None and compiler.poll() is None:
+            compiler.terminate()  # numba writes each cache file whole: what is done stays usable
 
     app = st.App(__file__, lifespan=_lifespan)
 

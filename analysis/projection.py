@@ -117,10 +117,10 @@ def project(x, method: str = "pca", n_components: int = 2, seed: int = 0, store=
     if method == "pca":
         coords, explained = pca(x, n_components)
     elif method == "umap":
-        import umap  # slow import: only here
+        from .numba_cache import import_umap  # slow import (and compiling, once per store): only here
 
-        reducer = umap.UMAP(n_components=n_components, n_neighbors=params["n_neighbors"],
-                            min_dist=float(params["min_dist"]), random_state=seed)
+        reducer = import_umap().UMAP(n_components=n_components, n_neighbors=params["n_neighbors"],
+                                     min_dist=float(params["min_dist"]), random_state=seed, n_jobs=1)
         coords = reducer.fit_transform(x)
     else:
         from sklearn.manifold import TSNE
@@ -229,3 +229,59 @@ def layer_path(acts: dict, method: str = "pca", n_components: int = 2, seed: int
         if progress:
             progress((i + 1) / len(names), f"{method.upper()} of {name}")
     return out
+
+
+# ------------------------------------------------------------------ cost model (measured on a 2-core machine)
+UMAP_EXACT_MAX_N = 4096  # umap-learn computes exact neighbours below this many samples, NN-descent above
+FLOPS_PER_SECOND = 2e10
+
+
+def estimate_seconds(n: int, d: int, method: str, n_components: int = 2, **params) -> float:
+    """Wall time of :func:`project` on an unloaded machine once the method's code is imported
+    (constants fitted to single-threaded runs on a 2-core machine, n = 250 to 10,000)."""
+    if method == "pca":
+        return 0.01 + 4 * n * d * min(n, d) / FLOPS_PER_SECOND
+    if method == "umap":
+        k = int(params.get("n_neighbors", 15))
+        if n < UMAP_EXACT_MAX_N:  # all pairwise distances, then 500 epochs of the layout
+            neighbours = 2 * n * n * d / FLOPS_PER_SECOND + 8.7e-7 * n * n
+            layout = 7.7e-4 * n
+        else:  # NN-descent; 200 epochs above 10,000 samples
+            neighbours = 1.2e-3 * n * (k / 15)
+            layout = 7.7e-4 * n * (0.4 if n > 10_000 else 1.0)
+        return 0.1 + neighbours + layout * (k / 15) ** 0.5
+    perplexity = float(params.get("perplexity", 30.0))  # Barnes-Hut t-SNE, 1,000 iterations
+    barnes_hut = (2.5e-3 * n + 8e-7 * n * n) * (perplexity / 30) ** 0.5
+    return 0.2 + barnes_hut * (1.1 if n_components == 3 else 1.0)
+
+
+def start_seconds(method: str, n: int = 0) -> float:
+    """Importing the method's code in a new process; for UMAP also compiling it (about 30 s for
+    the exact fit, as much again for NN-descent's) when the store's numba cache does not hold it
+    yet: once per store, see :mod:`analysis.numba_cache`."""
+    if method == "umap":
+        from .numba_cache import umap_compiled
+
+        seconds = 2.0 if umap_compiled() else 32.0
+        if n >= UMAP_EXACT_MAX_N and not umap_compiled(nn_descent=True):
+            seconds += 30.0
+        return seconds
+    return 0.5 if method == "tsne" else 0.0
+
+
+def estimate_bytes(n: int, d: int, method: str, n_components: int = 2) -> int:
+    """Peak memory of :func:`project`: the data and, for exact UMAP, its n x n distances."""
+    base = 8 * n * d * 3
+    if method == "umap" and n < UMAP_EXACT_MAX_N:
+        return int(base + 8 * n * n * 2)
+    return int(base + 8 * n * 200)
+
+
+def knn_agreement_bytes(n: int) -> int:
+    """The neighbour search of :func:`knn_agreement` holds an n x n similarity matrix and two
+    temporaries of that size."""
+    return int(24 * n * n)
+
+
+def knn_agreement_seconds(n: int, d_a: int, d_b: int) -> float:
+    return 0.01 + 2 * n * n * (d_a + d_b) / FLOPS_PER_SECOND + 1e-7 * n * n  # similarities, then partitions

@@ -48,50 +48,6 @@ def _layers(model, wanted, what: str) -> list[str]:
     return list(wanted)
 
 
-def run_projections(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    import pandas as pd
-
-    from . import figures
-    from . import projection as proj
-    from .activations import extract
-
-    ds, model_a, model_b, prov = _inputs(spec)
-    p = spec.params
-    layer_a = p.get("proj_a") or model_a.layers[-1]
-    layer_b = p.get("proj_b") or model_b.layers[-1]
-    _layers(model_a, [layer_a], "proj_a")
-    _layers(model_b, [layer_b], "proj_b")
-    params = ({"n_neighbors": p["umap_k"], "min_dist": p["umap_d"]} if p["method"] == "umap"
-              else {"perplexity": p["perplexity"]} if p["method"] == "tsne" else {})
-    xa = extract(model_a, ds, [layer_a], device=device)[layer_a]
-    xb = extract(model_b, ds, [layer_b], device=device)[layer_b]
-    pa = proj.project(xa, p["method"], p["dims"], p["seed"], progress=progress, **params)
-    pb = proj.project(xb, p["method"], p["dims"], p["seed"], **params)
-    al = proj.align(pa, pb)
-    agreement = proj.knn_agreement(xa, xb, k=min(10, len(ds) - 1))
-    hover = [ds.hover_text(i) for i in range(len(ds))]
-    out = PageResult(spec, provenance=prov)
-    out.figures["view_a"] = figures.projection_scatter(pa.coords, ds.labels, "category", hover,
-                                                       f"A · {p['a']} · {layer_a}", pa.axis_titles(), ds.label_names)
-    out.figures["view_b"] = figures.projection_scatter(al.aligned, ds.labels, "category", hover,
-                                                       f"B · {p['b']} · {layer_b} (aligned to A)",
-                                                       [f"A's axis {i + 1}" for i in range(pa.coords.shape[1])],
-                                                       ds.label_names)
-    cols = {f"a{i + 1}": pa.coords[:, i] for i in range(pa.coords.shape[1])}
-    cols.update({f"b{i + 1}": al.aligned[:, i] for i in range(al.aligned.shape[1])})
-    out.tables["coordinates"] = pd.DataFrame({"row": ds.indices, **cols, "knn_agreement": agreement})
-    out.numbers["mean k-NN agreement"] = float(agreement.mean())
-    # "Through the layers" (model A, as the page opens): every layer, each aligned to the previous
-    path = proj.layer_path(extract(model_a, ds, list(model_a.layers), device=device), p["method"], p["dims"],
-                           p["seed"], **params)
-    last = model_a.layers[-1]
-    m = p["method"].upper()
-    out.figures["path_view"] = figures.projection_scatter(path[last], ds.labels, "category", hover,
-                                                          f"A · {p['a']} · {last} (aligned to the previous layer)",
-                                                          [f"{m} 1", f"{m} 2", f"{m} 3"], ds.label_names, [])
-    return out
-
-
 def _layer(model, wanted, default: str, what: str) -> str:
     return _layers(model, [wanted or default], what)[0]
 
@@ -103,7 +59,6 @@ def run_attributions(spec: AnalysisSpec, progress: Progress | None = None, devic
 
 
 RUNNERS: dict[str, Callable[..., PageResult]] = {
-    "projections": run_projections,
     "attributions": run_attributions,
 }
 

@@ -110,19 +110,11 @@ class Param:
         return str(value)
 
 
-def _projections():
-    from .projection import METHODS
-
-    return list(METHODS)
-
-
 def _splits():
     from .data import SPLITS
 
     return list(SPLITS)
 
-
-COLOUR_BY = ("label", "prediction of A", "prediction of B", "A correct", "B correct", "neighbourhood agreement")
 
 SIDEBAR: tuple[Param, ...] = (
     Param("a", "str", "zoo:mlp-s0", help="model A reference (zoo:…, hf:…, upload:…)"),
@@ -135,16 +127,6 @@ SIDEBAR: tuple[Param, ...] = (
 
 # Page parameters, by the page's URL path. Keys are the pages' widget keys (bound to the URL).
 PAGES: dict[str, tuple[Param, ...]] = {
-    "projections": (
-        Param("method", "str", "pca", choices=_projections),
-        Param("dims", "int", 2, choices=(2, 3)),
-        Param("proj_a", "str", help="layer of A (default: last)"),
-        Param("proj_b", "str", help="layer of B (default: last)"),
-        Param("colour", "str", "label", choices=COLOUR_BY, help="colour by"),
-        Param("umap_k", "int", 15, lo=2, hi=200, help="UMAP neighbours"),
-        Param("umap_d", "float", 0.1, lo=0.0, hi=1.0, help="UMAP min distance"),
-        Param("perplexity", "float", 30.0, lo=2.0, hi=100.0, help="t-SNE perplexity"),
-    ),
     "report": (Param("report", "str", help="id of a saved report"),),
 }
 

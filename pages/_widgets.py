@@ -26,6 +26,15 @@ def widget(p: Param, options: Sequence | None = None, *, container=None, label: 
     c = container or st
     label = label or p.label or p.key
     help = p.help if help is None else help
+    if p.key in st.session_state:
+        # Written again, so the widget is sent with its value: after a job the page reruns from a
+        # fragment, and the browser had dropped the state of widgets outside the fragment (a
+        # selectbox showed its first option while the view used another).
+        value = st.session_state[p.key]
+        if value is None:
+            del st.session_state[p.key]  # a value the view chooses: the widget starts from that default
+        else:
+            st.session_state[p.key] = value
     opts = list(options) if options is not None else p.options()
     start = p.default if default is None else default
     seeded = p.key in st.session_state

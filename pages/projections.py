@@ -1,167 +1,149 @@
-"""Projections page: one layer of A and one of B in 2-D or 3-D, aligned point by point, coloured
-by label, prediction, correctness or neighbourhood agreement; a selection in one view is
-highlighted in the other; a layer slider walks through one model's layers."""
-import numpy as np
+"""Projections page: widgets -> spec -> the view's sections (as jobs) -> figures. A selection in one
+view highlights the same samples in the other (this session's state); no numerics here."""
 import streamlit as st
 
-from analysis import activations, evaluate, figures, spec
-from analysis import projection as proj
+from analysis import figures
 from analysis.errors import UserInputError
 from analysis.safe_text import md
-from pages._shell import Progress, pair_or_stop, selection, show_figure, show_table, user_errors
+from analysis.figures import projections as figs
+from analysis.spec import AnalysisSpec
+from analysis.views import projections as pv
+from pages._jobs import run_sections
+from pages._shell import halt, prepare, show_error, show_figure, show_table
+from pages._share import current_spec
+from pages._widgets import widget
 
-COLOUR_BY = list(spec.COLOUR_BY)  # declared with the page's other link parameters
+PICKED_AUTO_S = 60.0  # what the user picked (a method, a colouring) starts at once when under a minute
+SELECTED, SELECTED_FOR, UPLOADED = "_proj_selected", "_proj_selected_for", "_coords_file"
 
+view, ctx = prepare("projections")
+P = {p.key: p for p in view.params}
+ds = ctx.ds
+if st.session_state.get("coords") and st.query_params.get("coords") != st.session_state["coords"]:
+    st.query_params["coords"] = st.session_state["coords"]  # the address bar carries the upload's id
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_acts(ref: str, data_key: tuple, layers: tuple, _model, _ds):
-    return dict(activations.extract(_model, _ds, list(layers)))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_eval(ref: str, data_key: tuple, _model, _ds):
-    return evaluate.evaluate(_model, _ds)
-
-
-def method_params(method: str) -> dict:
-    if method == "umap":
-        c1, c2 = st.columns(2)
-        return {"n_neighbors": c1.number_input("Neighbours", 2, 200, 15, key="umap_k", bind="query-params"),
-                "min_dist": c2.number_input("Min distance", 0.0, 1.0, 0.1, step=0.05, key="umap_d",
-                                            bind="query-params")}
-    if method == "tsne":
-        return {"perplexity": st.number_input("Perplexity", 2.0, 100.0, 30.0, step=5.0, key="perplexity",
-                                              bind="query-params")}
-    return {}
-
-
-sel = selection()
-st.title("Projections")
-ds, model_a, model_b, data_key = pair_or_stop(sel)
-
+# ------------------------------------------------------------------ controls
 c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1.6, 1.6, 1.6])
-method = c1.selectbox("Method", list(proj.METHODS), key="method", bind="query-params",
-                      help="PCA is exact and instant. UMAP and t-SNE show neighbourhoods; their axes mean nothing. "
-                           "UMAP's first run in a server compiles its code (about half a minute).")
-dims = c2.selectbox("Dimensions", [2, 3], key="dims", bind="query-params")
-layer_a = c3.selectbox("Layer of A", model_a.layers, index=len(model_a.layers) - 1, key="proj_a",
-                       bind="query-params")
-layer_b = c4.selectbox("Layer of B", model_b.layers, index=len(model_b.layers) - 1, key="proj_b",
-                       bind="query-params")
-colour = c5.selectbox("Colour by", COLOUR_BY, key="colour", bind="query-params")
-with st.container():
-    params = method_params(method)
+method = widget(P["method"], container=c1)
+uploaded = bool(current_spec().params["coords"])
+widget(P["dims"], container=c2, kind="selectbox", disabled=uploaded,
+       help="The uploaded coordinates set the dimension." if uploaded else None)
+widget(P["proj_a"], ctx.model_a.layers, container=c3, default=ctx.model_a.layers[-1], disabled=uploaded)
+widget(P["proj_b"], ctx.model_b.layers, container=c4, default=ctx.model_b.layers[-1])
+colour = widget(P["colour"], container=c5)
+m1, m2, _ = st.columns([1, 1, 2])
+for key, col in zip(pv.METHOD_PARAMS[method], (m1, m2)):
+    widget(P[key], container=col)
 
-with st.expander("Use precomputed coordinates for A"):
-    st.caption(f"An .npy/.npz/.csv/.parquet file with one row of 2 or 3 coordinates per sample "
-               f"({len(ds)} rows, in the dataset's order). It replaces A's computed projection.")
-    coords_file = st.file_uploader("Coordinates", type=["npy", "npz", "csv", "parquet"], key="coords_upload")
+with st.expander("Use precomputed coordinates for A", expanded=uploaded):
+    st.caption(f"An .npy/.npz/.csv/.parquet file with one row of 2 or 3 coordinates per sample ({len(ds)} rows, "
+               "in the dataset's order). It replaces A's computed projection; files are never unpickled.")
+    file = st.file_uploader("Coordinates", type=["npy", "npz", "csv", "parquet"], key="coords_upload")
+    if file is not None and st.session_state.get(UPLOADED) != file.file_id:
+        try:
+            upload_id = pv.store_coordinates(file.getvalue(), file.name, len(ds))
+        except UserInputError as exc:
+            show_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - an untrusted file never takes the page down
+            show_error(f"{file.name} could not be read ({type(exc).__name__}); nothing was stored.")
+        else:
+            st.session_state[UPLOADED] = file.file_id
+            st.session_state["coords"] = st.query_params["coords"] = upload_id
+            st.rerun()
+    if uploaded and st.button("Use A's computed projection again"):
+        st.session_state.pop("coords", None)
+        st.query_params.pop("coords", None)
+        st.rerun()
 
-bar = Progress(f"{method.upper()} of both layers…")
-try:
-    xa = cached_acts(sel.model_a, data_key, (layer_a,), model_a, ds)[layer_a]
-    xb = cached_acts(sel.model_b, data_key, (layer_b,), model_b, ds)[layer_b]
-    if coords_file is not None:
-        pa = proj.from_coordinates(coords_file.getvalue(), coords_file.name, len(ds))
-        if pa.coords.shape[1] != dims:
-            st.warning(f"The uploaded coordinates have {pa.coords.shape[1]} dimensions; showing {pa.coords.shape[1]}-D.")
-            dims = pa.coords.shape[1]
-    else:
-        pa = proj.project(xa, method, dims, sel.seed, progress=lambda f, m: bar(0.5 * f, m), **params)
-    pb = proj.project(xb, method, dims, sel.seed, progress=lambda f, m: bar(0.5 + 0.5 * f, m), **params)
-except UserInputError as exc:
-    st.error(md(exc))
-    st.stop()
-bar.done()
-al = proj.align(pa, pb)
-agreement = proj.knn_agreement(xa, xb, k=min(10, len(ds) - 1))
+# ------------------------------------------------------------------ the two views
+spec = current_spec()
+result, ready = run_sections(view, spec, ["projection_a", "projection_b", "alignment"], auto_s=PICKED_AUTO_S,
+                             what=f"the {figs.METHOD_NAMES[method]} projections of both layers")
+if not ready:
+    halt()
+agreement, got = run_sections(view, spec, ["agreement"], what="the neighbourhood agreement of the two layers")
+result.agreement = agreement.agreement if got else None
+for side in pv.prediction_sides(colour):
+    preds, got = run_sections(view, spec, [f"predictions_{side}"], auto_s=PICKED_AUTO_S,
+                              what=f"the predictions of {side.upper()}")
+    setattr(result, f"predictions_{side}", getattr(preds, f"predictions_{side}") if got else None)
+colours = pv.colouring(result, ds, colour)
+if colours.note:
+    st.info(md(colours.note))
 
-# ------------------------------------------------------------------ colours
-values, kind = None, "category"
-ev_a = cached_eval(sel.model_a, data_key, model_a, ds) if colour in ("prediction of A", "A correct") else None
-ev_b = cached_eval(sel.model_b, data_key, model_b, ds) if colour in ("prediction of B", "B correct") else None
-names = ds.label_names
-if colour == "label":
-    values = None if ds.labels is None else ds.labels
-elif colour in ("prediction of A", "prediction of B"):
-    ev = ev_a if ev_a is not None else ev_b
-    values = ev.predictions
-    if values is None:
-        st.info(f"{'A' if ev_a is not None else 'B'} makes no class predictions ({ev.explanation}); colouring by label.")
-        values = ds.labels
-elif colour in ("A correct", "B correct"):
-    ev = ev_a if ev_a is not None else ev_b
-    if ev.predictions is None or ds.labels is None:
-        st.info("Correctness needs class predictions and labels; colouring by label.")
-        values = ds.labels
-    else:
-        values, names = (ev.predictions == ds.labels).astype(int), ["wrong", "correct"]
-else:
-    values, kind, names = agreement, "continuous", None
-
-# ------------------------------------------------------------------ the two views, linked selection
-selected = st.session_state.get("_proj_selected", [])
-hover = [ds.hover_text(i) for i in range(len(ds))]
-titles = (f"A · {sel.model_a} · {layer_a}", f"B · {sel.model_b} · {layer_b} (aligned to A)")
-v1, v2 = st.columns(2)
+if st.session_state.get(SELECTED_FOR) != ds.sha256:  # other rows: an old selection means nothing
+    st.session_state[SELECTED], st.session_state[SELECTED_FOR] = [], ds.sha256
+selected = st.session_state[SELECTED]
+hover = figs.hover_texts(ds)
 events = []
-frame_b = [f"A's axis {i + 1}" for i in range(pa.coords.shape[1])]  # B is rotated into A's frame
-for col, coords, title, key, axes in ((v1, pa.coords, titles[0], "view_a", pa.axis_titles()),
-                                      (v2, al.aligned, titles[1], "view_b", frame_b)):
+for col, draw, key in zip(st.columns(2), (figs.view_a, figs.view_b), ("view_a", "view_b")):
     with col:
-        fig = figures.projection_scatter(coords, values, kind, hover, title, axes, names, selected)
-        events.append(show_figure(fig, key, on_select="rerun", selection_mode=["points", "box", "lasso"]))
+        events.append(show_figure(draw(result, spec.params, ds, colours, selected, hover), key, on_select="rerun",
+                                  selection_mode=["points", "box", "lasso"]))
 picked = None
-for ev in events:
-    pts = (ev or {}).get("selection", {}).get("points", []) if ev else []
-    if pts:
-        picked = sorted({int(p["customdata"]) for p in pts if isinstance(p.get("customdata"), (int, float))})
+for event in events:
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points:
+        picked = sorted({int(p["customdata"]) for p in points if isinstance(p.get("customdata"), (int, float))})
 if picked is not None and picked != selected:
-    st.session_state["_proj_selected"] = picked
+    st.session_state[SELECTED] = picked
     st.rerun()
 
-m1, m2, m3 = st.columns(3)
-m1.metric("Neighbourhood agreement (mean)", f"{np.nanmean(agreement):.3f}",
-          help=f"Fraction of each sample's {min(10, len(ds) - 1)} nearest neighbours (cosine, original spaces) "
-               f"shared by the two layers. Chance: {min(10, len(ds) - 1) / (len(ds) - 1):.3f}.")
-m2.metric("Alignment residual", f"{al.residual:.3f}",
+k1, k2, k3 = st.columns(3)
+if result.agreement is not None:
+    a = result.agreement
+    k1.metric("Neighbourhood agreement (mean)", f"{a.per_sample.mean():.3f}",
+              help=f"Fraction of each sample's {a.k} nearest neighbours (cosine, original spaces) shared by the two "
+                   f"layers. Chance: {a.chance:.3f}.")
+k2.metric("Alignment residual", f"{result.alignment.residual:.3f}",
           help="RMS distance between A's points and B's aligned points, relative to A's spread "
                "(0: the views coincide after rotation and scaling).")
-if pa.explained is not None:
-    shown_b = 100 * pb.explained.sum() if pb.explained is not None else float("nan")
-    m3.metric("Variance shown (A, B)", f"{100 * pa.explained.sum():.0f}% · {shown_b:.0f}%")
+ea, eb = result.projection_a.explained, result.projection_b.explained
+if ea is not None and eb is not None:
+    k3.metric("Variance shown (A, B)", f"{100 * ea.sum():.0f}% · {100 * eb.sum():.0f}%")
 
 if selected:
     st.markdown(f"**{len(selected)} samples selected** (highlighted in both views)"
                 + (f"; the first {min(24, len(selected))} are shown below" if len(selected) > 24 else ""))
     if st.button("Clear selection"):
-        st.session_state["_proj_selected"] = []
+        st.session_state[SELECTED] = []
         st.rerun()
     shown = selected[:24]
     if ds.kind == "image":
         st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown],
-                 caption=[md(ds.hover_text(i)) for i in shown], width=72)
+                 caption=[md(hover[i]) for i in shown], width=72)  # captions read markdown
     else:
-        show_table({"sample": [ds.hover_text(i) for i in shown],
-                    "agreement": [float(agreement[i]) for i in shown]}, "selected_samples", "Selected samples")
+        table = {"sample": [hover[i] for i in shown]}
+        if result.agreement is not None:
+            table["agreement"] = [float(result.agreement.per_sample[i]) for i in shown]
+        show_table(table, "selected_samples", "Selected samples")
 else:
     st.caption("Select points (click, box or lasso) in either view to highlight the same samples in the other.")
 
 # ------------------------------------------------------------------ through the layers of one model
 st.divider()
 st.subheader("Through the layers")
-which = st.radio("Model", ["A", "B"], horizontal=True, key="path_model")
-model, ref = (model_a, sel.model_a) if which == "A" else (model_b, sel.model_b)
-step = st.select_slider("Layer", model.layers, value=model.layers[-1], key=f"path_layer_{which}")
-bar = Progress(f"{method.upper()} of every layer of {which}…")
-with user_errors():
-    acts_all = cached_acts(ref, data_key, tuple(model.layers), model, ds)
-    path = proj.layer_path(acts_all, method, dims, sel.seed, progress=bar, **params)
-    bar.done()
-    path_values = ds.labels if ds.labels is not None else None
-    show_figure(figures.projection_scatter(path[step], path_values, "category", hover,
-                                           f"{which} · {ref} · {step} (aligned to the previous layer)",
-                                           [f"{method.upper()} 1", f"{method.upper()} 2", f"{method.upper()} 3"],
-                                           ds.label_names, []), "path_view")
-    st.caption("Each layer's projection is rotated onto the previous layer's, so moving the slider shows the "
-               "samples move (classes separating with depth) rather than the axes flipping.")
+w1, w2 = st.columns([1, 3])
+side = widget(P["path_model"], container=w1, kind="radio")
+section = f"walk_{side.lower()}"
+try:
+    plan = view.plan(AnalysisSpec(view.page, {**current_spec().params, "walk": True}), [section])
+    cost = plan.describe() if plan.task is not None else None  # None: stored already
+except UserInputError as exc:
+    cost = None
+    show_error(str(exc))
+widget(P["walk"], container=w2, label=f"Project every layer ({cost})" if cost else None)
+spec = current_spec()
+if spec.params["walk"]:
+    walk, ready = run_sections(view, spec, [section], auto_s=float("inf"))  # the toggle was the go-ahead
+    if ready:
+        walk = getattr(walk, section)
+        if st.session_state.get("path_layer") not in walk.layers:  # a layer of the other model
+            st.session_state.pop("path_layer", None)
+        shown = widget(P["path_layer"], walk.layers, kind="select_slider", default=walk.layers[-1])
+        show_figure(figs.walk_view(walk, shown, spec.params, ds, hover), "path_view")
+        st.caption("Each layer's projection is rotated onto the previous layer's, so moving the slider shows the "
+                   "samples move (classes separating with depth) rather than the axes flipping.")
+else:
+    st.caption("Projects every layer of the chosen model with the method above, each rotated onto the previous "
+               "one. Turn it on to compute it (it is stored: later visits open at once).")

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Every test has its own empty store, and numba's cache would follow it (analysis.numba_cache):
+# keep UMAP's compiled code in one folder for all test runs instead, as a server keeps it in its store.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "replens-test-numba"))
 # AppTest runs the app in this process: its jobs run inline (finished when submitted). Browser
 # tests start a real server, which uses the process pool (tests/browser.py sets that explicitly).
 os.environ.setdefault("REPLENS_JOBS", "inline")

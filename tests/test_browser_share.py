@@ -106,13 +106,14 @@ def test_short_links_work_behind_a_path_prefix_and_survive_a_restart(browser, tm
 
 
 def test_exported_report_opens_offline_with_every_figure(browser, tmp_path):
-    from analysis import report, runners
+    from analysis import report
     from analysis.spec import AnalysisSpec
+    from analysis.views.outputs import headless, report_items
 
     items = []
     for spec in (AnalysisSpec("similarity", {"n": 80, "measure": "linear_cka"}),
                  AnalysisSpec("projections", {"n": 80, "dims": 2})):
-        items += runners.report_items(runners.run(spec))
+        items += report_items(headless(spec))
     items[0]["notes"] = "**Bold** finding <script>window.injected = 1</script>"
     n_figures = sum(i["kind"] == "figure" for i in items)
     for presentation in (False, True):

@@ -1,18 +1,15 @@
 """Projections: PCA against scikit-learn, Procrustes alignment, neighbourhood agreement, caching,
-uploaded coordinates, and the page (AppTest)."""
+uploaded coordinates (the view and the page: test_projections_view.py, test_projections_page.py)."""
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from analysis import projection as P
 from analysis.errors import UserInputError
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(200, 12)) @ RNG.normal(size=(12, 12))
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 def test_pca_matches_sklearn():
@@ -97,44 +94,3 @@ def test_layer_path_aligns_each_layer_to_the_previous():
     acts = {"l1": X, "l2": X @ np.linalg.qr(RNG.normal(size=(12, 12)))[0]}  # the same space, rotated
     path = P.layer_path(acts, "pca")
     np.testing.assert_allclose(path["l2"], path["l1"], atol=1e-8)
-
-
-# ------------------------------------------------------------------ the page
-pytestmark_page = pytest.mark.usefixtures("apptest_navigation")
-
-
-def open_page():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.switch_page("pages/projections.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-@pytestmark_page
-def test_page_shows_both_views_aligned_and_the_layer_path():
-    import json
-
-    at = open_page()
-    charts = at.get("plotly_chart")
-    assert len(charts) == 3
-    view_a = json.loads(charts[0].proto.spec)
-    assert len(view_a["data"]) == 10  # one trace per digit class
-    assert view_a["data"][0]["type"] == "scattergl"
-    labels = {m.label for m in at.metric}
-    assert {"Neighbourhood agreement (mean)", "Alignment residual"} <= labels
-    assert not at.error
-
-
-@pytestmark_page
-def test_page_colour_by_agreement_and_3d():
-    import json
-
-    at = open_page()
-    at.selectbox(key="colour").set_value("neighbourhood agreement").run()
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert len(fig["data"]) == 1 and fig["data"][0]["marker"]["showscale"]
-    at.selectbox(key="dims").set_value(3).run()
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert fig["data"][0]["type"] == "scatter3d"
-    assert not at.exception

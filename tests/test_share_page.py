@@ -44,7 +44,8 @@ def test_full_link_carries_every_parameter_and_restores_the_view():
     assert urlsplit(full).path.endswith("/projections")
     q = query_of(full, "projections")
     declared = {p.key for p in spec_mod.params_of("projections")}
-    assert set(q) == declared  # defaults and the page's own choices (proj_b = last layer) included
+    optional = {"coords", "path_layer"}  # set only by an upload and by the walk's slider
+    assert set(q) == declared - optional  # defaults and the page's own choices (proj_b = last layer) included
     assert q["proj_b"] == "net.logits" and q["umap_k"] == "15" and q["dims"] == "3"
 
     again = open_url("projections", q)  # a colleague opens the link

@@ -70,7 +70,7 @@ def test_link_writes_every_parameter_defaults_included():
     query = spec.to_query()
     declared = {p.key for p in spec_mod.params_of("similarity") if p.default is not None}
     assert set(query) == declared
-    assert query["measure"] == "linear_cka" and query["n"] == "500" and query["stretch"] == "false"
+    assert query["measure"] == "linear_cka" and query["n"] == "500" and query["stretch"] == "true"
 
 
 def test_hash_is_stable_and_sensitive():

@@ -53,6 +53,13 @@ def init_pool_worker(queue, threads: int) -> None:
     global _QUEUE
     _QUEUE = queue
     os.environ["REPLENS_IN_WORKER"] = "1"
+    # OpenMP (scikit-learn's t-SNE) and numba (UMAP) start one thread per core unless told: with
+    # several workers on few cores, their spinning threads made a t-SNE 10x slower (measured).
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, threads)))
+    from ..numba_cache import configure
+
+    configure()  # before any task imports umap: its compiled code is kept in the store
     try:
         import torch
 

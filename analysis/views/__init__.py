@@ -10,8 +10,9 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity", "functional-maps": "functional_maps",
-           "vector-field": "vector_field", "training-dynamics": "sweep", "sae": "sae", "merge": "merge"}
+MODULES = {"models": "models", "similarity": "similarity", "projections": "projections",
+           "functional-maps": "functional_maps", "vector-field": "vector_field", "training-dynamics": "sweep",
+           "sae": "sae", "merge": "merge"}
 _VIEWS: dict[str, View] = {}
 
 
