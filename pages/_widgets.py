@@ -5,6 +5,11 @@ A bound widget's options are its values as they appear in the URL, so options ar
 formatted into other text (a bound selectbox writes the displayed text to the address bar).
 Values that the view's ``resolve`` replaced (a layer of a previous model) are written to the
 session state before the widget exists, so the widget never starts from a value it cannot show.
+
+Every run passes a widget the same starting value (the declared or derived default): were it left
+out once the widget has a state, the browser would see the widget's default change (to Streamlit's
+own: off, empty) and reset the widget to it on its next message. The state, when there is one,
+still wins over the starting value.
 """
 from __future__ import annotations
 
@@ -26,34 +31,31 @@ def widget(p: Param, options: Sequence | None = None, *, container=None, label: 
     help = p.help if help is None else help
     opts = list(options) if options is not None else p.options()
     start = p.default if default is None else default
-    seeded = p.key in st.session_state
     common = dict(key=p.key, bind="query-params", help=help or None, disabled=disabled)
 
     if p.kind == "bool":
-        return c.toggle(label, **({} if seeded else {"value": bool(start)}), **common)
+        return c.toggle(label, value=bool(start), **common)
     if p.kind == "list":
         chosen = [v for v in (start if start is not None else opts or []) if opts is None or v in opts]
-        return c.multiselect(label, opts or [], **({} if seeded else {"default": chosen}), **common)
+        return c.multiselect(label, opts or [], default=chosen, **common)
     if p.kind == "text":
         make = c.text_area if kind == "text_area" else c.text_input
-        return make(label, **({} if seeded else {"value": start or ""}), **common)
+        return make(label, value=start or "", **common)
     if opts is not None:  # a choice: str options, or numbers from a fixed list
         if kind == "radio":
-            return c.radio(label, opts, horizontal=True, **({} if seeded else {"index": _index(opts, start)}),
-                           **common)
+            return c.radio(label, opts, horizontal=True, index=_index(opts, start), **common)
         if kind == "select_slider" or (p.kind in ("int", "float") and kind is None):
-            return c.select_slider(label, opts, **({} if seeded else {"value": start if start in opts else opts[0]}),
-                                   **common)
-        return c.selectbox(label, opts, **({} if seeded else {"index": _index(opts, start)}), **common)
+            return c.select_slider(label, opts, value=start if start in opts else opts[0], **common)
+        return c.selectbox(label, opts, index=_index(opts, start), **common)
     if p.kind in ("int", "float"):
         cast = int if p.kind == "int" else float
         lo = None if p.lo is None else cast(p.lo)
         hi = None if p.hi is None else cast(p.hi)
         step = cast(p.step) if p.step is not None else (1 if p.kind == "int" else None)
         if kind == "slider":
-            return c.slider(label, lo, hi, **({} if seeded else {"value": cast(start)}), step=step, **common)
-        return c.number_input(label, lo, hi, **({} if seeded else {"value": cast(start)}), step=step, **common)
-    return c.text_input(label, **({} if seeded else {"value": start or ""}), **common)
+            return c.slider(label, lo, hi, value=cast(start), step=step, **common)
+        return c.number_input(label, lo, hi, value=cast(start), step=step, **common)
+    return c.text_input(label, value=start or "", **common)
 
 
 def _index(options: list, value) -> int | None:
