@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = {"models", "data", "activations", "store", "errors", "device", "zoo", "tabular", "evaluate", "fmaps", "translation", "stitching", "fmaps_figures", "lrp", "lrp_figures", "vector_field", "vector_field_figures", "sae", "sae_figures"}
+_SUBMODULES = {"models", "data", "activations", "store", "errors", "device", "zoo", "tabular", "evaluate", "fmaps", "translation", "stitching", "fmaps_figures", "lrp", "vector_field", "vector_field_figures", "sae", "sae_figures"}
 
 
 def __getattr__(name):

@@ -233,12 +233,6 @@ def run_vector_field(spec: AnalysisSpec, progress: Progress | None = None, devic
     return out
 
 
-def run_attributions(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
-    from .lrp import run_page
-
-    return run_page(spec, progress=progress, device=device)
-
-
 def run_sae(spec: AnalysisSpec, progress: Progress | None = None, device=None) -> PageResult:
     """The SAE features page: an SAE on A's and on B's chosen layer (same hyper-parameters, trained
     once and kept in the store under the page's keys), their metrics, the downstream check, and the
@@ -296,7 +290,6 @@ RUNNERS: dict[str, Callable[..., PageResult]] = {
     "projections": run_projections,
     "functional-maps": run_functional_maps,
     "vector-field": run_vector_field,
-    "attributions": run_attributions,
     "sae": run_sae,
 }
 

@@ -156,7 +156,7 @@ def register(page: str, params: Sequence[Param]) -> None:
 
 # Pages whose parameters are declared next to their analysis (imported on first need, so a link to
 # such a page, or the CLI, works before the page itself has run in this process).
-PAGE_MODULES = {"functional-maps": "fmaps", "vector-field": "vector_field", "attributions": "lrp", "sae": "sae"}
+PAGE_MODULES = {"functional-maps": "fmaps", "vector-field": "vector_field", "sae": "sae"}
 
 
 def all_pages() -> list[str]:

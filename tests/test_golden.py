@@ -1,7 +1,10 @@
 """The views give the numbers the pages gave before the refactor (issue #15): every CSV table under
 tests/golden/<page>/ was written by the pre-refactor CLI for the page's default view, and the view's
-default result must reproduce it (numbers to 1e-10, text exactly). A table a view no longer writes
-fails the test: nothing may silently disappear."""
+default result must reproduce it (numbers to 1e-10, text exactly), as must the headline numbers of
+its summary.json where there is one. A table a view no longer writes fails the test: nothing may
+silently disappear. Where a default changed on purpose since, spec.json names the parameters the
+golden numbers were written with."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,12 @@ def _frame(df: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_default_view_reproduces_the_pre_refactor_numbers(page):
-    out = headless(AnalysisSpec(page, {}))
+    pinned = GOLDEN / page / "spec.json"
+    out = headless(AnalysisSpec(page, json.loads(pinned.read_text())["params"] if pinned.exists() else {}))
+    summary = GOLDEN / page / "summary.json"
+    for name, want in (json.loads(summary.read_text())["numbers"] if summary.exists() else {}).items():
+        assert name in out.numbers, f"{page}: the view no longer reports {name!r}"
+        assert out.numbers[name] == pytest.approx(want, rel=0, abs=1e-10), f"{page}/{name}"
     for path in sorted((GOLDEN / page).glob("*.csv")):
         assert path.stem in out.tables, f"{page}: the view no longer produces the table {path.stem!r}"
         want, got = pd.read_csv(path), _frame(out.tables[path.stem])

@@ -10,7 +10,7 @@ import importlib
 from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
-MODULES = {"models": "models", "similarity": "similarity"}
+MODULES = {"models": "models", "similarity": "similarity", "attributions": "attributions"}
 _VIEWS: dict[str, View] = {}
 
 
