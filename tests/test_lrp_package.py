@@ -90,7 +90,7 @@ def test_the_library_names_still_work():
     assert set(lrp.BIAS_CONVENTIONS) == {True, False}
 
 
-def test_the_cost_model_counts_each_layers_work_exactly():
+def test_the_cost_model_counts_each_layers_work_exactly(monkeypatch):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     assert cost.layer_flops(mlp, np.zeros((1, 64), np.float32)) == [(False, 2.0 * 64 * 32), (False, 2.0 * 32 * 10)]
@@ -98,7 +98,12 @@ def test_the_cost_model_counts_each_layers_work_exactly():
                         nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Flatten(), nn.Linear(384, 10)).eval()
     layers = cost.layer_flops(cnn, np.zeros((1, 64), np.float32))
     assert layers == [(True, 2.0 * 4 * 64 * 9), (True, 2.0 * 6 * 64 * 2 * 9), (False, 2.0 * 384 * 10)]
-    # a rule's passes scale its layers' work: gamma (8 passes) costs more than epsilon (1) on the same layers
+    # a rule's passes scale its layers' work: forward + 8 passes (gamma) against forward + 1 (epsilon)
+    monkeypatch.setattr(cost, "BATCH_OVERHEAD_S", 0.0)
+    monkeypatch.setattr(cost, "LAYER_PASS_S", 0.0)
     eps, gamma = (cost.attribution_seconds(layers, 1000, lrp.rule_set(r)) for r in ("epsilon", "gamma"))
-    base = 4 * cost.BATCH_OVERHEAD_S
-    assert (gamma - base) / (eps - base) == pytest.approx(9 / 2)
+    assert gamma / eps == pytest.approx(9 / 2)
+    # input-domain rules only on the first layer: box (6 passes) there, epsilon above
+    box = cost.attribution_seconds(layers, 1000, lrp.rule_set("box"))
+    flops = [f for _, f in layers]
+    assert box / eps == pytest.approx((7 * flops[0] + 2 * (flops[1] + flops[2])) / (2 * sum(flops)))

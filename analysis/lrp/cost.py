@@ -1,10 +1,12 @@
 """What an attribution costs before it runs (the estimate a page shows before a long job): the
 multiply-adds of each linear layer of one forward pass, counted once per model on one input, times
-the passes each layer's rule makes (:attr:`Rule.passes`), plus a fixed cost per batch (the working
-copy, the traced forward pass, Python).
+the passes each layer's rule makes (:attr:`Rule.passes`), plus a cost per batch (the working copy,
+the traced forward pass) and per pass of a layer in a batch (the rule's elementwise operations and
+their dispatch, which dominate for small models).
 
-Calibrated on a 2-core CPU (the zoo's MLP and CNN, 500 digits rows); ``analysis.jobs`` corrects
-these estimates by the run times it records."""
+Calibrated on the shared 2-core CPU this project runs on (the zoo's MLP and CNN, 500 digits rows,
+every rule: within 2x of the measured times, which themselves vary by 2x with the machine's load);
+``analysis.jobs`` corrects these estimates by the run times it records."""
 from __future__ import annotations
 
 import threading
@@ -15,9 +17,10 @@ from .composites import RuleSet
 from .copies import unwrap, working_copy
 from .rules import get_rule
 
-FLOPS_PER_SECOND = 6e8  # linear-layer work under the tracer, measured (1.1e9 at best on 2 busy cores)
-BATCH_OVERHEAD_S = 0.05  # the working copy, the mode and autograd per batch, measured
-CALL_OVERHEAD_S = 0.01  # one plain forward call of a small model, measured
+FLOPS_PER_SECOND = 8e8  # linear-layer work under the tracer, measured (1.1e9 at best on 2 busy cores)
+BATCH_OVERHEAD_S = 0.1  # the working copy, the mode and autograd per batch, measured
+LAYER_PASS_S = 0.02  # one pass of one layer over a batch beyond its multiply-adds, measured
+CALL_OVERHEAD_S = 0.05  # one plain forward call (and its masking) of a small model, measured
 _PROFILES: dict[str, list[tuple[bool, float]]] = {}
 _LOCK = threading.Lock()
 
@@ -63,12 +66,13 @@ def attribution_seconds(layers: list[tuple[bool, float]], rows: int, rs: RuleSet
                         batch_size: int = 256) -> float:
     """Seconds to explain ``rows`` inputs in batches: each layer runs forward once and backward under
     its rule (``rs`` None: gradient x input, a plain backward pass)."""
-    work = 0.0
+    work = passes = 0.0
     for i, (conv, flops) in enumerate(layers):
-        passes = 2.0 if rs is None else get_rule(_rule_of(rs, conv, i == 0)).passes
-        work += flops * (1.0 + passes)
+        layer_passes = 1.0 + (2.0 if rs is None else get_rule(_rule_of(rs, conv, i == 0)).passes)
+        work += flops * layer_passes
+        passes += layer_passes
     batches = -(-max(rows, 1) // batch_size)
-    return batches * BATCH_OVERHEAD_S + rows * work / FLOPS_PER_SECOND
+    return batches * (BATCH_OVERHEAD_S + passes * LAYER_PASS_S) + rows * work / FLOPS_PER_SECOND
 
 
 def forward_seconds(layers: list[tuple[bool, float]], rows: int, calls: int = 1) -> float:

@@ -42,10 +42,25 @@ def dataset_relevance(model, ds, target: str = "predicted", rule: str = "epsilon
                 progress(min(1.0, done / len(x)), f"{model.name}: relevance of {done}/{len(x)} samples")
         return {k: np.concatenate(v) for k, v in parts.items()}
 
+    return (store or default_store()).cached(KIND, relevance_parts(model, ds, target, rs, method), compute,
+                                             meta={"model": model.ref, "data": ds.name, "rule": rs.name})
+
+
+KIND = "lrp-dataset"
+
+
+def relevance_parts(model, ds, target: str, rs, method: str = "lrp") -> dict:
+    """What a dataset's relevance depends on (its store key's parts)."""
     parts = {"model": model.sha256, "data": ds.sha256, "target": target, "method": method}
     if method == "lrp":  # gradient x input has no rules: one entry serves every rule
         parts.update(rule=rs.name, epsilon=rs.epsilon, gamma=rs.gamma, bias=rs.bias)
     elif method != "gradient x input":
         raise UserInputError(f"Unknown method {method!r}: use 'lrp' or 'gradient x input'.")
-    return (store or default_store()).cached("lrp-dataset", parts, compute,
-                                             meta={"model": model.ref, "data": ds.name, "rule": rs.name})
+    return parts
+
+
+def is_stored(model, ds, target: str = "predicted", rs=None, method: str = "lrp", store=None) -> bool:
+    """Whether :func:`dataset_relevance` would read this relevance from the store (for estimates)."""
+    from ..store import default_store, digest
+
+    return digest(KIND, relevance_parts(model, ds, target, rs, method)) in (store or default_store())

@@ -482,24 +482,29 @@ def _maps_cost(ctx) -> Cost:
     return Cost(sum(cost.attribution_seconds(_profile(ctx, m), k, rs) for m in (ctx.model_a, ctx.model_b)), 0)
 
 
-def _dataset_cost(ctx) -> Cost:
+def _relevance_seconds(ctx, model, rs, method: str) -> float:
+    """Explaining every row, unless the store holds that relevance (gradient x input serves every rule)."""
     from ..lrp import cost
+    from ..lrp.dataset import is_stored
 
-    n, rs = len(ctx.ds), rule_set(ctx.p)
-    seconds = sum(cost.attribution_seconds(_profile(ctx, m), n, rs) for m in (ctx.model_a, ctx.model_b))
-    return Cost(seconds, int(2 * 4 * n * (ctx.ds.n_features or 1)))
+    if is_stored(model, ctx.ds, target_key(ctx.p), rs, method, ctx.store):
+        return 0.0
+    return cost.attribution_seconds(_profile(ctx, model), len(ctx.ds), rs if method == "lrp" else None)
+
+
+def _dataset_cost(ctx) -> Cost:
+    rs = rule_set(ctx.p)
+    seconds = sum(_relevance_seconds(ctx, m, rs, "lrp") for m in (ctx.model_a, ctx.model_b))
+    return Cost(seconds, int(2 * 4 * len(ctx.ds) * (ctx.ds.n_features or 1)))
 
 
 def _faithfulness_cost(ctx) -> Cost:
     """Gradient x input over the data and the removal curves (LRP's relevance is the dataset section's)."""
     from ..lrp import cost
 
-    n, rows = len(ctx.ds), min(FAITH_N, len(ctx.ds))
-    seconds = 0.0
-    for m in (ctx.model_a, ctx.model_b):
-        layers = _profile(ctx, m)
-        seconds += cost.attribution_seconds(layers, n, None) + cost.forward_seconds(layers, rows * 3 * (FAITH_STEPS + 1),
-                                                                                     calls=3 * (FAITH_STEPS + 1))
+    rows, calls = min(FAITH_N, len(ctx.ds)), 3 * (FAITH_STEPS + 1)
+    seconds = sum(_relevance_seconds(ctx, m, None, "gradient x input")
+                  + cost.forward_seconds(_profile(ctx, m), rows * calls, calls) for m in (ctx.model_a, ctx.model_b))
     return Cost(seconds, 0)
 
 
