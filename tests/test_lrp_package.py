@@ -107,3 +107,24 @@ def test_the_cost_model_counts_each_layers_work_exactly(monkeypatch):
     box = cost.attribution_seconds(layers, 1000, lrp.rule_set("box"))
     flops = [f for _, f in layers]
     assert box / eps == pytest.approx((7 * flops[0] + 2 * (flops[1] + flops[2])) / (2 * sum(flops)))
+
+
+def test_without_biases_only_units_with_all_zero_inputs_keep_relevance():
+    """zennit's zero_params='bias' passes on all relevance except that of units whose inputs are all
+    zero (a convolution over blank background): active through their bias alone, their relevance has
+    no input to go to. The input relevance plus exactly that relevance is the explained output."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(108, 4)).double().eval()
+    with torch.no_grad():
+        net[1].bias.copy_(torch.tensor([0.3, 0.2, 0.4]))  # positive: bias-only units are active
+    x = torch.zeros(3, 36, dtype=torch.float64)
+    x[:, 14:16] = torch.rand(3, 2, generator=torch.Generator().manual_seed(1)) + 0.5  # ink in the middle only
+    a = lrp.attribute(net, x, 1, rule="epsilon", epsilon=1e-12, bias=False, layer="1")
+    zero_input = F.conv2d(x.reshape(-1, 1, 6, 6), net[1].weight, None, padding=1).abs() < 1e-15
+    lost = (a.layer_relevance * zero_input.numpy()).reshape(3, -1).sum(1)
+    assert np.abs(lost).min() > 1e-3  # the blank border does hold relevance here
+    np.testing.assert_allclose(a.relevance_sum + lost, a.output, rtol=1e-9)
+    assert a.description.endswith(lrp.BIAS_CONVENTIONS[False]) and "all zero" in a.description

@@ -319,8 +319,8 @@ def token_removal(result, p):
 
 # ------------------------------------------------------------------ captions (what a figure shows, in words)
 MAPS_CAPTION = ("Each map has its own colour scale (±its largest |relevance|). ΣR / f is 1 when every layer passes on "
-                "all the relevance it receives (biases left out of the rules); with biases in the rules they keep a "
-                "share (see the sentence under the rule).")
+                "all the relevance it receives (biases left out of the rules, and no unit driven by its bias alone); "
+                "with biases in the rules they keep a share (see the sentence under the rule).")
 
 
 def pixel_flipping_caption(result) -> str:

@@ -26,7 +26,9 @@ BIAS_CONVENTIONS = {
     True: "Biases take part in the rules (zennit's default): the relevance a bias takes is not passed down, so "
           "the input relevance sums to the explained output minus what the biases took.",
     False: "Biases are left out of the rules' denominators (zennit's zero_params='bias'; captum's z+): each layer "
-           "passes on all the relevance it receives, so the input relevance sums to the explained output.",
+           "passes on all the relevance it receives, so the input relevance sums to the explained output, except "
+           "the relevance of units whose inputs are all zero (a convolution over blank background): it came from "
+           "their biases and has nowhere to go.",
 }
 
 
