@@ -331,9 +331,9 @@ def pixel_flipping_caption(result) -> str:
             "input approximates to first order, so it tends to lead this test; LRP's rules trade some of that for "
             "maps less driven by the gradient's noise (compare the agreement of A's and B's maps under each rule).")
     if any(f.identical.values()):
-        text += (" Here LRP's curve is gradient × input's (drawn wide and pale under the dashed line): with epsilon → 0 "
-                 "on a ReLU network LRP-epsilon is gradient × input. The gamma, z+ and alpha-beta rules and the "
-                 "composites order the pixels differently.")
+        text += (" Here LRP's curve is gradient × input's (drawn wide and pale under the dashed line): on a ReLU "
+                 "network the epsilon rule with epsilon → 0 is gradient × input, and these models get it on every "
+                 "layer. The gamma, z+ and alpha-beta rules order the pixels differently.")
     return text
 
 
