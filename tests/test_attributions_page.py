@@ -161,7 +161,7 @@ def test_text_models_show_token_relevance_for_a_topic_and_a_similarity():
     widget(at, "at_text_target").set_value("similarity")
     compute(at.run())
     pair = [f for f in charts(at) if f["data"] and f["data"][0].get("name") == "tokens"][0]
-    assert "alike" in pair["layout"]["title"]["text"] and "hf:minilm-random" in pair["layout"]["title"]["text"]
+    assert "alike" in pair["layout"]["title"]["subtitle"]["text"] and "hf:minilm-random" in pair["layout"]["title"]["text"]
     assert len(pair["layout"]["yaxis"]["ticktext"]) == 4  # (sentence 1, sentence 2) x (A, B)
     assert any(m.label.startswith("Cosine similarity") for m in at.metric)
     caption = " ".join(c.value for c in at.caption)

@@ -86,7 +86,7 @@ OVERLAPS_JS = """() => {
     const bar = chart.querySelector('.modebar');
     if (!bar) continue;
     const title = (chart.querySelector('.gtitle') || {}).textContent || '(untitled)';
-    for (const el of chart.querySelectorAll('.gtitle, .annotation, .legend')) {
+    for (const el of chart.querySelectorAll('.gtitle, .gtitle-subtitle, .annotation, .legend')) {
       if (hit(box(bar), box(el))) out.push(title + ' :: ' + el.getAttribute('class') + ' ' + el.textContent.slice(0, 50));
     }
   }

@@ -3,8 +3,11 @@ on a diverging colour scale centred on 0, token relevance, conservation, agreeme
 and relevance per hidden unit. The page, the CLI and the report draw the same figures.
 
 Every title says what the figure shows, for which models, under which rule and target, so a pinned
-figure still says it on a slide. Titles sit below the band where Plotly draws its toolbar (top
-right), and legends inside the plot or below it, so the toolbar covers neither."""
+figure (whose caption is its title) still says it on a slide; how to read the figure is its
+subtitle. Titles are short lines (a half-width figure has room for about 50 characters), plain text
+and <br> only (user text is made inert for Plotly, which leaves no other markup). They sit below the
+band where Plotly draws its toolbar (top right), and legends inside the plot or below it, so the
+toolbar covers neither."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,23 +20,22 @@ MODEL_COLOURS = {"A": "#4c78a8", "B": "#f58518"}
 TOOLBAR_PX = 30  # the band at the top of a figure where Plotly's toolbar appears (27 px measured)
 TITLE_RISE_PX = 13  # a title's text reaches this far above its anchor (measured in Chromium)
 LINE_PX = 20  # one line of a title
+SUBTITLE_PX = 17  # one line of a subtitle
 LINE_CHARS = 80  # characters of tokens on one line of a token map before it wraps
 
 
-def _titled(fig, title: str, height: int, below: int = 0, bottom: int = 10):
-    """Title (lines split by <br>) under the toolbar band, at the left; ``below``: room for subplot
-    titles between it and the plots."""
+def _titled(fig, title: str, height: int, below: int = 0, bottom: int = 10, subtitle: str = ""):
+    """Title (lines split by <br>) and a smaller grey subtitle under the toolbar band, at the left;
+    ``below``: room for subplot titles between them and the plots."""
     lines = title.count("<br>") + 1
+    sub_lines = subtitle.count("<br>") + 1 if subtitle else 0
     anchor = TOOLBAR_PX + TITLE_RISE_PX + 4
-    top = anchor + LINE_PX * lines + below
+    top = anchor + LINE_PX * lines + SUBTITLE_PX * sub_lines + below
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", xref="container", y=1 - anchor / height,
-                                 yanchor="top", yref="container", font=dict(size=14)),
+                                 yanchor="top", yref="container", font=dict(size=14),
+                                 subtitle=dict(text=subtitle, font=dict(size=12, color="#555"))),
                       height=height, margin=dict(l=10, r=10, t=top, b=bottom), font=FONT, plot_bgcolor="white")
     return fig
-
-
-def _small(text: str) -> str:
-    return f"<span style='font-size:12px;color:#555'>{text}</span>"
 
 
 def _symmetric(r: np.ndarray) -> float:
@@ -58,12 +60,13 @@ def _pair(p) -> str:
 
 
 def _context(p) -> str:
-    """The models, rule and target in two small lines (a half-width figure's subtitle)."""
-    return _small(_pair(p)) + "<br>" + _small(f"{_rule(p)} · target: {_target(p)}")
+    """The models, then the rule and target: two short title lines."""
+    return f"{_pair(p)}<br>{_rule(p)} · {_target(p)}"
 
 
 # ------------------------------------------------------------------ images
-def relevance_grid(images, relevances, titles: list[str], image_shape=(8, 8), heading: str = "", per_row: int = 3):
+def relevance_grid(images, relevances, titles: list[str], image_shape=(8, 8), heading: str = "", per_row: int = 3,
+                   subtitle: str = ""):
     """Each sample's input above its relevance map (diverging scale centred on 0, one scale per map,
     the input's outline drawn over it), ``per_row`` samples per row. ``images``, ``relevances``: (k, pixels).
 
@@ -98,7 +101,7 @@ def relevance_grid(images, relevances, titles: list[str], image_shape=(8, 8), he
         notes.append(dict(x=x0 + (w - 1) / 2, y=y_in - 1.2, text=titles[j], showarrow=False, xanchor="center",
                           font=dict(size=12)))
     groups = -(-k // cols)
-    _titled(fig, heading, 60 + 250 * groups)
+    _titled(fig, heading, 60 + 250 * groups, subtitle=subtitle)
     fig.update_layout(annotations=notes, showlegend=False)
     fig.update_xaxes(visible=False, range=[-0.6, cols * (w + gap) - gap - 0.4], constrain="domain")
     fig.update_yaxes(visible=False, range=[groups * band - 1, 0], scaleanchor="x", constrain="domain")
@@ -110,12 +113,13 @@ def maps_figure(result, p, slot: str):
     maps = result.maps
     mm = maps.a if slot == "A" else maps.b
     titles = [f"{n} → class {int(c)}" for n, c in zip(maps.names, mm.target)]
-    heading = (f"Model {slot} · {mm.ref} · {_rule(p)}<br>" + _small(f"target: {_target(p)}") + "<br>"
-               + _small("each input above its relevance (red: for the class, blue: against)"))
-    return relevance_grid(maps.inputs, mm.relevance, titles, maps.image_shape, heading)
+    return relevance_grid(maps.inputs, mm.relevance, titles, maps.image_shape,
+                          f"Model {slot} · {mm.ref}<br>{_rule(p)} · {_target(p)}",
+                          subtitle="each input above its relevance (red: for the class, blue: against)")
 
 
-def conservation_figure(points: dict, title: str = "Sum of relevance against the explained output"):
+def conservation_figure(points: dict, title: str = "Sum of relevance against the explained output",
+                        subtitle: str = ""):
     """Scatter of sum(R) (y) against the explained output f (x) per sample, one trace per model, with
     the line sum(R) = f that a conservative rule on a bias-free model lies on."""
     import plotly.graph_objects as go
@@ -131,7 +135,7 @@ def conservation_figure(points: dict, title: str = "Sum of relevance against the
     if np.isfinite(lo):
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="ΣR = f",
                                  line=dict(color="#555", dash="dot"), hoverinfo="skip"))
-    _titled(fig, title, 420)
+    _titled(fig, title, 420, subtitle=subtitle)
     fig.update_layout(legend=dict(x=0.01, y=0.99, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.8)"),
                       xaxis=dict(title="explained output f(x)", gridcolor="#eee"),
                       yaxis=dict(title="sum of relevance", gridcolor="#eee"))
@@ -141,11 +145,12 @@ def conservation_figure(points: dict, title: str = "Sum of relevance against the
 def conservation(result, p):
     d = result.dataset
     points = {f"A · {p['a']}": (d.output_a, d.sum_a), f"B · {p['b']}": (d.output_b, d.sum_b)}
-    return conservation_figure(points, "Sum of relevance against the explained output<br>" + _context(p))
+    return conservation_figure(points, "Sum of relevance against the explained output<br>" + _context(p),
+                               "on the line: all of the output reached the inputs")
 
 
 def agreement_histogram(per_sample: np.ndarray, shown: dict | None = None,
-                        title: str = "Agreement of A's and B's maps (Spearman ρ per sample)"):
+                        title: str = "Agreement of A's and B's maps (Spearman ρ per sample)", subtitle: str = ""):
     """Rank correlation of A's and B's relevance maps per sample; ``shown``: {label: value} marked."""
     import plotly.graph_objects as go
 
@@ -159,7 +164,7 @@ def agreement_histogram(per_sample: np.ndarray, shown: dict | None = None,
     for value in (shown or {}).values():
         if np.isfinite(value):
             fig.add_vline(x=float(value), line_color="#d62728", line_width=1, opacity=0.6)
-    _titled(fig, title, 340)
+    _titled(fig, title, 420, subtitle=subtitle)
     fig.update_layout(xaxis=dict(title="rank correlation", range=[-1, 1], gridcolor="#eee"),
                       yaxis=dict(title="samples", gridcolor="#eee"), bargap=0.05, showlegend=False)
     return _finish(fig)
@@ -167,12 +172,13 @@ def agreement_histogram(per_sample: np.ndarray, shown: dict | None = None,
 
 def agreement(result, p):
     shown = dict(zip(result.maps.names, result.maps.agreement)) if result.maps is not None else None
-    return agreement_histogram(result.dataset.agreement, shown,
-                               "Agreement of A's and B's maps (Spearman ρ per sample)<br>" + _context(p))
+    return agreement_histogram(result.dataset.agreement, shown, "Agreement of A's and B's maps<br>" + _context(p),
+                               "Spearman ρ of the two maps per sample; red lines: the samples shown above")
 
 
 def faithfulness_figure(results: dict, identical: dict | None = None, y_title: str = "explained output",
-                        x_title: str = "fraction of features removed", title: str = "Faithfulness: pixel flipping"):
+                        x_title: str = "fraction of features removed", title: str = "Faithfulness: pixel flipping",
+                        subtitle: str = ""):
     """Removal curves (most relevant first) per method, one panel per model, AOPC in the legend. LRP
     is drawn wide and pale under gradient x input's dashed line, so coinciding curves (``identical``:
     model -> True) both stay visible, and the legend says they coincide."""
@@ -200,7 +206,7 @@ def faithfulness_figure(results: dict, identical: dict | None = None, y_title: s
                           row=1, col=j + 1)
         fig.update_xaxes(title=x_title, gridcolor="#eee", range=[0, 1], row=1, col=j + 1)
         fig.update_yaxes(title=y_title if j == 0 else None, gridcolor="#eee", row=1, col=j + 1)
-    _titled(fig, title, 470, below=10, bottom=10)
+    _titled(fig, title, 470, below=10, bottom=10, subtitle=subtitle)
     fig.update_layout(legend=dict(orientation="h", y=-0.28, yanchor="top", x=0))
     return _finish(fig)
 
@@ -209,10 +215,12 @@ def pixel_flipping(result, p):
     f = result.faithfulness
     return faithfulness_figure({"A": f.a, "B": f.b}, f.identical,
                                title=f"Faithfulness: pixel flipping on the first {f.n} samples<br>"
-                                     + _small(f"{_pair(p)} · {_rule(p)} · target: {_target(p)}"))
+                                     f"{_pair(p)} · {_rule(p)} · {_target(p)}",
+                               subtitle="the explained output as the most relevant pixels are set to 0")
 
 
-def unit_relevance_figure(units: dict, titles: dict, top: int = 40, title: str = "Relevance at a hidden layer"):
+def unit_relevance_figure(units: dict, titles: dict, top: int = 40, title: str = "Relevance at a hidden layer",
+                          subtitle: str = ""):
     """Mean relevance per unit of a hidden layer for each model (bars; the ``top`` units by |R|)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -229,7 +237,7 @@ def unit_relevance_figure(units: dict, titles: dict, top: int = 40, title: str =
         fig.update_xaxes(title=f"unit (top {len(order)} of {len(u)} by |relevance|)", type="category",
                          tickfont=dict(size=9), row=1, col=j + 1)
         fig.update_yaxes(title="mean relevance" if j == 0 else None, gridcolor="#eee", row=1, col=j + 1)
-    return _finish(_titled(fig, title, 400, below=10))
+    return _finish(_titled(fig, title, 400, below=10, subtitle=subtitle))
 
 
 def units(result, p):
@@ -237,13 +245,15 @@ def units(result, p):
     shown = {"A": part.a, "B": part.b}
     return unit_relevance_figure({s: m.units for s, m in shown.items()},
                                  {s: f"{s} · {m.ref} · {m.layer}" for s, m in shown.items()},
-                                 title="Relevance at a hidden layer: mean per unit over the shown inputs<br>"
-                                       + _small(_rule(p)))
+                                 title="Relevance at a hidden layer<br>"
+                                       + " · ".join(f"{s} {m.ref} {m.layer}" for s, m in shown.items())
+                                       + f"<br>{_rule(p)}",
+                                 subtitle="mean relevance per unit over the inputs shown above")
 
 
 # ------------------------------------------------------------------ text
 def token_map(rows: list[tuple[list[str], np.ndarray]], row_titles: list[str], heading: str = "", group: int = 1,
-              line_chars: int = LINE_CHARS):
+              line_chars: int = LINE_CHARS, subtitle: str = ""):
     """Sentences as rows of tokens coloured by relevance (diverging, centred on 0, one scale per row).
     Each token is a box as wide as its text, so no token is cut; a long sentence wraps onto further
     lines. ``rows``: (tokens, relevance) of the real tokens of each row; ``group`` rows in a row belong
@@ -278,7 +288,7 @@ def token_map(rows: list[tuple[list[str], np.ndarray]], row_titles: list[str], h
                                        line=dict(color="white", width=1),
                                        colorbar=dict(title="relevance<br>(÷ row max)", thickness=10))))
     n_lines = line
-    _titled(fig, heading, int(120 + 30 * max(n_lines, 1)))
+    _titled(fig, heading, int(130 + 30 * max(n_lines, 1)), subtitle=subtitle)
     fig.update_layout(uniformtext=dict(minsize=10, mode="show"), bargap=0, showlegend=False)
     fig.update_xaxes(visible=False, range=[0, line_chars])
     fig.update_yaxes(tickvals=ticks, ticktext=row_titles, autorange="reversed", showgrid=False, zeroline=False,
@@ -295,26 +305,27 @@ def token_pairs(result, p):
             keep = np.asarray(mm.mask[i]).astype(bool)
             rows.append(([tok for tok, k in zip(mm.tokens[i], keep) if k], np.asarray(mm.relevance[i])[keep]))
             titles.append(mm.row_titles[i])
-    what = ("what in each sentence makes the two alike (red: raises the cosine similarity, blue: lowers it)"
-            if t.mode == "similarity" else "tokens coloured by relevance for the topic score (red: for, blue: against)")
-    target = "cosine similarity of the two sentences" if t.mode == "similarity" else \
-        f"topic: {p['at_topic']}" + (" (each sentence's top topic under each model's probe)"
-                                     if p["at_topic"] == "predicted" else "")
-    heading = f"Token relevance · {_pair(p)} · {_rule(p)}<br>" + _small(f"{target} · {what}")
-    return token_map(rows, titles, heading, group=2)
+    if t.mode == "similarity":
+        target, what = "cosine similarity of the two sentences", \
+            "what in each sentence makes the two alike (red: raises the cosine similarity, blue: lowers it)"
+    else:
+        target = f"topic: {p['at_topic']}"
+        what = ("tokens coloured by relevance for the topic score (red: for, blue: against)"
+                + ("; each sentence's top topic under each model's probe" if p["at_topic"] == "predicted" else ""))
+    return token_map(rows, titles, f"Token relevance · {_pair(p)}<br>{_rule(p)} · {target}", group=2, subtitle=what)
 
 
 def text_agreement(result, p):
     return agreement_histogram(result.text_dataset, None,
-                               "Agreement of A's and B's token maps over every sentence (Spearman ρ)<br>"
-                               + _small(f"{_pair(p)} · {_rule(p)} · each sentence's predicted topic"))
+                               f"Agreement of A's and B's token maps<br>{_pair(p)}<br>{_rule(p)} · predicted topics",
+                               "Spearman ρ of the two models' token relevance, per sentence of the dataset")
 
 
 def token_removal(result, p):
     f = result.text_faithfulness
     return faithfulness_figure({"A": f.a, "B": f.b}, None, "probe score", "fraction of tokens removed",
-                               "Faithfulness: token removal, most relevant first<br>"
-                               + _small(f"{_pair(p)} · {_rule(p)} · topic: {p['at_topic']}"))
+                               f"Faithfulness: token removal<br>{_pair(p)} · {_rule(p)} · topic: {p['at_topic']}",
+                               "the probe's score as the most relevant tokens are removed")
 
 
 # ------------------------------------------------------------------ captions (what a figure shows, in words)

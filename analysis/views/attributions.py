@@ -205,7 +205,8 @@ def target_key(p) -> str:
 
 
 def target_label(p) -> str:
-    return {"predicted": "each model's predicted class", "true": "the true class"}.get(
+    """The explained class as a title says it (each model explains its own predicted class)."""
+    return "target: " + {"predicted": "predicted class", "true": "true class"}.get(
         p["at_target"], f"class {int(p['at_class'])}")
 
 
