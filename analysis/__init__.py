@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = {"models", "data", "activations", "store", "errors", "device", "zoo", "tabular", "evaluate", "fmaps", "translation", "stitching", "lrp", "lrp_figures", "vector_field", "sae"}
+_SUBMODULES = {"models", "data", "activations", "store", "errors", "device", "zoo", "tabular", "evaluate", "fmaps", "translation", "stitching", "lrp", "vector_field", "sae"}
 
 
 def __getattr__(name):

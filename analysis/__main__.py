@@ -50,7 +50,8 @@ def _option(key: str) -> str:
 class TerminalProgress:
     """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
 
-    def __init__(self, quiet: bool = False, stream=sys.stderr):
+    def __init__(self, quiet: bool = False, stream=None):
+        stream = sys.stderr if stream is None else stream  # this call's stderr, not the one at import
         self.quiet, self.stream = quiet, stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.start, self.last = time.time(), ""

@@ -131,21 +131,9 @@ PAGES: dict[str, tuple[Param, ...]] = {
 }
 
 
-def register(page: str, params: Sequence[Param]) -> None:
-    """Declare a page's parameters (pages written later add themselves here)."""
-    PAGES[page] = tuple(params)
-
-
-# Pages whose parameters are declared next to their analysis (imported on first need, so a link to
-# such a page, or the CLI, works before the page itself has run in this process).
-PAGE_MODULES = {"attributions": "lrp"}
-
-
 def all_pages() -> list[str]:
     from . import views
 
-    for page in PAGE_MODULES:
-        params_of(page)
     return sorted(set(PAGES) | set(views.pages()))
 
 
@@ -154,12 +142,8 @@ def params_of(page: str) -> tuple[Param, ...]:
 
     if views.has(page):
         return SIDEBAR + views.get(page).params
-    if page not in PAGES and page in PAGE_MODULES:
-        import importlib
-
-        importlib.import_module(f"{__package__}.{PAGE_MODULES[page]}")
     if page not in PAGES:
-        raise UserInputError(f"Unknown page {page!r}; pages: {', '.join(sorted(PAGES))}.")
+        raise UserInputError(f"Unknown page {page!r}; pages: {', '.join(all_pages())}.")
     return SIDEBAR + PAGES[page]
 
 

@@ -323,6 +323,7 @@ def prepare(page: str, pair: bool = True):
 
     sel = selection()
     view = views.get(page)
+    st.session_state["_page"] = page  # the page running (links and current_spec() read it)
     st.title(view.title)
     before = current_spec(page)
     try:

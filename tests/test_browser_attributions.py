@@ -1,6 +1,7 @@
 """The Attributions page in a real browser: the default view draws both models' relevance maps with
 the library's numbers; choosing a rule in the page re-draws them and lands in the address; a share
-link with a rule and samples restores that view."""
+link with a rule and samples restores that view; an uploaded picture lands in the address as an id;
+Plotly's toolbar covers no title, legend or annotation, and no token of the text map is cut (issue 20)."""
 from __future__ import annotations
 
 import re
@@ -75,6 +76,37 @@ def _maps(page) -> list[np.ndarray]:
     return [np.asarray(m, dtype=float) for chart in page.evaluate(MAPS_JS) for m in chart]
 
 
+# Rectangles of each chart's toolbar and of its titles, legends and annotations that intersect it
+OVERLAPS_JS = """() => {
+  const box = e => e.getBoundingClientRect();
+  const hit = (a, b) => a.width > 0 && b.width > 0 && a.left < b.right && b.left < a.right
+                        && a.top < b.bottom && b.top < a.bottom;
+  const out = [];
+  for (const chart of document.querySelectorAll("[data-testid='stPlotlyChart']")) {
+    const bar = chart.querySelector('.modebar');
+    if (!bar) continue;
+    const title = (chart.querySelector('.gtitle') || {}).textContent || '(untitled)';
+    for (const el of chart.querySelectorAll('.gtitle, .gtitle-subtitle, .annotation, .legend')) {
+      if (hit(box(bar), box(el))) out.push(title + ' :: ' + el.getAttribute('class') + ' ' + el.textContent.slice(0, 50));
+    }
+  }
+  return [out, document.querySelectorAll("[data-testid='stPlotlyChart'] .modebar").length];
+}"""
+# Tokens of the text relevance map whose text is wider than its box (cut or spilling over)
+CUT_TOKENS_JS = """() => {
+  const out = [];
+  let n = 0;
+  for (const point of document.querySelectorAll("[data-testid='stPlotlyChart'] .trace.bars .point")) {
+    const bar = point.querySelector('path'), text = point.querySelector('text');
+    if (!bar || !text) continue;
+    n += 1;
+    const b = bar.getBoundingClientRect(), t = text.getBoundingClientRect();
+    if (t.width > b.width + 0.5 || t.left < b.left - 0.5 || t.right > b.right + 0.5) out.push(text.textContent);
+  }
+  return [out, n];
+}"""
+
+
 def _expected(rule: str, rows: list[int]) -> dict:
     from analysis import data, lrp, models
 
@@ -88,10 +120,13 @@ def test_default_view_then_a_rule_chosen_in_the_page(page, server):
     expect(page.get_by_test_id("stMain")).to_contain_text("Over the dataset")
     maps = _maps(page)
     assert len(maps) == 12  # six samples for each model
-    expected = _expected("epsilon", list(range(6)))
+    expected = _expected("gamma", list(range(6)))  # the default rule (issue 20)
     np.testing.assert_allclose(np.stack(maps[:6]), expected["zoo:mlp-s0"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.stack(maps[6:]), expected["zoo:mlp-s1"], rtol=1e-4, atol=1e-6)
     expect(page.get_by_test_id("stMetricLabel").filter(has_text="Rank agreement").first).to_be_visible()
+    page.mouse.move(700, 600)  # the toolbar shows on hover; it is laid out either way
+    overlaps, bars = page.evaluate(OVERLAPS_JS)
+    assert bars >= 6 and not overlaps, overlaps  # maps A and B, agreement, conservation, faithfulness, units
 
     _pick(page, "Rule or composite", "zplus")
     B.wait_rendered(page, RENDER_MS)
@@ -113,6 +148,7 @@ def test_share_link_restores_rule_and_samples(page, server):
 
 
 def test_an_uploaded_picture_is_explained_next_to_the_samples(page, server, tmp_path):
+    """The picture is kept in the store by content hash; the address carries its id, never its bytes."""
     from PIL import Image
 
     from analysis import lrp, models
@@ -129,6 +165,28 @@ def test_an_uploaded_picture_is_explained_next_to_the_samples(page, server, tmp_
         page.wait_for_timeout(200)
     B.wait_rendered(page, RENDER_MS)
     row = lrp.image_from_upload((tmp_path / "one.png").read_bytes(), "one.png")
-    expected = lrp.attribute(models.load("zoo:mlp-s0"), row, "predicted").input_relevance
+    expected = lrp.attribute(models.load("zoo:mlp-s0"), row, "predicted", rule="gamma").input_relevance
     np.testing.assert_allclose(_maps(page)[1], expected[0], rtol=1e-4, atol=1e-6)
     expect(page.get_by_test_id("stMain")).to_contain_text("upload → class")
+    picture = parse_qs(urlsplit(page.url).query).get("at_upload")
+    assert picture and re.fullmatch(r"[0-9a-f]{16}", picture[0]) and len(page.url) < 1500, page.url
+    # the link opens the same view in a fresh tab: the picture comes from the server's store
+    other = page.context.new_page()
+    _open(other, server, urlsplit(page.url).path + "?" + urlsplit(page.url).query)
+    np.testing.assert_allclose(_maps(other)[1], expected[0], rtol=1e-4, atol=1e-6)
+    other.close()
+
+
+def test_text_tokens_are_never_cut(page, server):
+    _open(page, server, "/attributions?data=text&a=hf%3Aminilm&b=hf%3Aminilm-random&n=40&at_rule=epsilon"
+                        "&at_sentences=2&at_sentences=3")
+    compute = page.get_by_test_id("stMain").get_by_role("button", name="Compute")
+    if compute.count():  # the probes' first fit waits for the button
+        compute.first.click()
+        page.wait_for_timeout(1000)
+        B.wait_rendered(page, RENDER_MS)
+    expect(page.get_by_test_id("stMain")).to_contain_text("Token relevance")
+    cut, boxes = page.evaluate(CUT_TOKENS_JS)
+    assert boxes > 20 and not cut, cut  # e.g. "marathon", "kilometer", "##th" used to be clipped
+    overlaps, _ = page.evaluate(OVERLAPS_JS)
+    assert not overlaps, overlaps

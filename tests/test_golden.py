@@ -1,9 +1,11 @@
 """The views give the numbers the pages gave before the refactor (issue #15): every CSV table under
 tests/golden/<page>/ was written by the pre-refactor CLI for the page's default view, and the view's
-default result must reproduce it (numbers to 1e-10, text exactly). A table a view no longer writes
-fails the test: nothing may silently disappear. Where a page's defaults changed since (on purpose,
-said in the commit), ``link.txt`` holds the old default view's share link: an old link must still
-show the same numbers."""
+default result must reproduce it (numbers to 1e-10, text exactly), as must the headline numbers of
+its summary.json where there is one. A table a view no longer writes fails the test: nothing may
+silently disappear. Where a page's defaults changed since (on purpose, said in the commit),
+``link.txt`` holds the old default view's share link (an old link must still show the same numbers),
+or spec.json names the parameters the golden numbers were written with."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,9 @@ def _frame(df: pd.DataFrame) -> pd.DataFrame:
 def _spec(page: str) -> AnalysisSpec:
     from urllib.parse import parse_qs
 
-    link = GOLDEN / page / "link.txt"
+    link, pinned = GOLDEN / page / "link.txt", GOLDEN / page / "spec.json"
     if not link.exists():
-        return AnalysisSpec(page, {})
+        return AnalysisSpec(page, json.loads(pinned.read_text())["params"] if pinned.exists() else {})
     query = {k: v if len(v) > 1 else v[0] for k, v in parse_qs(link.read_text().split("?", 1)[1].strip()).items()}
     spec, problems = AnalysisSpec.from_query(page, query)
     assert problems == [], problems
@@ -40,6 +42,13 @@ def _spec(page: str) -> AnalysisSpec:
 @pytest.mark.parametrize("page", PAGES)
 def test_default_view_reproduces_the_pre_refactor_numbers(page):
     out = headless(_spec(page))
+    summary = GOLDEN / page / "summary.json"
+    if not (GOLDEN / page / "spec.json").exists():  # older summaries name numbers since renamed (issue 20)
+        summary = GOLDEN / page / "none"
+    for name, want in (json.loads(summary.read_text()).get("numbers", {}) if summary.exists() else {}).items():
+        if isinstance(want, (int, float)):
+            assert name in out.numbers, f"{page}: the view no longer reports {name!r}"
+            assert out.numbers[name] == pytest.approx(want, rel=0, abs=1e-10), f"{page}/{name}"
     for path in sorted((GOLDEN / page).glob("*.csv")):
         assert path.stem in out.tables, f"{page}: the view no longer produces the table {path.stem!r}"
         want, got = pd.read_csv(path), _frame(out.tables[path.stem])

@@ -503,17 +503,3 @@ def test_true_target_uses_labels_and_the_prediction_where_there_is_none():
     with torch.no_grad():
         logits = m.module(torch.as_tensor(ds.inputs)).numpy()
     np.testing.assert_allclose(a.output, logits[np.arange(8), a.target], rtol=1e-6)
-
-
-def test_headless_run_gives_the_page_numbers_from_the_same_store_keys():
-    from analysis import runners, spec
-
-    view, problems = spec.AnalysisSpec.from_query("attributions", {"n": "60", "at_samples": ["1", "4"]})
-    assert not problems
-    res = runners.run(view)
-    ds = data.load("digits", n=60)
-    a, b = (lrp.dataset_relevance(models.load(r), ds) for r in ("zoo:mlp-s0", "zoo:mlp-s1"))
-    assert res.numbers["rank agreement of A and B (dataset mean)"] == pytest.approx(
-        np.nanmean(lrp.rank_agreement(a["relevance"], b["relevance"])), abs=1e-12)
-    assert res.numbers["AOPC A lrp"] > res.numbers["AOPC A random"]
-    assert {"at_maps_A", "at_maps_B", "at_agree", "at_conservation", "at_faith"} <= set(res.figures)

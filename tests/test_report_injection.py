@@ -24,8 +24,9 @@ TITLE = "Lab <script>window.__pwned=3</script> & co"
 
 def hostile_items() -> list[dict]:
     """Report items from real runs on uploads whose layer names, sentences and labels are payloads."""
-    from analysis import data, models, runners
+    from analysis import data, models
     from analysis.spec import AnalysisSpec
+    from analysis.views.outputs import headless, report_items
 
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
@@ -39,7 +40,7 @@ def hostile_items() -> list[dict]:
     items = []
     for page, extra in (("similarity", {"measure": "linear_cka"}), ("projections", {"dims": 2, "method": "pca"}),
                         ("models", {})):
-        items += runners.report_items(runners.run(AnalysisSpec(page, {"a": ref, "b": ref, "data": dref, "n": 30,
+        items += report_items(headless(AnalysisSpec(page, {"a": ref, "b": ref, "data": dref, "n": 30,
                                                                       **extra})))
     items[0]["caption"] = f"Caption {SCRIPT_PAYLOAD}"
     items[0]["notes"] = f"**Bold** {IMG_PAYLOAD} {SCRIPT_PAYLOAD} [ok](http://example.org/\"onmouseover=\"x)"

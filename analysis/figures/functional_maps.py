@@ -270,6 +270,7 @@ def all_tables(result) -> dict:
     out = {}
     if result.fit is not None:
         out["diagnostics"] = diagnostics_table(result)
+        out["spectra"] = pd.DataFrame({"A": result.fit.lam_a, "B": result.fit.lam_b})  # both have K values
     if result.stitching is not None:
         out["stitching"] = stitching_table(result)
     if result.retrieval is not None:

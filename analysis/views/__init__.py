@@ -11,8 +11,8 @@ from .base import Context, Plan, Section, View
 
 # page url path -> module under analysis.views
 MODULES = {"models": "models", "similarity": "similarity", "projections": "projections",
-           "functional-maps": "functional_maps", "vector-field": "vector_field", "training-dynamics": "sweep",
-           "sae": "sae", "merge": "merge"}
+           "functional-maps": "functional_maps", "vector-field": "vector_field", "attributions": "attributions",
+           "training-dynamics": "sweep", "sae": "sae", "merge": "merge"}
 _VIEWS: dict[str, View] = {}
 
 

@@ -31,10 +31,10 @@ def headless(spec: AnalysisSpec, progress=None, device=None) -> PageOutputs:
     """Compute a whole view and turn it into figures, tables and numbers."""
     from . import MODULES, get
 
-    if spec.page not in MODULES:  # a page not yet moved onto a view module
-        from ..runners import run
+    if spec.page not in MODULES:
+        from ..errors import UserInputError
 
-        return run(spec, progress=progress, device=device)
+        raise UserInputError(f"No headless run for the {spec.page!r} page; runs exist for {', '.join(MODULES)}.")
     view = get(spec.page)
     fitted, notes = view.resolve(spec)
     replaced = [k for k, v in spec.params.items() if v is not None and fitted.params[k] != v]
