@@ -1,15 +1,19 @@
-"""Layer activations by forward hooks: one batched pass for all requested layers, pooled, cached.
+"""Layer activations by forward hooks, pooled, kept in a chunked on-disk cache.
 
 ``extract(model, ds, layers=None, pooling="mean")`` returns an :class:`Activations` dict,
-layer name -> float32 (n x d) numpy array, rows aligned with the dataset. Each layer's array is
-cached in the result store under (model sha256, data sha256, layer, pooling): a second request
-is a lookup, and asking for more layers computes only the missing ones.
+layer name -> float32 (n x d) numpy array, rows aligned with the dataset: what every analysis of
+data that fits in memory reads. Behind it, :func:`extract_chunked` writes each layer to the
+chunked Zarr cache (:mod:`analysis.activations.cache`) keyed by (model sha256, data sha256, layer,
+pooling, storage dtype): a second request is a read, asking for more layers computes only the
+missing ones, and an extraction that was killed resumes from its last complete chunk.
 
-Pooling rules (recorded per layer in ``Activations.rules``):
-- (n, d) outputs are kept as they are;
-- token outputs (n, t, d) of text models: "mean" averages the valid tokens (attention mask),
-  "first" takes the first token ([CLS]); "flatten" is refused (lengths vary across batches);
-- spatial outputs (n, c, h, w) or (n, c, l): "mean" averages over positions, "flatten" keeps all.
+For data that does not fit in memory, :func:`extract_chunked` returns the caches themselves
+(:class:`~analysis.activations.cache.ActivationCache`): streaming estimators read them chunk by
+chunk (``iter_chunks``), others read a subsample (``take``); memory does not grow with n.
+
+Pooling rules (:mod:`analysis.activations.pooling`, recorded per layer in ``Activations.rules``):
+"mean", "first", "last" and "flatten" give one row per sample; "tokens" one row per valid token
+(``Activations.sample_of_row`` then says which sample each row belongs to).
 """
 from __future__ import annotations
 
@@ -17,84 +21,56 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserInputError
+from ..errors import UserInputError
+from .cache import STORAGE_DTYPES, ActivationCache, check_dtype, create_cache, open_cache, write_chunk
+from .hooks import Step, iter_batches, output_shapes, pooled_dims, rows_of, token_outputs
+from .pooling import ALL_POOLINGS, POOLINGS, TOKENS, first_tensor, pool
 
-POOLINGS = ("mean", "first", "flatten")
-CACHE_VERSION = 1
+__all__ = ["extract", "extract_chunked", "iter_batches", "Activations", "ActivationCache", "POOLINGS",
+           "ALL_POOLINGS", "STORAGE_DTYPES", "cache_key", "is_cached", "output_shapes", "pooled_dims", "pool",
+           "rows_of", "write_chunk", "write_layer", "Step"]
+
+CACHE_VERSION = 2
+_first = first_tensor  # older imports (analysis.sae) use the private name
 
 
 class Activations(dict):
-    """dict layer -> array, plus ``rules`` (layer -> pooling rule applied) and ``cached`` layers."""
+    """dict layer -> array, plus ``rules`` (layer -> pooling rule applied), ``cached`` layers (read
+    from the store, not computed) and, for "tokens" pooling, ``sample_of_row`` (layer -> the
+    dataset row of each row)."""
 
-    def __init__(self, *args, rules=None, cached=(), **kw):
+    def __init__(self, *args, rules=None, cached=(), sample_of_row=None, **kw):
         super().__init__(*args, **kw)
         self.rules: dict[str, str] = dict(rules or {})
         self.cached: set[str] = set(cached)
+        self.sample_of_row: dict[str, np.ndarray] = dict(sample_of_row or {})
 
 
-def _first(out):
-    """The tensor of a module output (transformer blocks may return tuples)."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "last_hidden_state"):
-        out = out.last_hidden_state
-    return out
+def cache_key(model, ds, layer: str, pooling: str, dtype: str = "float32") -> str:
+    from ..store import make_key
 
-
-def pool(out, pooling: str, mask=None, tokens: bool = False):
-    """Pool one batch of a layer's output to (b, d); returns (tensor, rule description)."""
-    out = out.float()
-    if out.ndim == 2:
-        return out, "as is"
-    if out.ndim == 1:
-        return out[:, None], "as is"
-    if tokens and out.ndim == 3:
-        if pooling == "mean":
-            if mask is None:
-                return out.mean(1), "mean over tokens"
-            m = mask.to(out.dtype).unsqueeze(-1)
-            return (out * m).sum(1) / m.sum(1).clamp_min(1.0), "mean over valid tokens (attention mask)"
-        if pooling == "first":
-            return out[:, 0], "first token"
-        raise UserInputError("Pooling 'flatten' is not defined for token outputs: sentences have different "
-                             "lengths. Use 'mean' or 'first'.")
-    if pooling == "mean":
-        return out.flatten(2).mean(-1), "spatial mean"
-    if pooling == "flatten":
-        return out.flatten(1), "flatten"
-    raise UserInputError(f"Pooling 'first' applies to token outputs only; this layer outputs shape "
-                         f"{tuple(out.shape[1:])}. Use 'mean' (spatial mean) or 'flatten'.")
-
-
-def cache_key(model, ds, layer: str, pooling: str) -> str:
-    from .store import make_key
-
-    return make_key("activations", model=model.sha256, data=ds.sha256, layer=layer, pooling=pooling,
+    return make_key("activations", model=model.sha256, data=ds.sha256, layer=layer, pooling=pooling, dtype=dtype,
                     v=CACHE_VERSION)
 
 
-def is_cached(model, ds, layer: str, pooling: str = "mean", store=None) -> bool:
-    """Whether ``extract`` would read this layer from the store (or from an embeddings file) rather
+def is_cached(model, ds, layer: str, pooling: str = "mean", store=None, dtype: str = "float32") -> bool:
+    """Whether ``extract`` would read this layer from the cache (or from an embeddings file) rather
     than run the model: estimates count forward passes only for what is missing."""
-    from .store import default_store
+    from ..store import default_store
 
     if getattr(model, "kind", "") == "embeddings":
         return True
-    return cache_key(model, ds, layer, pooling) in (store or default_store())
+    cache = open_cache(store or default_store(), cache_key(model, ds, layer, pooling, dtype))
+    return cache is not None and cache.complete
 
 
-def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", device=None,
-            progress: Callable[[float, str], None] | None = None, batch_size: int = 128,
-            store=None, use_cache: bool = True) -> Activations:
-    """Activations of ``layers`` (default: all of ``model.layers``) for every row of ``ds``."""
-    from . import models as models_mod
-    from .device import pick
-    from .store import default_store
+def _checked(model, ds, layers, pooling):
+    from .. import models as models_mod
+    from .pooling import check
 
     if isinstance(model, str):
         model = models_mod.load(model)
-    if pooling not in POOLINGS:
-        raise UserInputError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
+    check(pooling)
     layers = list(model.layers if layers is None else layers)
     if not layers:
         raise UserInputError("No layers selected.")
@@ -104,152 +80,91 @@ def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", d
     model.check_data(ds)
     if len(ds) == 0:
         raise UserInputError("The dataset is empty.")
+    return model, layers
 
+
+def extract(model, ds, layers: list[str] | None = None, pooling: str = "mean", device=None,
+            progress: Callable[[float, str], None] | None = None, batch_size: int = 128,
+            store=None, use_cache: bool = True, dtype: str = "float32") -> Activations:
+    """Activations of ``layers`` (default: all of ``model.layers``) for every row of ``ds``, in memory.
+
+    With ``use_cache`` (the default) they go through the on-disk cache (written if missing, read
+    if there); ``dtype`` is the storage dtype there (float32, float16 or bfloat16). Data whose
+    activations would not fit in memory is refused here: use :func:`extract_chunked`."""
+    from .. import models as models_mod
+
+    model, layers = _checked(model, ds, layers, pooling)
     if isinstance(model, models_mod.EmbeddingsModel):
         arrays = model.layer_arrays(ds, layers)
         if progress:
             progress(1.0, "embeddings loaded")
         return Activations(arrays, rules={l: "precomputed" for l in layers})
+    if not use_cache:
+        arrays, rules, owners = _forward(model, ds, layers, pooling, device, progress, batch_size)
+        return Activations(arrays, rules=rules, sample_of_row=owners)
+    before = {l for l in layers if is_cached(model, ds, l, pooling, store, dtype)}
+    caches = extract_chunked(model, ds, layers, pooling, device, progress, batch_size, store, dtype)
+    _check_fits_in_memory(caches, model)
+    if not (set(layers) - before) and progress:
+        progress(1.0, "loaded from the activation cache")
+    owners = {l: c.sample_of_row() for l, c in caches.items()} if pooling == TOKENS else {}
+    return Activations({l: caches[l].read() for l in layers}, rules={l: caches[l].record.rule for l in layers},
+                       cached=before, sample_of_row=owners)
 
-    store = store or default_store()
-    result, rules, cached = {}, {}, set()
-    if use_cache:
-        for layer in layers:
-            hit = store.get(cache_key(model, ds, layer, pooling))
-            if hit is not None:
-                result[layer] = hit["x"]
-                rules[layer] = str(store.meta(cache_key(model, ds, layer, pooling)).get("rule", ""))
-                cached.add(layer)
-    missing = [l for l in layers if l not in result]
-    if missing:
-        fresh, fresh_rules = _forward(model, ds, missing, pooling, pick(device), progress, batch_size)
-        for layer in missing:
-            if use_cache:
-                store.put(cache_key(model, ds, layer, pooling), {"x": fresh[layer]},
-                          {"model": model.ref, "data": ds.name, "layer": layer, "pooling": pooling,
-                           "rule": fresh_rules[layer], "n": len(ds)}, kind="activations")
-        result.update(fresh)
-        rules.update(fresh_rules)
-    elif progress:
-        progress(1.0, "loaded from the result store")
-    return Activations({l: result[l] for l in layers}, rules=rules, cached=cached)
+
+def _check_fits_in_memory(caches: dict, model) -> None:
+    from ..resources import check_fits
+
+    need = sum(c.nbytes for c in caches.values())
+    check_fits(need, f"Holding the activations of {len(caches)} layer(s) of {model.ref} in memory",
+               "They are in the on-disk activation cache: analyses that stream (minibatch CKA, incremental PCA, "
+               "SAE training) read them chunk by chunk; choose fewer samples or fewer layers for the others.")
 
 
 def _forward(model, ds, layers, pooling, device, progress, batch_size):
+    """Every batch collected in memory (no cache): arrays, rules and, for tokens, each row's sample."""
     collected: dict[str, list] = {l: [] for l in layers}
+    owners: list = []
     rules: dict[str, str] = {}
-    for rows, batch, batch_rules in iter_batches(model, ds, layers, pooling, batch_size, device, progress):
+    for step in iter_batches(model, ds, layers, pooling, batch_size, device, progress):
+        rows, batch, batch_rules = step
         for l in layers:
             collected[l].append(batch[l])
+        if step.counts is not None:
+            owners.append(np.repeat(np.arange(rows.start, rows.stop), step.counts))
         rules.update(batch_rules)
-    return {l: np.concatenate(collected[l], 0) for l in layers}, rules
+    arrays = {l: np.concatenate(collected[l], 0) for l in layers}
+    return arrays, rules, ({l: np.concatenate(owners) for l in layers} if owners else {})
 
 
-def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128, device=None, progress=None):
-    """Yield (rows slice, {layer: pooled float32 batch}, {layer: rule}) one batch at a time, so a caller
-    can reduce activations as they are produced (memory independent of the dataset size)."""
-    import torch
+def extract_chunked(model, ds, layers: list[str] | None = None, pooling: str = "mean", device=None,
+                    progress: Callable[[float, str], None] | None = None, batch_size: int = 128,
+                    store=None, dtype: str = "float32") -> dict[str, ActivationCache]:
+    """Write the activations of ``layers`` to the on-disk cache (only chunks not already there) and
+    return {layer: ActivationCache}. Memory is a chunk per layer and a batch, whatever n is."""
+    from ..store import default_store
+    from .writer import fill
 
-    from .device import pick
-
-    if pooling not in POOLINGS:
-        raise UserInputError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
-    device = pick(device) if not hasattr(device, "type") else device
-    tokens = model.input_kind == "text"
-    scripted = getattr(model, "scripted", False)
-    if scripted and list(layers) != ["output"]:
-        raise UserInputError(f"{model.ref} is TorchScript: its submodules cannot take hooks, so only "
-                             "'output' is available.")
-    state: dict = {"mask": None, "out": {}, "rules": {}}
-
-    def hook_for(name):
-        def hook(module, inputs, out):  # returns None, so the module's output is untouched
-            pooled, rule = pool(_first(out).detach(), pooling, state["mask"], tokens)
-            state["out"][name] = pooled.cpu().numpy().astype(np.float32, copy=False)
-            state["rules"][name] = rule
-        return hook
-
-    mods = model.hookable()
-    n = len(ds)
-    # The lock, the hooks and the device move last for the whole pass; grad mode is switched off
-    # per batch only, never across a yield (it is thread-local and would leak into the caller).
-    with model.lock:  # the model object may be shared between sessions
-        model.to(device)
-        handles = [] if scripted else [mods[l].register_forward_hook(hook_for(l)) for l in layers]
-        try:
-            for batch in model.batches(ds, batch_size, device):
-                state["mask"], state["out"] = batch.mask, {}
-                with torch.no_grad():
-                    out = model.run(batch)
-                if scripted:
-                    hook_for("output")(None, None, out)
-                if progress:
-                    progress(batch.rows.stop / n, f"{model.name}: {batch.rows.stop}/{n} samples")
-                yield batch.rows, dict(state["out"]), dict(state["rules"])
-        finally:
-            for h in handles:
-                h.remove()
-            model.to("cpu")
+    model, layers = _checked(model, ds, layers, pooling)
+    check_dtype(dtype)
+    store = store or default_store()
+    keys = {l: cache_key(model, ds, l, pooling, dtype) for l in layers}
+    caches = {l: open_cache(store, k) for l, k in keys.items()}
+    todo = [l for l in layers if caches[l] is None or not caches[l].complete]
+    if todo:
+        meta = {"model": model.ref, "data": ds.name, "pooling": pooling, "n": len(ds)}
+        caches.update(fill(model, ds, {l: keys[l] for l in todo}, {l: caches[l] for l in todo}, pooling, dtype,
+                           batch_size, device, progress, store, meta))
+    return {l: caches[l] for l in layers}
 
 
-def output_shapes(model, ds, layers: list[str] | None = None, device=None) -> dict[str, tuple]:
-    """Raw output shape (without the batch axis) of each layer on the first two rows of ``ds``."""
-    import torch
-
-    from .device import pick
-
-    layers = list(model.layers if layers is None else layers)
-    if getattr(model, "scripted", False) or not model.hookable():
-        if hasattr(model, "arrays"):
-            return {l: tuple(model.arrays[l].shape[1:]) for l in layers}
-        shapes = {}
-        small = _head(ds, 2)
-        with model.lock, torch.no_grad():
-            for batch in model.batches(small, 2, pick(device)):
-                shapes["output"] = tuple(model.run(batch).shape[1:])
-        return shapes
-    shapes: dict[str, tuple] = {}
-    mods = model.hookable()
-
-    def record(name):
-        def hook(module, inputs, out):  # returns None: a hook's return value would replace the output
-            shapes.setdefault(name, tuple(_first(out).shape[1:]))
-        return hook
-
-    handles = [mods[l].register_forward_hook(record(l)) for l in layers]
-    small = _head(ds, 2)
-    try:
-        with model.lock, torch.no_grad():
-            for batch in model.batches(small, 2, "cpu"):
-                model.run(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def _head(ds, k: int):
-    import copy
-
-    small = copy.copy(ds)
-    small.inputs = ds.inputs[:k]
-    small.indices = ds.indices[:k]
-    small.labels = None if ds.labels is None else ds.labels[:k]
-    small._sha = None
-    return small
-
-
-def pooled_dims(model, ds, layers: list[str], pooling: str = "mean") -> list[int]:
-    """Width of each layer after pooling (as :func:`pool` would produce), without a full pass."""
-    tokens = model.input_kind == "text"
-    dims = []
-    for shape in output_shapes(model, ds, layers).values():
-        if len(shape) <= 1:
-            dims.append(int(shape[0]) if shape else 1)
-        elif tokens and len(shape) == 2:
-            dims.append(int(shape[-1]))
-        elif pooling == "flatten":
-            dims.append(int(np.prod(shape)))
-        else:
-            dims.append(int(shape[0]))
-    return dims
+def write_layer(store, model, ds, layer: str, pooling: str, x: np.ndarray, rule: str,
+                dtype: str = "float32", batch_size: int = 128) -> ActivationCache:
+    """Keep one layer's whole (n x d) activations in the cache, through :func:`write_chunk` (for
+    callers that computed them elsewhere, e.g. on a Ray cluster)."""
+    x = np.asarray(x, dtype=np.float32)
+    cache = create_cache(store, cache_key(model, ds, layer, pooling, dtype), len(x), x.shape[1], dtype, batch_size,
+                         rule, meta={"model": model.ref, "data": ds.name, "pooling": pooling, "n": len(ds)})
+    for i in range(cache.record.chunks):
+        write_chunk(cache, i, x[cache.record.chunk_slice(i)])
+    return cache
