@@ -32,7 +32,8 @@ def _config(name: str):
     import transformers as t
 
     if name == "gpt2":
-        return t.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+        return t.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=128, bos_token_id=101,
+                            eos_token_id=102)
     if name == "llama":
         return t.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=128, num_key_value_heads=1, **TINY)
     if name == "qwen2":

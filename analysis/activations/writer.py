@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .cache import ActivationCache, create_cache, write_chunk
+from .cache import ActivationCache, chunk_rows_for, create_cache, write_chunk
 from .hooks import iter_batches, rows_of
 from .pooling import TOKENS
 
@@ -71,8 +71,10 @@ class _Pass:
 
     def _take(self, lo: int, hi: int, acts: dict, rules: dict, counts) -> None:
         owners = np.repeat(np.arange(lo, hi), counts) if counts is not None else None
+        if any(self.caches[l] is None for l in acts):
+            self._create(acts, rules)
         for layer, x in acts.items():
-            cache = self.caches[layer] or self._create(layer, x.shape[1], rules[layer])
+            cache = self.caches[layer]
             r = cache.record
             index = lo // r.chunk_rows
             if index in r.done:
@@ -85,11 +87,15 @@ class _Pass:
                 samples = np.concatenate([p[3] for p in parts]) if r.tokens else None
                 write_chunk(cache, index, rows, samples)
 
-    def _create(self, layer: str, width: int, rule: str) -> ActivationCache:
-        cache = create_cache(self.store, self.keys[layer], self.n, width, self.dtype, self.b, rule,
-                             tokens=self.pooling == TOKENS, meta={**self.meta, "layer": layer})
-        self.caches[layer] = cache
-        return cache
+    def _create(self, acts: dict, rules: dict) -> None:
+        """The new layers' caches, all with the chunk size of the widest layer: chunks of every layer
+        then end on the same rows, so a resumed pass skips whatever all layers finished."""
+        chunk_rows = chunk_rows_for(max(x.shape[1] for x in acts.values()), self.b, self.n)
+        for layer, x in acts.items():
+            if self.caches[layer] is None:
+                self.caches[layer] = create_cache(self.store, self.keys[layer], self.n, x.shape[1], self.dtype, self.b,
+                                                  rules[layer], tokens=self.pooling == TOKENS,
+                                                  meta={**self.meta, "layer": layer}, chunk_rows=chunk_rows)
 
 
 def _runs(indices: list[int]):

@@ -64,8 +64,10 @@ class Dataset:
 
     @property
     def n_features(self) -> int | None:
-        if self.kind == "text" or self.lazy:
+        if self.kind == "text" or (self.lazy and self.kind == "image"):
             return None
+        if self.lazy:
+            return int(np.asarray(self.inputs[0]).shape[-1]) if len(self) else None
         return int(np.asarray(self.inputs).shape[1])
 
     def batch(self, start: int, stop: int):

@@ -24,9 +24,9 @@ class NumericInputModel(Model):
                                  "Pick 'digits' (or a numeric upload) for this model.")
         if self._adapts(ds):
             return
-        if ds.lazy:
+        if ds.lazy and ds.kind == "image":
             raise UserInputError(f"{self.ref} reads {self.n_inputs or 'numeric'} features per row, but dataset "
-                                 f"'{ds.name}' holds {ds.kind} files. Pick 'digits' or a numeric upload.")
+                                 f"'{ds.name}' holds image files. Pick 'digits' or a numeric upload.")
         if self.n_inputs is not None and ds.n_features != self.n_inputs:
             hint = " Zoo models read 8x8 digits: pick the 'digits' dataset." if self.ref.startswith("zoo:") else ""
             raise UserInputError(f"{self.ref} expects {self.n_inputs} input features but dataset "
@@ -38,9 +38,21 @@ class NumericInputModel(Model):
         return ds.kind == "image" and ds.lazy and self.input_kind == "image" and side * side == self.n_inputs
 
     def batches(self, ds, batch_size, device):
-        if not self._adapts(ds):
-            return as_tensor_batches(np.asarray(ds.inputs, dtype=np.float32), batch_size, device)
-        return self._image_batches(ds, batch_size, device)
+        if self._adapts(ds):
+            return self._image_batches(ds, batch_size, device)
+        if ds.lazy:  # rows read a batch at a time: memory does not grow with the dataset
+            return self._row_batches(ds, batch_size, device)
+        return as_tensor_batches(np.asarray(ds.inputs, dtype=np.float32), batch_size, device)
+
+    def _row_batches(self, ds, batch_size, device):
+        import torch
+
+        from .base import Batch
+
+        for i in range(0, len(ds), batch_size):
+            stop = min(i + batch_size, len(ds))
+            x = np.asarray(ds.batch(i, stop), dtype=np.float32)
+            yield Batch(torch.from_numpy(x).to(device), rows=slice(i, stop))
 
     def _image_batches(self, ds, batch_size, device):
         import torch
