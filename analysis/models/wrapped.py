@@ -26,10 +26,10 @@ def module_sha256(module) -> str:
 
     h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
     for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-d tensor cannot be viewed as bytes
         h.update(f"|{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update((t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)).numpy().tobytes()
-                 if t.numel() else b"")
+        if t.numel():
+            h.update((t.to(torch.uint8) if t.dtype == torch.bool else t.view(torch.uint8)).numpy().tobytes())
     return h.hexdigest()
 
 
