@@ -76,7 +76,10 @@ def _decoded(read, name: str):
         im.load()
     except UserInputError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met while reading the header
+        raise UserInputError(f"{name} declares more pixels than RepLens reads in one image (a decompression "
+                             "bomb, or an image to shrink first).") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise UserInputError(f"{name} is not a readable image ({type(exc).__name__}).") from exc
     return im
 
