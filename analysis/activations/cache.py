@@ -173,6 +173,11 @@ class ActivationCache:
             return np.asarray(self._zarr()[f"s{i}"][:], dtype=np.int64)
         return np.arange(r.chunk_slice(i).start, r.chunk_slice(i).stop)
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of a pooled cache as float32 (only the chunks they span are read)."""
+        self._require_complete()
+        return from_storage(self._zarr()[start:stop], self.record.dtype)
+
     def iter_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(dataset rows, float32 activations) one chunk at a time, in order: what streaming
         estimators read (memory is one chunk, whatever n is)."""
