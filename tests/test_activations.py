@@ -66,7 +66,9 @@ def test_second_request_is_a_store_lookup(monkeypatch):
     first = activations.extract(m, ds, layers=["net.fc1", "net.fc2"])
     assert first.cached == set()
     calls = []
-    monkeypatch.setattr(activations, "_forward", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+    from analysis.activations import writer
+
+    monkeypatch.setattr(writer, "fill", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
         AssertionError("recomputed")))
     second = activations.extract(m, ds, layers=["net.fc1", "net.fc2"])
     assert second.cached == {"net.fc1", "net.fc2"} and not calls
@@ -90,13 +92,18 @@ def test_cache_key_depends_on_model_data_layer_pooling():
     assert len(keys) == 16
 
 
-def test_results_land_in_the_store():
+def test_results_land_in_the_store_as_zarr_arrays_other_tools_read():
+    import zarr
+
+    from analysis.activations.cache import open_cache
+
     m = models.load("zoo:mlp-s0")
     ds = data.load("digits", n=20)
-    activations.extract(m, ds, layers=["net.fc1"])
-    store = default_store()
-    meta = store.meta(activations.cache_key(m, ds, "net.fc1", "mean"))
-    assert meta["layer"] == "net.fc1" and meta["rule"] == "as is"
+    x = activations.extract(m, ds, layers=["net.fc1"])["net.fc1"]
+    cache = open_cache(default_store(), activations.cache_key(m, ds, "net.fc1", "mean"))
+    assert cache.complete and cache.record.meta["layer"] == "net.fc1" and cache.record.rule == "as is"
+    assert str(cache.location).startswith(str(default_store().root))
+    np.testing.assert_array_equal(zarr.open_array(cache.location, mode="r")[:], x)
 
 
 def test_progress_callback_reaches_one():

@@ -3,8 +3,15 @@
 - ``zoo:NAME``: a checkpoint shipped in assets/zoo (see :mod:`analysis.zoo`)
 - ``hf:minilm``, ``hf:minilm-random``, ``hf:/path/to/folder``, ``hf:./folder``, ``hf:org/name[@rev]``:
   transformers encoders (bundled, local folders written as paths, hub ids; see :func:`parse_ref`)
-- ``upload:SHA``: a file stored by :func:`upload` (TorchScript, zoo-architecture safetensors, embeddings)
+- ``hf:...#dtype=bfloat16,device_map=auto,tower=text,max_tokens=256,layers=a.b+c.d``: options
+  (:mod:`analysis.models.options`); any transformers model (:mod:`analysis.models.hf`)
+- ``timm:NAME``, ``open_clip:NAME/PRETRAINED``, ``torchvision:NAME``: other libraries' models where
+  they are installed (:mod:`analysis.models.libraries`)
+- ``upload:SHA``: a file stored by :func:`upload` (TorchScript, torch.export ``.pt2``, zoo-architecture
+  safetensors, embeddings)
 - ``merge:ID``: a merged model kept in the result store (see :mod:`analysis.merging.reference`)
+
+:func:`wrap` turns any ``torch.nn.Module`` into a model.
 """
 from __future__ import annotations
 
@@ -15,13 +22,16 @@ from .. import settings
 from ..errors import UserInputError
 from .base import Batch, Model, layer_table
 from .embeddings import EmbeddingsModel, parse_embeddings
-from .hf import LOCAL_PREFIXES, HFTextModel
+from . import options as ref_options
+from .hf import LOCAL_PREFIXES, HFModel, HFTextModel
 from .torch_models import TorchModel, manifest, zoo_entry, zoo_names
+from .wrapped import WrappedModel, wrap
 
-__all__ = ["load", "upload", "zoo_names", "zoo_entry", "manifest", "builtin_refs", "Model", "Batch",
-           "TorchModel", "HFTextModel", "EmbeddingsModel", "parse_ref", "layer_table"]
+__all__ = ["load", "upload", "wrap", "zoo_names", "zoo_entry", "manifest", "builtin_refs", "Model", "Batch",
+           "TorchModel", "HFModel", "HFTextModel", "WrappedModel", "EmbeddingsModel", "parse_ref", "layer_table"]
 
-MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".safetensors", ".npy", ".npz", ".csv", ".parquet")
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2", ".safetensors", ".npy", ".npz", ".csv", ".parquet")
+LIBRARY_SOURCES = ("timm", "open_clip", "torchvision")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # A hub id: "name" or "org/name", optionally "@revision". Never looked up on disk.
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?(@[A-Za-z0-9][A-Za-z0-9_.\-/]{0,99})?")
@@ -62,12 +72,18 @@ def parse_ref(ref: str, allow_local: bool = True, allow_hub: bool | None = None)
             raise UserInputError(f"Not an upload id: {rest!r} (expected hex digits).")
     elif source == "hf":
         _check_hf(rest, allow_local, settings.hub_allowed(True) if allow_hub is None else allow_hub)
+    elif source in LIBRARY_SOURCES:
+        from .libraries import check
+
+        check(source, rest, settings.hub_allowed(True) if allow_hub is None else allow_hub)
     else:
-        raise UserInputError(f"Unknown model source {source!r} in {ref!r}; use zoo:, hf: or upload:.")
+        raise UserInputError(f"Unknown model source {source!r} in {ref!r}; use zoo:, hf:, timm:, open_clip:, "
+                             "torchvision: or upload:.")
     return source, rest
 
 
 def _check_hf(rest: str, allow_local: bool, allow_hub: bool) -> None:
+    rest, _ = ref_options.split(rest)  # options are checked here too
     if rest in ("minilm", "minilm-random"):
         return
     if rest.startswith(LOCAL_PREFIXES):
@@ -102,6 +118,10 @@ def load(ref: str, allow_local: bool = True, allow_hub: bool | None = None) -> M
         from .hf import load_hf
 
         return load_hf(rest)
+    if source in LIBRARY_SOURCES:
+        from .libraries import load as load_library
+
+        return load_library(source, rest)
     from .. import tabular
 
     with tabular.unreadable_as_user_error(ref, "an uploaded model"):  # only UserInputError reaches callers
@@ -112,12 +132,14 @@ def _classify(data: bytes, filename: str) -> str:
     suffix = os.path.splitext(filename.lower())[1]
     if suffix not in MODEL_SUFFIXES:
         raise UserInputError(f"{filename}: unsupported model file type {suffix or '(none)'}. Upload TorchScript "
-                             "(.pt/.pth/.ts), safetensors weights of a zoo architecture, or embeddings "
+                             "(.pt/.pth/.ts), torch.export (.pt2), safetensors weights of a zoo architecture, or embeddings "
                              "(.npy/.npz/.csv/.parquet).")
     if suffix == ".safetensors":
         return "safetensors"
     if suffix in (".npy", ".npz", ".csv", ".parquet"):
         return "embeddings"
+    if suffix == ".pt2":
+        return "export"
     return "torchscript"
 
 
@@ -130,6 +152,10 @@ def _build(data: bytes, filename: str, ref: str, sha: str) -> Model:
     if kind == "embeddings":
         return EmbeddingsModel(parse_embeddings(data, filename), ref, filename, sha)
     _require_code_uploads(filename)
+    if kind == "export":
+        from .exported import from_export
+
+        return from_export(data, ref, filename, sha)
     return from_torchscript(data, ref, filename, sha)
 
 
@@ -141,7 +167,7 @@ def _require_code_uploads(filename: str) -> None:
     if not settings.code_uploads():
         default = ", the default on a shared server" if settings.shared_server() else ""
         raise UserInputError(
-            f"{filename}: TorchScript files are programs, and this server does not run uploaded programs "
+            f"{filename}: TorchScript and torch.export files are programs, and this server does not run uploaded programs "
             f"({settings.CODE_UPLOADS_ENV} is off{default}). "
             "Upload safetensors weights of a zoo architecture or an embeddings file instead, or ask the "
             f"server's admin to set {settings.CODE_UPLOADS_ENV}=on (uploaded TorchScript then runs in a sandbox).")

@@ -87,6 +87,10 @@ class Model:
     def batches(self, ds, batch_size: int, device) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def input_note(self, ds) -> str:
+        """How the model adapts the dataset's inputs (image size, channels), or "" when it reads them as they are."""
+        return ""
+
     def run(self, batch: Batch):
         """Forward pass on one batch; returns the model output tensor."""
         return self.module(batch.inputs)

@@ -51,6 +51,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
@@ -72,7 +73,7 @@ BWRAP = "/usr/bin/bwrap"
 NOBODY = 65534
 HERE = Path(__file__).resolve().parent
 INSIDE = "/replens"  # where the worker's source files are bound inside the sandbox
-WORKER_FILES = ("sandbox_worker.py", "sandbox_protocol.py", "graph_check.py")
+WORKER_FILES = ("sandbox_worker.py", "sandbox_protocol.py", "graph_check.py", "export_check.py")
 SCRATCH_BYTES = 64 << 20
 START_S = 120.0  # importing torch on a loaded machine
 IDLE_S = 300.0
@@ -91,6 +92,7 @@ class Limits:
 PROBE = Limits(cpu_s=10, memory=1 << 30, wall_s=30)  # loading, checking and the upload probe
 RUN_MEMORY_CAP = 8 << 30
 REPLY_BYTES = 1 << 30  # the most one array coming back may hold (the server reads it whole)
+_LAYER = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100}){0,20}")  # a submodule name from the sandbox
 
 
 def run_limits() -> Limits:
@@ -282,8 +284,8 @@ class ModelWorker:
     Errors a user can cause raise :class:`UserInputError` naming ``filename``.
     """
 
-    def __init__(self, data: bytes, filename: str, idle_s: float | None = None):
-        self.data, self.filename = data, filename
+    def __init__(self, data: bytes, filename: str, idle_s: float | None = None, fmt: str = "torchscript"):
+        self.data, self.filename, self.format = data, filename, fmt
         self.idle_s = IDLE_S if idle_s is None else idle_s
         self.operators: list[str] = []
         self._lock = threading.Lock()
@@ -306,18 +308,20 @@ class ModelWorker:
         return _checked_probe(header)
 
     def call(self, method: str, x: np.ndarray, jacobian: bool = False,
-             limits: Limits | None = None) -> list[np.ndarray]:
-        """``[output]`` (or ``[output, per-row Jacobian]``) of ``method`` on the rows of ``x``."""
+             limits: Limits | None = None, layers: list[str] | None = None) -> list[np.ndarray]:
+        """``[output]`` (or ``[output, per-row Jacobian]``) of ``method`` on the rows of ``x``; with
+        ``layers`` (torch.export models), ``[output, *outputs of those submodules]``."""
         x = np.ascontiguousarray(x)
         limits = limits or self._run_limits
+        request = {"op": "call", "method": method, "jacobian": jacobian, **({"layers": layers} if layers else {})}
         with self._lock:
             if self._proc is None or self._proc.poll() is not None or self._cpu_used + limits.cpu_s > CPU_BUDGET_S:
                 self._stop()
                 self._start_and_load()
-            header, arrays = self._request({"op": "call", "method": method, "jacobian": jacobian}, [x], limits,
-                                           f"{method}")
+            header, arrays = self._request(request, [x], limits, f"{method}")
         self._arm_idle_timer()
-        if len(arrays) != (2 if jacobian else 1) or arrays[0].ndim < 1 or arrays[0].shape[0] != x.shape[0]:
+        expected = 1 + (len(layers) if layers else 0) + (1 if jacobian else 0)
+        if len(arrays) != expected or any(a.ndim < 1 or a.shape[0] != x.shape[0] for a in arrays):
             raise UserInputError(f"{self.filename}: {method} returned {len(arrays)} array(s) of shape "
                                  f"{arrays[0].shape if arrays else ()} for {x.shape[0]} input rows; RepLens "
                                  "needs one output row per input row.")
@@ -341,12 +345,15 @@ class ModelWorker:
     # -- process
     def _start_and_load(self) -> None:
         self._start()
-        header, _ = self._request({"op": "load"}, [np.frombuffer(self.data, dtype=np.uint8)], PROBE, "loading")
+        from .. import tabular
+
+        request = {"op": "load", "format": self.format, "max_unpacked": 4 * tabular.max_upload_bytes()}
+        header, _ = self._request(request, [np.frombuffer(self.data, dtype=np.uint8)], PROBE, "loading")
         ops = header.get("operators")
         if not isinstance(ops, list) or not all(isinstance(o, str) and len(o) < 200 for o in ops):
             self._stop()
             raise UserInputError(f"{self.filename}: the sandbox sent back a malformed operator list; nothing was run.")
-        self._refuse_if(graph_check.refused(ops), {})
+        self._refuse_if(self._refused(ops), {})
         self.operators = ops
 
     def _start(self) -> None:
@@ -463,7 +470,7 @@ class ModelWorker:
             pairs = pairs if isinstance(pairs, list) else []
             ops = [p[0] for p in pairs if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)]
             where = {p[0]: p[1] for p in pairs if isinstance(p, list) and len(p) == 2 and isinstance(p[1], str)}
-            return self._refusal(graph_check.refused(ops) or ["(unnamed operator)"], where)
+            return self._refusal(self._refused(ops) or ["(unnamed operator)"], where)
         if kind == "load":
             self._stop()
             return UserInputError(
@@ -475,6 +482,12 @@ class ModelWorker:
                                   f"during {what} and was refused that memory.")
         return UserInputError(f"{self.filename}: the model failed during {what} ({inert(reply.get('type', ''), 60)}: "
                               f"{inert(reply.get('message', ''))}).")
+
+    def _refused(self, ops) -> list[str]:
+        """The operators the allowlist refuses (exported graphs also use shape and control-flow operators)."""
+        from . import export_check
+
+        return export_check.refused(ops) if self.format == "pt2" else graph_check.refused(ops)
 
     def _refuse_if(self, refused: list[str], where: dict) -> None:
         if refused:
@@ -488,8 +501,8 @@ class ModelWorker:
         more = f" (and {', '.join(inert(r, 60) for r in refused[1:5])})" if len(refused) > 1 else ""
         return UserInputError(
             f"{self.filename} uses the operator {inert(first, 80)}{place}{more}, which RepLens does not run: "
-            "uploaded TorchScript may only use numeric tensor operators (no files, printing, seeding or "
-            "custom operators). Script or trace the model without it.")
+            "uploaded TorchScript and torch.export programs may only use numeric tensor operators (no files, "
+            "printing, seeding or custom operators). Script, trace or export the model without it.")
 
 
 def _checked_probe(header: dict) -> dict:
@@ -500,6 +513,10 @@ def _checked_probe(header: dict) -> dict:
 
     n = header.get("n_inputs")
     params = header.get("parameters")
+    layers = header.get("layers")
+    layers = layers if isinstance(layers, list) and len(layers) <= 1000 and all(
+        isinstance(l, str) and _LAYER.fullmatch(l) for l in layers) else []
     return {"n_inputs": n if isinstance(n, int) and 1 <= n <= 1 << 20 else None,
             "output_shape": dims(header.get("output_shape")), "latent_shape": dims(header.get("latent_shape")),
-            "parameters": params if isinstance(params, int) and params >= 0 else 0}
+            "parameters": params if isinstance(params, int) and params >= 0 else 0, "layers": layers}
+

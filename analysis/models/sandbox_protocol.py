@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 HEADER_LIMIT = 1 << 20
-MAX_ARRAYS = 8
+MAX_ARRAYS = 64  # a torch.export model sends its output and the outputs of the layers asked for
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 

@@ -141,12 +141,17 @@ class Worker:
     def handle(self, header: dict, arrays: list):
         op = header.get("op")
         if op == "load":
-            return self.load(bytes(arrays[0].astype("uint8", copy=False).tobytes())), []
+            data = bytes(arrays[0].astype("uint8", copy=False).tobytes())
+            if header.get("format") == "pt2":
+                return self.load_export(data, int(header.get("max_unpacked", 1 << 30))), []
+            return self.load(data), []
         if self.module is None:
             raise RuntimeError("no model is loaded")
         if op == "probe":
             return self.probe(), []
         if op == "call":
+            if header.get("layers"):
+                return self.call_layers(arrays[0], header["layers"])
             return self.call(header.get("method"), arrays[0], bool(header.get("jacobian")))
         raise RuntimeError(f"unknown request {op!r}")
 
@@ -165,6 +170,55 @@ class Worker:
         self.module = module
         return {"ok": True, "operators": sorted(found)}
 
+    def load_export(self, data: bytes, max_unpacked: int) -> dict:
+        """A torch.export archive: checked and built without unpickling (export_check), then its
+        submodules, restored by torch.export.unflatten, can take forward hooks."""
+        import export_check
+
+        try:
+            module, found = export_check.load_program(data, max_unpacked)
+        except export_check.Refused as exc:
+            ops = exc.operators or ["(archive) " + exc.reason]
+            return {"ok": False, "error": "refused", "refused": [[op, ""] for op in ops[:20]]}
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self.module = module
+        return {"ok": True, "operators": sorted(found), "hookable": True}
+
+    def call_layers(self, x, layers: list) -> tuple:
+        """forward on the rows of ``x`` with the outputs of the named submodules: [output, *layers]."""
+        mods = dict(self.module.named_modules())
+        if not isinstance(layers, list) or not all(isinstance(n, str) and n in mods for n in layers):
+            raise RuntimeError("unknown layer")
+        outs = {}
+        handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.setdefault(n, _tensor(o).detach()))
+                   for n in layers]
+        try:
+            with torch.no_grad():
+                out = _tensor(self.module(torch.from_numpy(x)))
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in layers if n not in outs]
+        if missing:
+            raise RuntimeError(f"layer {missing[0]} did not run")
+        return {"ok": True}, [out.numpy()] + [outs[n].float().numpy() for n in layers]
+
+    def forward_layers(self, d: int) -> list:
+        """Leaf submodules in the order they run on zeros (what the server offers as layers)."""
+        order = []
+        leaves = [(n, m) for n, m in self.module.named_modules() if n and not list(m.children())]
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) if n not in order else None)
+                   for n, m in leaves]
+        try:
+            with torch.no_grad():
+                self.module(torch.zeros(2, d))
+        finally:
+            for h in handles:
+                h.remove()
+        return order[:1000]
+
     # -- the model's methods
     def method(self, name: str):
         """forward, or encode / decode: the ``encoder`` / ``decoder`` submodule when there is one,
@@ -179,7 +233,8 @@ class Worker:
     def has_latent_parts(self) -> bool:
         m = self.module
         submodules = all(isinstance(getattr(m, n, None), torch.nn.Module) for n in SUBMODULES.values())
-        return submodules or all(n in m._c._method_names() for n in ("encode", "decode"))
+        scripted = hasattr(m, "_c")  # an unflattened torch.export program has no TorchScript methods
+        return submodules or (scripted and all(n in m._c._method_names() for n in ("encode", "decode")))
 
     def probe(self) -> dict:
         """The input width the model reads (the first of PROBE_WIDTHS it runs on), its output shape
@@ -204,8 +259,9 @@ class Worker:
                     latent = list(z.shape[1:]) if back.shape[0] == 2 else None
                 except Exception:
                     latent = None
+        layers = self.forward_layers(d) if not isinstance(self.module, torch.jit.ScriptModule) else None
         return {"ok": True, "n_inputs": d, "output_shape": list(out.shape[1:]), "latent_shape": latent,
-                "parameters": int(sum(p.numel() for p in self.module.parameters()))}
+                "parameters": int(sum(p.numel() for p in self.module.parameters())), "layers": layers}
 
     def call(self, name: str, x, jacobian: bool):
         fn = self.method(name)

@@ -22,13 +22,55 @@ class NumericInputModel(Model):
         if ds.kind == "text":
             raise UserInputError(f"{self.ref} reads numeric inputs, but dataset '{ds.name}' holds text. "
                                  "Pick 'digits' (or a numeric upload) for this model.")
+        if self._adapts(ds):
+            return
+        if ds.lazy and ds.kind == "image":
+            raise UserInputError(f"{self.ref} reads {self.n_inputs or 'numeric'} features per row, but dataset "
+                                 f"'{ds.name}' holds image files. Pick 'digits' or a numeric upload.")
         if self.n_inputs is not None and ds.n_features != self.n_inputs:
             hint = " Zoo models read 8x8 digits: pick the 'digits' dataset." if self.ref.startswith("zoo:") else ""
             raise UserInputError(f"{self.ref} expects {self.n_inputs} input features but dataset "
                                  f"'{ds.name}' has {ds.n_features}.{hint}")
 
+    def _adapts(self, ds) -> bool:
+        """Image files for a model of square grey images (the zoo's 8x8 digits): shrunk to fit."""
+        side = int(round((self.n_inputs or 0) ** 0.5))
+        return ds.kind == "image" and ds.lazy and self.input_kind == "image" and side * side == self.n_inputs
+
     def batches(self, ds, batch_size, device):
+        if self._adapts(ds):
+            return self._image_batches(ds, batch_size, device)
+        if ds.lazy:  # rows read a batch at a time: memory does not grow with the dataset
+            return self._row_batches(ds, batch_size, device)
         return as_tensor_batches(np.asarray(ds.inputs, dtype=np.float32), batch_size, device)
+
+    def _row_batches(self, ds, batch_size, device):
+        import torch
+
+        from .base import Batch
+
+        for i in range(0, len(ds), batch_size):
+            stop = min(i + batch_size, len(ds))
+            x = np.asarray(ds.batch(i, stop), dtype=np.float32)
+            yield Batch(torch.from_numpy(x).to(device), rows=slice(i, stop))
+
+    def _image_batches(self, ds, batch_size, device):
+        import torch
+
+        from ..data.images import to_grid
+        from .base import Batch
+
+        side = int(round(self.n_inputs ** 0.5))
+        for i in range(0, len(ds), batch_size):
+            stop = min(i + batch_size, len(ds))
+            x = to_grid(ds.images(i, stop), (side, side), 1).reshape(stop - i, -1)
+            yield Batch(torch.from_numpy(x).to(device), rows=slice(i, stop))
+
+    def input_note(self, ds) -> str:
+        if not self._adapts(ds):
+            return ""
+        side = int(round(self.n_inputs ** 0.5))
+        return f"{self.name}: images are converted to grey and shrunk to {side}×{side} pixels, what it reads."
 
 
 class TorchModel(NumericInputModel):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tabular
-from .errors import UserInputError
+from .. import tabular
+from ..errors import UserInputError
+from .rows import LazyRows, select, take
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TEXT_FILE = ASSETS / "text" / "sentences.csv"
 
 DIGITS_TEST_SIZE = 597  # 1200 training rows, 597 test rows; stratified, random_state=0
@@ -48,14 +49,47 @@ class Dataset:
     seed: int = 0
     image_shape: tuple[int, int] | None = None
     description: str = ""
+    # Sources read lazily (image folders, HF datasets): the content hash of the whole source, so the
+    # rows' hash does not read every image; None: the rows' own content is hashed.
+    fingerprint: str | None = None
     _sha: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     @property
+    def lazy(self) -> bool:
+        """Rows are read from files when needed (image files, Arrow tables), not held in memory."""
+        return isinstance(self.inputs, LazyRows)
+
+    @property
     def n_features(self) -> int | None:
-        return None if self.kind == "text" else int(np.asarray(self.inputs).shape[1])
+        if self.kind == "text" or (self.lazy and self.kind == "image"):
+            return None
+        if self.lazy:
+            return int(np.asarray(self.inputs[0]).shape[-1]) if len(self) else None
+        return int(np.asarray(self.inputs).shape[1])
+
+    def batch(self, start: int, stop: int):
+        """Inputs of rows ``start:stop`` (read from files for a lazy source)."""
+        return take(self.inputs, start, stop)
+
+    def subset(self, rows) -> "Dataset":
+        """The dataset restricted to ``rows`` (a slice or an index array), in that order."""
+        import copy
+
+        part = copy.copy(self)
+        part.inputs = select(self.inputs, rows)
+        part.indices = self.indices[rows]
+        part.labels = None if self.labels is None else self.labels[rows]
+        part._sha = None
+        return part
+
+    def images(self, start: int, stop: int) -> list:
+        """Rows ``start:stop`` of an image set as PIL images (arrays in [0, 1] become grey images)."""
+        from .images import as_pil
+
+        return [as_pil(x, self.image_shape) for x in self.batch(start, stop)]
 
     @property
     def sha256(self) -> str:
@@ -63,7 +97,9 @@ class Dataset:
         if self._sha is None:
             h = hashlib.sha256()
             h.update(f"{self.name}|{self.kind}|{self.split}".encode())
-            if self.kind == "text":
+            if self.fingerprint is not None:
+                h.update(f"|source={self.fingerprint}".encode())
+            elif self.kind == "text":
                 for t in self.inputs:
                     h.update(t.encode("utf-8") + b"\x00")
             else:
@@ -85,6 +121,10 @@ class Dataset:
         out = {"kind": self.kind, "label": self.label_of(i), "row": int(self.indices[i])}
         if self.kind == "text":
             out["text"] = self.inputs[i]
+        elif self.kind == "image" and self.lazy:
+            from .images import thumbnail
+
+            out["image"], out["rgb"] = thumbnail(self.inputs[i])
         elif self.kind == "image":
             out["image"] = np.asarray(self.inputs[i]).reshape(self.image_shape)
         else:
@@ -196,16 +236,23 @@ def names() -> list[str]:
     return list(BUILTIN)
 
 
-def load(name: str, n: int | None = None, seed: int = 0, split: str = "test") -> Dataset:
+def load(name: str, n: int | None = None, seed: int = 0, split: str = "test", allow_local: bool = True,
+         allow_hub: bool | None = None) -> Dataset:
     """Load a dataset by reference, subsampled to ``n`` rows (all if None) reproducibly by ``seed``.
 
-    ``split`` ("test", "train", "all") selects digits rows; the other sources have one split.
+    ``split`` ("test", "train", "all") selects digits rows; an HF dataset's split by its name (or
+    ``#split=NAME`` in the reference); the other sources have one split. References:
+    ``hfds:PATH_OR_ID[#input=COL,label=COL,split=NAME]`` (HF datasets, see :mod:`analysis.data.hfds`),
+    ``images:/path/to/folder`` (one subfolder per class), ``upload:<id>``. Local paths and hub ids
+    follow the same rules as models (``allow_local``, ``allow_hub``; see models.parse_ref).
     """
-    if split not in SPLITS:
-        raise UserInputError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
     if n is not None:
         n = int(n)
     seed = int(seed)
+    if isinstance(name, str) and name.startswith(("hfds:", "images:")):
+        return _load_files(name, n, seed, split, allow_local, allow_hub)
+    if split not in SPLITS:
+        raise UserInputError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
     if name == "digits":
         x, y = digits_split()[split]
         idx = _subsample(len(y), n, seed)
@@ -229,8 +276,52 @@ def load(name: str, n: int | None = None, seed: int = 0, split: str = "test") ->
     if isinstance(name, str) and name.startswith("upload:"):
         return _load_upload(name, n, seed)
     raise UserInputError(
-        f"Unknown dataset {name!r}. Use one of {', '.join(BUILTIN)} or an uploaded set 'upload:<id>'."
+        f"Unknown dataset {name!r}. Use one of {', '.join(BUILTIN)}, an uploaded set 'upload:<id>', an HF "
+        "dataset 'hfds:PATH_OR_ID' or an image folder 'images:/path'."
     )
+
+
+def check_ref(name: str, allow_local: bool = True, allow_hub: bool | None = None) -> None:
+    """Validate a dataset reference without loading it (what a link may name); UserInputError if not."""
+    from .. import settings
+    from . import hfds
+
+    hub = settings.hub_allowed(True) if allow_hub is None else allow_hub
+    if name.startswith("hfds:"):
+        hfds.check(name[5:], allow_local, hub)
+    elif name.startswith("images:"):
+        path = name[7:]
+        if not path.startswith(hfds.LOCAL_PREFIXES):
+            raise UserInputError(f"Write an image folder as a path: images:/abs/path or images:./relative ({path!r}).")
+        if not allow_local:
+            raise UserInputError(f"Local image folders are disabled on this server ({path!r}). Set "
+                                 f"{settings.LOCAL_PATHS_ENV}=1 where the server runs to allow them, or upload a zip.")
+    elif name not in BUILTIN and not name.startswith("upload:"):
+        raise UserInputError(f"Unknown dataset {name!r}.")
+
+
+def _load_files(name: str, n, seed: int, split: str, allow_local: bool, allow_hub) -> Dataset:
+    """An HF dataset or an image folder: rows read lazily, hashed by their source's fingerprint."""
+    from . import hfds, images
+
+    check_ref(name, allow_local, allow_hub)
+    if name.startswith("images:"):
+        read, files, classes, labels, fp = images.folder_source(name[7:])
+        return _lazy(name, "image", read, len(files), labels, classes, n, seed, "all", fp,
+                     f"image folder {name[7:]} ({len(classes)} classes)")
+    body, options = hfds.parse(name[5:])
+    table, used = hfds.open_table(body, options.get("split") or split)
+    kind, column, label = hfds.columns(table, options, body)
+    codes, label_names = hfds.labels_of(table, label)
+    return _lazy(name, kind, hfds.reader(table, column, kind), len(table), codes, label_names, n, seed, used,
+                 hfds.fingerprint(table, body, column, label),
+                 f"HF dataset {body} ({kind} column '{column}'" + (f", labels '{label}')" if label else ", no labels)"))
+
+
+def _lazy(name, kind, read, total, labels, label_names, n, seed, split, fingerprint, description) -> Dataset:
+    idx = _subsample(total, n, seed)
+    return Dataset(name, kind, LazyRows(read, idx), None if labels is None else labels[idx], label_names, idx, total,
+                   split, seed, None, description, fingerprint)
 
 
 # --------------------------------------------------------------------------- uploads
@@ -241,9 +332,11 @@ def parse_upload(data: bytes, filename: str) -> tuple[str, object, np.ndarray | 
     (or ``y``). .csv/.parquet: numeric feature columns, an optional ``label`` column and, for text,
     a ``text`` column. Bytes parsed before come back from the result store (parsed once).
     """
-    from .store import sha256_bytes
+    from ..store import sha256_bytes
 
     tabular.check_size(data, filename)
+    if tabular.suffix_of(filename) == ".zip":
+        raise UserInputError(f"{filename}: an image zip is read from the store, not parsed; use data.upload.")
     what = f"data{tabular.suffix_of(filename)}"  # the same bytes read as another type parse differently
     return _unpack(*tabular.parsed_once(sha256_bytes(data), what, lambda: _pack(*_parse(data, filename))))
 
@@ -271,8 +364,8 @@ def _parse_checked(data: bytes, filename: str):
         inputs = arrays[in_key]
         lab_key = next((k for k in ("labels", "y", "label", "target") if k in arrays), None)
         labels = arrays[lab_key] if lab_key else None
-    elif suffix in (".csv", ".parquet"):
-        df = tabular.load_frame(data, filename)
+    elif suffix in (".csv", ".parquet", ".jsonl"):
+        df = _load_jsonl(data, filename) if suffix == ".jsonl" else tabular.load_frame(data, filename)
         label_col = next((c for c in df.columns if str(c).lower() in ("label", "labels", "y", "target")), None)
         labels = df[label_col].to_numpy() if label_col is not None else None
         rest = df.drop(columns=[label_col]) if label_col is not None else df
@@ -292,7 +385,8 @@ def _parse_checked(data: bytes, filename: str):
             inputs = rest.to_numpy()
     else:
         raise UserInputError(
-            f"{filename}: unsupported file type {suffix or '(none)'}; upload .npy, .npz, .csv or .parquet."
+            f"{filename}: unsupported file type {suffix or '(none)'}; upload .npy, .npz, .csv, .parquet, .jsonl "
+            "(a 'text' column) or a .zip of images (one folder per class)."
         )
 
     if isinstance(inputs, list):
@@ -351,10 +445,36 @@ def _unpack(arrays: dict, meta: dict) -> tuple[str, object, np.ndarray | None, l
     return kind, inputs, arrays.get("codes"), meta.get("label_names")
 
 
+def _load_jsonl(data: bytes, filename: str):
+    """JSON lines (one object per line) as a DataFrame; the lines are counted before parsing."""
+    import io
+
+    import pandas as pd
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{filename} is not UTF-8 text (byte {exc.start} is invalid).") from exc
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        raise UserInputError(f"{filename} has {len(lines)} line(s); at least 2 are needed.")
+    df = pd.read_json(io.StringIO("\n".join(lines)), lines=True, dtype=False)
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
 def upload(data: bytes, filename: str, store=None) -> str:
     """Validate and store an uploaded data file; returns its reference ``upload:<sha16>``."""
-    from .store import default_store
+    from ..store import default_store
+    from .images import is_image_zip, zip_index
 
+    if is_image_zip(filename):  # checked whole (sizes, count, every image decoded) before it is stored
+        tabular.check_size(data, filename)
+        with tabular.unreadable_as_user_error(filename, "an image zip"):
+            index = zip_index(data, filename, check_images=True)
+        store = store or default_store()
+        sha = store.put_blob(data, filename, "data", {"rows": len(index["files"]), "kind": "image"})
+        return f"upload:{sha[:16]}"
     kind, inputs, codes, names_ = parse_upload(data, filename)  # validates before anything is written
     store = store or default_store()
     rows = len(inputs) if kind == "text" else (inputs[0] if kind == "image" else inputs).shape[0]
@@ -365,12 +485,18 @@ def upload(data: bytes, filename: str, store=None) -> str:
 def _load_upload(ref: str, n: int | None, seed: int) -> Dataset:
     """An uploaded data set, subsampled: parsed once per content (the result store keeps the
     arrays), so a new ``n`` or ``seed`` reads arrays instead of parsing the file again."""
-    from .store import default_store
+    from ..store import default_store
 
     store, prefix = default_store(), ref.split(":", 1)[1]
     info = store.find_blob(prefix, kind="data")
     if info is None:
         store.read_blob(prefix, kind="data")  # raises the store's message (no such upload)
+    from .images import is_image_zip, zip_source
+
+    if is_image_zip(info["name"]):
+        read, files, classes, labels, fp = zip_source(store, info)
+        return _lazy(ref, "image", read, len(files), labels, classes, n, seed, "all", fp,
+                     f"uploaded {info['name']} ({len(classes)} classes)")
     parse = lambda: _pack(*_parse(info["path"].read_bytes(), info["name"]))  # noqa: E731 - only on a miss
     what = f"data{tabular.suffix_of(info['name'])}"
     kind, inputs, codes, names_ = _unpack(*tabular.parsed_once(info["sha256"], what, parse))
