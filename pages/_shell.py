@@ -140,7 +140,8 @@ def sidebar() -> Selection:
     if "_link_query" not in st.session_state:  # the link as opened, before widgets drop bad values
         st.session_state["_link_query"] = {k: st.query_params.get_all(k) for k in st.query_params}
         _drop_non_finite_numbers()
-    model_options = model_refs()
+    opened = st.session_state.setdefault("_opened", {"model": [], "data": []})  # by name, this session
+    model_options = model_refs() + [r for r in opened["model"] if r not in model_refs()]
     for key in ("a", "b"):
         opts = _with_url_value(model_options, key, _check_model_ref)
         pending = st.session_state.pop(f"_set_{key}", None)
@@ -151,7 +152,7 @@ def sidebar() -> Selection:
         # Options are the bare references (the URL holds the selected option's text), described below.
         sb.selectbox(f"Model {key.upper()}", opts, index=opts.index(default), key=key, bind="query-params")
         sb.caption(md(model_label(st.session_state[key]).split(" · ", 1)[-1]))
-    data_options = data_mod.names() + _uploaded("data")
+    data_options = data_mod.names() + _uploaded("data") + opened["data"]
     opts = _with_url_value(data_options, "data", _check_data_ref)
     pending = st.session_state.pop("_set_data", None)
     if pending:
@@ -168,6 +169,7 @@ def sidebar() -> Selection:
                  help="Digits rows: the zoo's test split (default), its training split, or all. "
                       "Other datasets have one split.")
     _upload_panel()
+    _reference_panel()
     return Selection(st.session_state["a"], st.session_state["b"], st.session_state["data"],
                      int(st.session_state["n"]), int(st.session_state["seed"]), st.session_state["split"])
 
@@ -220,6 +222,9 @@ def _check_data_ref(v: str) -> None:
     from analysis.store import default_store
 
     if v in data_mod.names():
+        return
+    if v.startswith(("hfds:", "images:")):
+        data_mod.check_ref(v, allow_local=allow_local_paths(), allow_hub=allow_hub())
         return
     if not (v.startswith("upload:") and len(v) > 15 and all(c in "0123456789abcdef" for c in v[7:])):
         raise UserInputError(f"Unknown dataset {v!r}.")
@@ -285,6 +290,42 @@ def _upload_panel() -> None:
         g = st.file_uploader("Data file", key="upload_data", max_upload_size=limit_mb,
                              help=f"{', '.join('.' + t for t in DATA_FILE_TYPES)}; up to {limit_mb} MB.")
         _take_upload(g, data_mod.upload, "_set_data")
+
+
+REFERENCE_HELP = (
+    "Models: `hf:org/name[@revision]` or `hf:/path/to/folder` (any transformers model; options after `#`, "
+    "e.g. `#dtype=bfloat16,layers=h.3.mlp`), `timm:NAME`, `open_clip:NAME/PRETRAINED`, `torchvision:NAME`. "
+    "Datasets: `hfds:PATH_OR_ID[#input=COL,label=COL,split=NAME]`, `images:/path/to/folder` (one subfolder "
+    "per class). Hub ids and server folders work where the server's administrator allows them.")
+
+
+def _reference_panel() -> None:
+    """A model or dataset by reference (a hub id, a folder on the server): checked against the
+    server's rules before it is selected, so a refused one gives one message and changes nothing."""
+    with st.sidebar.expander("Open a model or dataset by name"):
+        with st.form("open_reference", border=False):
+            ref = st.text_input("Reference", key="_open_ref", placeholder="hf:EleutherAI/pythia-70m",
+                                help=REFERENCE_HELP, max_chars=500)
+            target = st.radio("Use it as", ["Model A", "Model B", "Dataset"], horizontal=True, key="_open_as")
+            opened = st.form_submit_button("Open")
+        st.caption(f"Hub: {'allowed' if allow_hub() else 'off'} · server folders: "
+                   f"{'allowed' if allow_local_paths() else 'off'} on this server.")
+        if not opened or not ref.strip():
+            return
+        ref = ref.strip()
+        try:
+            if target == "Dataset":
+                _check_data_ref(ref)
+            else:
+                _check_model_ref(ref)
+        except UserInputError as exc:
+            st.error(md(exc))
+            return
+        kept = st.session_state["_opened"]["data" if target == "Dataset" else "model"]
+        if ref not in kept:
+            kept.append(ref)  # an option of the selectboxes from now on
+        st.session_state[{"Model A": "_set_a", "Model B": "_set_b", "Dataset": "_set_data"}[target]] = ref
+        st.rerun()
 
 
 def _take_upload(file, upload, select_key: str) -> None:

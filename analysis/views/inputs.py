@@ -41,9 +41,12 @@ def load_model(ref: str):
 
 
 def load_dataset(name: str, n: int | None, seed: int, split: str):
-    from .. import data
+    from .. import data, settings
 
-    return _get(_DATASETS, MAX_DATASETS, (name, n, seed, split), lambda: data.load(name, n=n, seed=seed, split=split))
+    # the web app's rules for folders and hub ids, as for models (a link must not read server folders)
+    return _get(_DATASETS, MAX_DATASETS, (name, n, seed, split),
+                lambda: data.load(name, n=n, seed=seed, split=split, allow_local=settings.local_paths_allowed(),
+                                  allow_hub=settings.hub_allowed(default=False)))
 
 
 def clear() -> None:
