@@ -225,7 +225,7 @@ def train_crosscoder(acts_a, acts_b, kind: str = "topk", d_sae: int = 256, k: in
     """Train a crosscoder on two models' activations of the same inputs (rows aligned): ``acts_a``
     (n x d_A) and ``acts_b`` (n x d_B). See the module docstring for the kinds."""
     from .device import pick
-    from .sae import _Adam, cpu_threads, geometric_median
+    from .sae.training import _Adam, cpu_threads, geometric_median
 
     xa = as_matrix(acts_a, "activations of A", dtype=np.float32)
     xb = as_matrix(acts_b, "activations of B", dtype=np.float32)

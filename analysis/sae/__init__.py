@@ -47,7 +47,7 @@ from .model import (DEFAULT_L1, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD, KIN
                     SAEState, SparseAutoencoder, _JumpReLU, _Step, from_arrays, jumprelu, permuted)
 from .saelens_io import (SAELENS_ARCHITECTURE, SAELENS_CFG, SAELENS_WEIGHTS, from_saelens_bytes, from_saelens_upload,
                          load_saelens, save_saelens, saelens_config, saelens_weights, saelens_zip)
-from .trained import is_trained, trained_list, trained_sae
+from .trained import is_trained, store_key, trained_list, trained_sae
 from .training import (AUX_COEF, DEFAULTS, FLOPS_PER_SECOND, INPUTS_PER_LATENT, SMALL_WORK, STEP_OVERHEAD_S,
                        cpu_threads, estimate_seconds, expansion_for, geometric_median, latents_outnumber_inputs,
                        normalise_params, sweep_params, train_sae)
@@ -56,6 +56,7 @@ from .training import (AUX_COEF, DEFAULTS, FLOPS_PER_SECOND, INPUTS_PER_LATENT, 
 from ..crosscoder import train_crosscoder  # noqa: E402,F401
 
 __all__ = [
+    "store_key",
     "AUX_COEF", "DEFAULTS", "DEFAULT_L1", "DENSE_FRACTION", "Downstream", "FLOPS_PER_SECOND", "FeatureMatch",
     "FeatureStats", "JUMPRELU_BANDWIDTH", "JUMPRELU_INIT_THRESHOLD", "KINDS", "KIND_NAMES", "PENALTY_KINDS",
     "QUANTILES", "SAELENS_ARCHITECTURE", "SAELENS_CFG", "SAELENS_WEIGHTS", "SAEMetrics", "SAEState", "SMALL_WORK",

@@ -11,7 +11,18 @@ KIND = "sae"  # the store's kind for trained SAEs (listed by trained_list)
 
 
 def _parts(model, data, layer: str, pooling: str, params: dict) -> dict:
-    return {"model": model.sha256, "data": data.sha256, "layer": layer, "pooling": pooling, "params": params}
+    return _parts_of(model.sha256, data.sha256, layer, pooling, params)
+
+
+def _parts_of(model_sha: str, data_sha: str, layer: str, pooling: str, params: dict) -> dict:
+    return {"model": model_sha, "data": data_sha, "layer": layer, "pooling": pooling, "params": params}
+
+
+def store_key(model_sha: str, data_sha: str, layer: str, pooling: str, params: dict) -> str:
+    """The store key of a trained SAE (what :func:`trained_sae` reads and writes), from content hashes."""
+    from ..store import digest
+
+    return digest(KIND, _parts_of(model_sha, data_sha, layer, pooling, normalise_params(**params)))
 
 
 def is_trained(model, data, layer: str, pooling: str = "mean", store=None, **params) -> bool:
