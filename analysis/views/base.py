@@ -297,7 +297,7 @@ class View:
         titles = [self.section(n).title or n for n in names]
         around = " ".join(dict.fromkeys(self.section(n).ways_around for n in names if self.section(n).ways_around))
         task = Task("analysis.views:run_task", {"spec": spec.to_json(), "sections": names}, key,
-                    title=f"{self.title}: {', '.join(titles)}", kind=f"{self.page}:{'+'.join(names)}", cost=cost,
+                    title=f"{self.title}: {', '.join(titles)} ({len(ctx.ds):,} samples)", kind=f"{self.page}:{'+'.join(names)}", cost=cost,
                     ways_around=around)
         return Plan(names, cost, task, parts)
 
