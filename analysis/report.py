@@ -112,7 +112,59 @@ if(document.body.classList.contains('presentation')){
 """
 
 
-def _figure_html(item: Mapping, div_id: str, presentation: bool) -> str:
+PRESENTATION_FONT = 20  # px: read from the back of a seminar room (Plotly's default is 12)
+PRESENTATION_LINE = 3.5  # px: lines and marker outlines a projector does not wash out
+
+
+def presentation_style(fig: dict) -> dict:
+    """The figure (Plotly JSON) for a projector: larger fonts everywhere (titles, ticks, legends,
+    annotations, colour bars), thicker lines and larger markers. Sizes the figure set itself grow in
+    proportion, so a title stays larger than its axis labels."""
+    import copy
+
+    fig = copy.deepcopy(fig)
+    layout = fig.setdefault("layout", {})
+    scale = PRESENTATION_FONT / float((layout.get("font") or {}).get("size") or 12)
+
+    def grow(font: dict | None, base: float) -> dict:
+        font = dict(font or {})
+        font["size"] = max(float(font.get("size") or base) * scale, PRESENTATION_FONT * 0.8)
+        return font
+
+    layout["font"] = grow(layout.get("font"), 12)
+    title = layout.get("title")
+    if isinstance(title, dict):
+        title["font"] = grow(title.get("font"), 17)
+    for key, value in layout.items():
+        if isinstance(value, dict) and key.startswith(("xaxis", "yaxis", "coloraxis", "legend", "scene")):
+            if key.startswith(("xaxis", "yaxis")):
+                value["tickfont"] = grow(value.get("tickfont"), 12)
+                if isinstance(value.get("title"), dict):
+                    value["title"]["font"] = grow(value["title"].get("font"), 14)
+            elif key.startswith("legend"):
+                value["font"] = grow(value.get("font"), 12)
+            elif key.startswith("coloraxis") and isinstance(value.get("colorbar"), dict):
+                value["colorbar"]["tickfont"] = grow(value["colorbar"].get("tickfont"), 12)
+    for note in layout.get("annotations") or []:
+        if isinstance(note, dict):
+            note["font"] = grow(note.get("font"), 12)
+    for trace in fig.get("data") or []:
+        if not isinstance(trace, dict):
+            continue
+        line = trace.get("line")
+        if trace.get("type", "scatter") in ("scatter", "scattergl", "scatter3d") and (
+                "lines" in str(trace.get("mode", "lines")) or line):
+            trace["line"] = {**(line or {}), "width": max(float((line or {}).get("width") or 2) * 1.75,
+                                                          PRESENTATION_LINE)}
+        marker = trace.get("marker")
+        if isinstance(marker, dict) and isinstance(marker.get("size"), (int, float)):
+            marker["size"] = marker["size"] * 1.5
+        if isinstance(trace.get("colorbar"), dict):
+            trace["colorbar"]["tickfont"] = grow(trace["colorbar"].get("tickfont"), 12)
+    return fig
+
+
+def _figure_html(item: Mapping, div_id: str, presentation: bool, large: bool = False) -> str:
     """A figure's div and its Plotly.newPlot call. The figure JSON is escaped for <script> (a
     layer name or sentence holding "</script>" stays a string) and for Plotly's own tags (it is
     drawn as the text it is). Done here, at export, so items saved before this existed are safe."""
@@ -123,6 +175,8 @@ def _figure_html(item: Mapping, div_id: str, presentation: bool) -> str:
     if not isinstance(fig, dict):
         return "<p>(figure could not be read)</p>"
     fig = safe_text.plotly_inert(fig)
+    if presentation or large:
+        fig = presentation_style(fig)
     layout = dict(fig.get("layout") or {})
     if presentation:
         layout.pop("height", None)
@@ -170,8 +224,10 @@ def _slug(text: str) -> str:
 
 
 def build_html(items: Iterable[Mapping], title: str = "RepLens report", presentation: bool = False,
-               base_url: str | None = None, notes: str = "") -> str:
-    """The report as one self-contained HTML document (plotly.js inlined once)."""
+               base_url: str | None = None, notes: str = "", large: bool = False) -> str:
+    """The report as one self-contained HTML document (plotly.js inlined once). ``presentation``:
+    one item per screen, figures in the presentation style; ``large``: the presentation style
+    (larger fonts, thicker lines) in the scrolling report."""
     from plotly.offline import get_plotlyjs
 
     from .spec import AnalysisSpec
@@ -192,7 +248,7 @@ def build_html(items: Iterable[Mapping], title: str = "RepLens report", presenta
             except Exception:  # an item pinned by an older version: keep the record, skip the link
                 link = ""
         if item.get("kind") == "figure":
-            body = _figure_html(item, div_id, presentation)
+            body = _figure_html(item, div_id, presentation, large)
             actions = (f'<button onclick="dl(\'{div_id}\',\'svg\')">SVG</button>'
                        f'<button onclick="dl(\'{div_id}\',\'png\')">PNG</button>')
         else:

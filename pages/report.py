@@ -93,15 +93,20 @@ if not keep_report() and items:
 # ------------------------------------------------------------------ export and save
 if items:
     st.divider()
+    large = st.toggle("Presentation style in the HTML report", key="_report_large",
+                      help="Larger fonts and thicker lines, as in the presentation (for a report shown on a "
+                           "projector). The presentation always uses them.")
     e1, e2, e3 = st.columns(3)
     stem = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "report"
-    e1.download_button("Download HTML report", report_mod.build_html(items, title, base_url=base_url(), notes=notes),
+    e1.download_button("Download HTML report", report_mod.build_html(items, title, base_url=base_url(), notes=notes,
+                                                                     large=large),
                        file_name=f"{stem}.html", mime="text/html", icon=":material/download:", key="_dl_report",
                        help="One self-contained file: opens offline, figures stay interactive.")
     e2.download_button("Download presentation", report_mod.build_html(items, title, presentation=True,
                                                                       base_url=base_url(), notes=notes),
                        file_name=f"{stem}-slides.html", mime="text/html", icon=":material/slideshow:",
-                       key="_dl_slides", help="One figure per screen; arrow keys move between them.")
+                       key="_dl_slides", help="One figure per screen, larger fonts and thicker lines; arrow keys "
+                                              "move between them.")
     with e3:
         if st.button("Save to the gallery", icon=":material/save:", key="_save_report"):
             rid = st.session_state.get("_report_id") or secrets.token_hex(8)
