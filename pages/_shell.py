@@ -495,6 +495,7 @@ def show_figure(fig, key: str, pin: bool = True, **kwargs):
     from analysis import figures
     from pages import _share
 
+    fig = figures.clear_toolbar(fig)
     event = st.plotly_chart(inert_figure(fig), theme=None, config=figures.DOWNLOAD_CONFIG, key=key, **kwargs)
     if pin:
         title = _share.figure_title(fig, key)

@@ -229,3 +229,37 @@ def _marks() -> list:
 
 
 MARKS = _marks()  # pytestmark of every browser test module
+
+
+# Rectangles of each chart's toolbar (Plotly's modebar) and of its titles, subtitles, legends and
+# annotations that intersect it (DOM bounding boxes, not pixels): [overlaps, charts with a toolbar]
+TOOLBAR_OVERLAPS_JS = """() => {
+  const box = e => e.getBoundingClientRect();
+  const hit = (a, b) => a.width > 0 && b.width > 0 && a.left < b.right && b.left < a.right
+                        && a.top < b.bottom && b.top < a.bottom;
+  const out = [];
+  for (const chart of document.querySelectorAll("[data-testid='stPlotlyChart']")) {
+    const bar = chart.querySelector('.modebar');
+    if (!bar) continue;
+    const title = (chart.querySelector('.gtitle') || {}).textContent || '(untitled)';
+    for (const el of chart.querySelectorAll('.gtitle, .gtitle-subtitle, .annotation, .legend')) {
+      if (hit(box(bar), box(el))) out.push(title + ' :: ' + el.getAttribute('class') + ' ' + el.textContent.slice(0, 50));
+    }
+  }
+  return [out, document.querySelectorAll("[data-testid='stPlotlyChart'] .modebar").length];
+}"""
+
+
+def start_every_section(page, timeout_ms: float = 240_000, names=("Compute", "Train")) -> None:
+    """Press the main area's start buttons (long sections wait for one; how long counts as long
+    depends on the machine's load) until none is left: each press may reveal another."""
+    import time
+
+    main = page.get_by_test_id("stMain")
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        waiting = [b.first for b in (main.get_by_role("button", name=n, exact=True) for n in names) if b.count()]
+        if not waiting:
+            return
+        waiting[0].click()
+        wait_rendered(page, timeout_ms)

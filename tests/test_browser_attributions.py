@@ -49,6 +49,7 @@ def _open(page, server, path):
         B.wait_rendered(page, RENDER_MS)
     except Exception as exc:
         raise AssertionError(f"{path} did not finish rendering: {exc}\nserver log:\n{B.server_log(proc)}")
+    B.start_every_section(page, RENDER_MS)  # a busy machine's estimates may pass the auto-run limit
     exc = page.get_by_test_id("stException")
     if exc.count():
         pytest.fail("the app shows an exception:\n" + exc.first.inner_text())
@@ -63,8 +64,15 @@ def _main_selectbox(page, label):
 
 def _pick(page, label, option):
     box = _main_selectbox(page, label)
-    box.get_by_role("button", name="Open").click()
     listbox = page.get_by_role("listbox", name=label)
+    for _ in range(5):  # a rerun that lands just after the click (a job finishing) closes the list again
+        B.wait_rendered(page, RENDER_MS)
+        box.get_by_role("button", name="Open").click()
+        try:
+            listbox.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: open it again
+            continue
     listbox.get_by_role("option").filter(has_text=re.compile(rf"^\s*{re.escape(option)}\s*$")).first.click()
     deadline = time.monotonic() + 30
     while box.get_by_role("combobox").input_value() != option:
@@ -76,22 +84,7 @@ def _maps(page) -> list[np.ndarray]:
     return [np.asarray(m, dtype=float) for chart in page.evaluate(MAPS_JS) for m in chart]
 
 
-# Rectangles of each chart's toolbar and of its titles, legends and annotations that intersect it
-OVERLAPS_JS = """() => {
-  const box = e => e.getBoundingClientRect();
-  const hit = (a, b) => a.width > 0 && b.width > 0 && a.left < b.right && b.left < a.right
-                        && a.top < b.bottom && b.top < a.bottom;
-  const out = [];
-  for (const chart of document.querySelectorAll("[data-testid='stPlotlyChart']")) {
-    const bar = chart.querySelector('.modebar');
-    if (!bar) continue;
-    const title = (chart.querySelector('.gtitle') || {}).textContent || '(untitled)';
-    for (const el of chart.querySelectorAll('.gtitle, .gtitle-subtitle, .annotation, .legend')) {
-      if (hit(box(bar), box(el))) out.push(title + ' :: ' + el.getAttribute('class') + ' ' + el.textContent.slice(0, 50));
-    }
-  }
-  return [out, document.querySelectorAll("[data-testid='stPlotlyChart'] .modebar").length];
-}"""
+OVERLAPS_JS = B.TOOLBAR_OVERLAPS_JS
 # Tokens of the text relevance map whose text is wider than its box (cut or spilling over)
 CUT_TOKENS_JS = """() => {
   const out = [];

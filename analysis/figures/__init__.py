@@ -15,6 +15,45 @@ def _finish(fig):
     return fig
 
 
+TOOLBAR_PX = 30  # the band at the top of a chart where Plotly draws its toolbar (27 px measured)
+LEGEND_ROW_PX = 24  # one row of a horizontal legend
+
+
+def clear_toolbar(fig):
+    """Keep the top band of a figure, where Plotly draws its toolbar on hover, free of text: the
+    title (and subtitle) hang below the band, a horizontal legend above the plot sits under the
+    title, and the top margin grows to hold them and the subplot titles. Figures that already place
+    their title below the band keep it. Returns the figure (changed in place)."""
+    lay = fig.layout
+    height = lay.height or 450  # Plotly's default, which Streamlit keeps
+    below = TOOLBAR_PX + 4
+    title = lay.title
+    text = (title.text or "") if title is not None else ""
+    needed = below
+    if text:
+        size = (title.font.size if title.font and title.font.size else None) or (lay.font.size if lay.font and
+                                                                             lay.font.size else 13) * 1.3
+        needed += (text.count("<br>") + 1) * size * 1.35
+        sub = getattr(title, "subtitle", None)
+        if sub is not None and sub.text:
+            needed += (sub.text.count("<br>") + 1) * 17
+        placed_below = title.yref == "container" and title.y is not None and title.y <= 1 - below / height + 1e-9
+        if not placed_below:
+            fig.update_layout(title=dict(yref="container", y=1 - below / height, yanchor="top"))
+        needed += 6
+    legend = lay.legend
+    if legend is not None and legend.orientation == "h" and (legend.y is None or legend.y >= 1) and \
+            lay.showlegend is not False:
+        fig.update_layout(legend=dict(y=1.0, yanchor="bottom", yref="paper"))
+        needed += LEGEND_ROW_PX
+    if any(getattr(a, "yref", None) == "paper" and (a.y or 0) >= 1 for a in lay.annotations or ()):
+        needed += 22  # subplot titles sit above their plots
+    top = lay.margin.t if lay.margin is not None and lay.margin.t is not None else 100
+    if top < needed:
+        fig.update_layout(margin=dict(t=int(round(needed))))
+    return fig
+
+
 def plain_title(fig, fallback: str = "") -> str:
     """A figure's title as plain text for a pinned item's caption: Plotly's line breaks become " · "
     and its markup and entities are undone (the report escapes the caption itself)."""
