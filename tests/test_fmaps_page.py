@@ -165,7 +165,7 @@ def test_largest_settings_wait_for_a_button_or_are_refused_never_start():
              "fm_descr": ["geodesic", "labels", "hks"], "fm_select": "farthest-point"}
     at = open_link(query)
     errors, infos = text(at.error), text(at.info)
-    assert any("the functional map would take about" in e and "over this server" in e for e in errors), errors
+    assert any("the functional map (1,797 samples) would take about" in e and "over this server" in e for e in errors), errors
     for section, asked in (("the retrieval sweep", "Will compute retrieval"),
                            ("the robustness sweep", "Will compute the robustness sweep")):
         refused = any(section in e and "over this server" in e for e in errors)
