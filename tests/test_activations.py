@@ -29,6 +29,21 @@ def test_hooks_match_a_manual_forward_and_batching_is_invisible():
     np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5)  # BLAS kernels differ by batch size
 
 
+def test_a_later_in_place_module_does_not_change_what_was_recorded():
+    # ReLU(inplace=True) after a hooked Linear (as in torchvision's ResNets) overwrites the Linear's
+    # output in place; the recorded activations must be the Linear's, negatives included
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(inplace=True), torch.nn.Linear(6, 2))
+    m = models.wrap(net, layers=["0", "2"])
+    x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    ds = data.Dataset("inplace", "vector", x, None, None, np.arange(20), 20)
+    got = activations.extract(m, ds, layers=["0"], batch_size=8, use_cache=False)["0"]
+    with torch.no_grad():
+        want = net[0](torch.from_numpy(x)).numpy()
+    assert (want < 0).any()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_spatial_pooling_rules():
     m = models.load("zoo:cnn-s1")
     ds = data.load("digits", n=10)

@@ -52,7 +52,11 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
         pooled, rule = pool(raw, pooling, state["mask"], tokens)
         if pooling == TOKENS and state["counts"] is None:
             state["counts"] = token_counts(state["mask"], raw.shape[0], raw.shape[1])
-        state["out"][name] = pooled.cpu().numpy().astype(np.float32, copy=False)
+        # to the CPU after the forward pass (a copy here would stall it), so keep a copy on the device
+        # where pooling kept the output's memory: a later in-place module (ReLU(inplace=True), as in
+        # torchvision's ResNets) would otherwise change what was recorded
+        shared = pooled.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr()
+        state["out"][name] = pooled.clone() if shared else pooled
         state["rules"][name] = rule
 
     def hook_for(name):
@@ -80,7 +84,8 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
                             record("output", out)
                 if progress:
                     progress(batch.rows.stop / n, f"{model.name}: {batch.rows.stop}/{n} samples")
-                yield Step(batch.rows, dict(state["out"]), dict(state["rules"]), state["counts"])
+                acts = {name: t.cpu().numpy().astype(np.float32, copy=False) for name, t in state["out"].items()}
+                yield Step(batch.rows, acts, dict(state["rules"]), state["counts"])
         finally:
             for h in handles:
                 h.remove()

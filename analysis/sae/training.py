@@ -79,6 +79,12 @@ def train_sae(acts, kind: str = "topk", expansion: int = 8, k: int = 16, l1: flo
     return sae
 
 
+def _running(dev) -> dict:
+    """Sums of loss, L0 and squared error since the last log, as float64 tensors on the device."""
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    return {"loss": zero.clone(), "l0": zero.clone(), "sse": zero.clone(), "count": 0}
+
+
 def _init(sae: SparseAutoencoder, xs: torch.Tensor, gen: torch.Generator, b_dec_init: str) -> None:
     with torch.no_grad():
         w = torch.randn(sae.d_sae, sae.d_in, generator=gen)
@@ -147,13 +153,15 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
     resample_at = {int(steps * f) for f in (0.25, 0.5)} if sae.kind in PENALTY_KINDS and steps >= 200 else set()
     log_every = log_every or max(1, steps // 20)
     decay_from = int(0.8 * steps)
-    order, pos = torch.randperm(n, generator=gen), 0
+    # the shuffle is drawn on the CPU (the generator's stream) and kept on the device: an index
+    # copied from pageable memory every step would make the host wait for the GPU each step
+    order, pos = torch.randperm(n, generator=gen).to(dev), 0
     sae.history = {"step": [], "loss": [], "l0": [], "fve": []}
-    run = {"loss": 0.0, "l0": 0.0, "sse": 0.0, "count": 0}
+    run = _running(dev)
     for step in range(steps):
         if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        xb = xs[order[pos: pos + batch_size].to(dev)]
+            order, pos = torch.randperm(n, generator=gen).to(dev), 0
+        xb = xs[order[pos: pos + batch_size]]
         pos += batch_size
         z = sae.pre_acts(xb)
         f = sae.activate(z, training=True)
@@ -189,11 +197,12 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
                 sae.threshold.data.clamp_(min=1e-6)
             active = (f > 0).any(0)
             since_fired += batch_size
-            since_fired[active] = 0
+            since_fired.masked_fill_(active, 0)
             fired_window |= active
-            run["loss"] += float(loss)
-            run["l0"] += float((f > 0).sum(-1).float().mean())
-            run["sse"] += float(sse)
+            # running sums stay on the device (float64, as Python floats were): no sync per step
+            run["loss"] += loss.detach().double()
+            run["l0"] += (f > 0).sum(-1).float().mean().double()
+            run["sse"] += sse.detach().double()
             run["count"] += 1
         if step + 1 in resample_at:
             _resample(sae, xs, ~fired_window, opt, gen)
@@ -201,10 +210,10 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
         if (step + 1) % log_every == 0 or step + 1 == steps:
             c = max(run["count"], 1)
             sae.history["step"].append(step + 1)
-            sae.history["loss"].append(run["loss"] / c)
-            sae.history["l0"].append(run["l0"] / c)
-            sae.history["fve"].append(1.0 - run["sse"] / c / variance)
-            run = {"loss": 0.0, "l0": 0.0, "sse": 0.0, "count": 0}
+            sae.history["loss"].append(float(run["loss"]) / c)
+            sae.history["l0"].append(float(run["l0"]) / c)
+            sae.history["fve"].append(1.0 - float(run["sse"]) / c / variance)
+            run = _running(dev)
             if on_log:
                 on_log(sae.history)
             if progress:

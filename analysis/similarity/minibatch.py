@@ -21,13 +21,16 @@ class MinibatchCKA:
     """
 
     def __init__(self, layers_a, layers_b, device=None):
+        import torch
+
         from ..device import pick
 
         self.layers_a, self.layers_b = list(layers_a), list(layers_b)
         self.device = pick(device)
-        self.cross = np.zeros((len(self.layers_a), len(self.layers_b)))
-        self.self_a = np.zeros(len(self.layers_a))
-        self.self_b = np.zeros(len(self.layers_b))
+        # sums over batches, kept on the device (float64) so that a batch costs no copy back
+        self._cross = torch.zeros((len(self.layers_a), len(self.layers_b)), dtype=torch.float64, device=self.device)
+        self._self_a = torch.zeros(len(self.layers_a), dtype=torch.float64, device=self.device)
+        self._self_b = torch.zeros(len(self.layers_b), dtype=torch.float64, device=self.device)
         self.batches = 0
         self.samples = 0
         self._buffers: dict = {}
@@ -81,15 +84,26 @@ class MinibatchCKA:
         if b != b_b:
             raise UserInputError(f"Batch rows differ between the models ({b} vs {b_b}).")
         scale = 1.0 / (b * (b - 3))
-        sa_, sb_ = sa.cpu().numpy(), sb.cpu().numpy()
-        self.cross += (ga @ gb.T + torch.as_tensor(np.outer(sa_, sb_) / ((b - 1) * (b - 2)), device=ga.device)
-                       - 2.0 / (b - 2) * (ra @ rb.T)).cpu().numpy() * scale
-        for g, r, tot, acc in ((ga, ra, sa_, self.self_a), (gb, rb, sb_, self.self_b)):
-            sq = torch.linalg.vector_norm(g, dim=1).cpu().numpy() ** 2
-            rr = (torch.linalg.vector_norm(r, dim=1).cpu().numpy()) ** 2
+        self._cross += (ga @ gb.T + torch.outer(sa, sb) / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * (ra @ rb.T)) * scale
+        for g, r, tot, acc in ((ga, ra, sa, self._self_a), (gb, rb, sb, self._self_b)):
+            sq = torch.linalg.vector_norm(g, dim=1) ** 2
+            rr = torch.linalg.vector_norm(r, dim=1) ** 2
             acc += (sq + tot ** 2 / ((b - 1) * (b - 2)) - 2.0 / (b - 2) * rr) * scale
         self.batches += 1
         self.samples += b
+
+    @property
+    def cross(self) -> np.ndarray:
+        """Sum over batches of the scaled HSIC_1 cross terms (A layers x B layers)."""
+        return self._cross.cpu().numpy()
+
+    @property
+    def self_a(self) -> np.ndarray:
+        return self._self_a.cpu().numpy()
+
+    @property
+    def self_b(self) -> np.ndarray:
+        return self._self_b.cpu().numpy()
 
     def values(self) -> np.ndarray:
         if self.batches == 0:

@@ -85,11 +85,13 @@ def iterate(encode: Callable, decode: Callable, z0, max_steps: int = DEFAULTS["m
     f = _f(encode, decode)
     n = len(z)
     z = z.clone()
+    # Bookkeeping stays on z's device; the only sync per step is whether a row stopped (the
+    # active set then shrinks). Everything goes to the CPU once, at the end.
     active = torch.arange(n, device=z.device)
-    steps = np.full(n, max_steps, dtype=np.int64)
-    converged = np.zeros(n, dtype=bool)
-    residuals = np.full((max_steps, n), np.nan, dtype=np.float64)
-    path = [z.detach().cpu().numpy().copy()]
+    steps = torch.full((n,), max_steps, dtype=torch.int64, device=z.device)
+    converged = torch.zeros(n, dtype=torch.bool, device=z.device)
+    residuals = torch.full((max_steps, n), float("nan"), dtype=torch.float64, device=z.device)
+    path = [z.detach().clone()]
     recorded = [0]
     t = 0
     with torch.no_grad():
@@ -98,26 +100,26 @@ def iterate(encode: Callable, decode: Callable, z0, max_steps: int = DEFAULTS["m
             nxt = f(za)
             r = ((nxt.double() - za.double()) ** 2).sum(1)
             z[active] = nxt.to(z.dtype)
-            idx = active.cpu().numpy()
-            residuals[t - 1, idx] = r.cpu().numpy()
+            residuals[t - 1, active] = r
             done = r < tol
             if bool(done.any()):
-                d = done.cpu().numpy()
-                steps[idx[d]] = t
-                converged[idx[d]] = True
+                stopped = active[done]
+                steps[stopped] = t
+                converged[stopped] = True
                 active = active[~done]
             if record_every and t % record_every == 0:
-                path.append(z.cpu().numpy().copy())
+                path.append(z.clone())
                 recorded.append(t)
             if progress and t % 25 == 0:
                 progress(t / max_steps, f"step {t}: {len(active)} of {n} trajectories still moving")
             if len(active) == 0:
                 break
     if recorded[-1] != t:
-        path.append(z.cpu().numpy().copy())
+        path.append(z.clone())
         recorded.append(t)
-    return Trajectories(np.stack(path), np.asarray(recorded), z.cpu().numpy(), converged, steps,
-                        residuals[:t], float(tol), int(max_steps))
+    return Trajectories(torch.stack(path).cpu().numpy(), np.asarray(recorded), z.cpu().numpy(),
+                        converged.cpu().numpy(), steps.cpu().numpy(),
+                        residuals[:t].cpu().numpy(), float(tol), int(max_steps))
 
 
 def iterate_loop(encode, decode, z0, max_steps: int = DEFAULTS["max_steps"], tol: float = DEFAULTS["tol"]):
