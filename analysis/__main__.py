@@ -313,7 +313,24 @@ def run_sweep(args: argparse.Namespace, executor, bar) -> int:
     return 0
 
 
+CLI_ENV = ("REPLENS_STORE", "REPLENS_ALLOW_LOCAL_PATHS", "REPLENS_ALLOW_HUB")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. The settings it gives itself are undone when it returns, so a caller in
+    the same process (a notebook, a test, the web app) keeps its own rules for folders and the hub."""
+    saved = {k: os.environ.get(k) for k in CLI_ENV}
+    try:
+        return _main(argv)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -54,7 +54,8 @@ if spec.params["values"] == "calibrated":
     if got:
         result.calibration = cal.calibration
 event = show_figure(figs.heatmap_ab(result, spec.params), "heatmap_ab", on_select="rerun", selection_mode="points")
-st.caption("Open circles: the best-matching layer of B for each layer of A. Click a cell to drill down.")
+st.caption("Open circles: the best-matching layer of B for each layer of A. Click a cell to drill down. "
+           + md(view.module.pooling_note(result.matrices, spec.params["pooling"])))
 dl1, dl2 = st.columns([1, 3])
 dl1.download_button("Download matrix (CSV)", result.matrices.ab.to_csv().encode(),
                     file_name=f"{measure}_A_vs_B.csv", mime="text/csv")

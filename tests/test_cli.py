@@ -143,3 +143,16 @@ def test_the_page_opens_a_cli_result_without_computing_it_again(page, extra, tmp
     assert len(at.get("plotly_chart")) >= 2, [w.value for w in at.warning] + [e.value for e in at.error]
     new = set(store.keys()) - keys
     assert not new, [store.meta(k) for k in new]  # everything the page shows came from the store
+
+
+def test_the_cli_leaves_the_callers_settings_as_they_were(tmp_path, monkeypatch):
+    """The CLI allows folders and the hub for itself; a web app or test in the same process must
+    not inherit that (a link could then read server folders)."""
+    import os
+
+    from analysis.__main__ import main
+
+    monkeypatch.delenv("REPLENS_ALLOW_LOCAL_PATHS", raising=False)
+    monkeypatch.setenv("REPLENS_ALLOW_HUB", "0")
+    assert main(["models", "--n", "20", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "REPLENS_ALLOW_LOCAL_PATHS" not in os.environ and os.environ["REPLENS_ALLOW_HUB"] == "0"

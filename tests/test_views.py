@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from analysis import views
 from analysis.views.base import View
+from analysis.spec import AnalysisSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -118,3 +119,20 @@ def test_share_stays_when_a_page_waits_for_its_button(monkeypatch):
     at = _open("pages/similarity.py")
     assert any("Will compute" in i.value for i in at.info)
     assert any(p.proto.popover.label == "Share this view" for p in at.get("popover"))
+
+
+def test_auto_pooling_flattens_small_convolutions_and_says_so(tmp_path):
+    """Issue 20: the spatial mean hides where a CNN's features are (CKA 0.12 between conv1 and an
+    MLP's fc1); the default pooling flattens convolutions of up to 4,096 values (0.91, the same as
+    'flatten'), and the page's note names the rule each layer got."""
+    view = views.get("similarity")
+    got = {}
+    for pooling in ("auto", "mean", "flatten"):
+        m = view.compute(AnalysisSpec("similarity", {"a": "zoo:cnn-s0", "b": "zoo:mlp-s0", "pooling": pooling}),
+                         sections=["matrices"]).matrices
+        got[pooling] = (m.ab.loc["net.conv1", "net.fc1"], view.module.pooling_note(m, pooling))
+    assert got["auto"][0] == pytest.approx(got["flatten"][0], abs=1e-12)
+    assert got["auto"][0] > got["mean"][0] + 0.5
+    assert "flattened (at most 4,096 values): A net.conv1" in got["auto"][1]
+    assert "spatial mean: A net.conv1" in got["mean"][1] and "the other layers as is" in got["mean"][1]
+    assert AnalysisSpec("similarity", {}).params["pooling"] == "auto"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserInputError
-from .pooling import TOKENS, check, first_tensor, pool, token_counts
+from .pooling import AUTO_FLATTEN_MAX, TOKENS, check, first_tensor, pool, token_counts
 
 
 class Step(tuple):
@@ -157,7 +157,7 @@ def pooled_dims(model, ds, layers: list[str], pooling: str = "mean") -> list[int
             dims.append(int(shape[0]) if shape else 1)
         elif tokens and len(shape) == 2:
             dims.append(int(shape[-1]))
-        elif pooling == "flatten":
+        elif pooling == "flatten" or (pooling == "auto" and int(np.prod(shape)) <= AUTO_FLATTEN_MAX):
             dims.append(int(np.prod(shape)))
         else:
             dims.append(int(shape[0]))

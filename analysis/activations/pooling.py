@@ -5,14 +5,19 @@
   "mean" averages the valid tokens (attention mask), "first" takes the first token ([CLS]),
   "last" the last valid token (wherever the padding is: left-padded decoder batches included),
   "tokens" keeps every valid token as a row of its own (token-level analyses);
-- spatial outputs (b, c, h, w) or (b, c, l): "mean" averages over positions, "flatten" keeps all.
+- spatial outputs (b, c, h, w) or (b, c, l): "mean" averages over positions, "flatten" keeps all;
+- "auto" picks per layer kind: spatial outputs are flattened up to AUTO_FLATTEN_MAX values per
+  sample (a spatial mean discards where features are, and two models that place the same features
+  differently then look unrelated: CKA 0.13 between a CNN's conv1 and an MLP's fc1 under the mean,
+  0.91 flattened), their spatial mean beyond; token outputs take the mean over valid tokens.
 """
 from __future__ import annotations
 
 from ..errors import UserInputError
 
 # Rules that give one row per sample (what views compare across two models) ...
-POOLINGS = ("mean", "first", "last", "flatten")
+POOLINGS = ("auto", "mean", "first", "last", "flatten")
+AUTO_FLATTEN_MAX = 4096  # values per sample up to which "auto" flattens a spatial output
 # ... and the one that gives one row per valid token (rows differ between tokenizers).
 TOKENS = "tokens"
 ALL_POOLINGS = POOLINGS + (TOKENS,)
@@ -56,7 +61,12 @@ def pool(out, pooling: str, mask=None, tokens: bool = False):
                                  "per sample. Pick a transformer block, or pool with 'mean'.")
         return out, "as is"
     if tokens and out.ndim == 3:
-        return _pool_tokens(out, pooling, mask)
+        return _pool_tokens("mean" if pooling == "auto" else pooling, out, mask)
+    if pooling == "auto":
+        size = out[0].numel()
+        if size <= AUTO_FLATTEN_MAX:
+            return out.flatten(1), f"flattened (at most {AUTO_FLATTEN_MAX:,} values)"
+        return out.flatten(2).mean(-1), f"spatial mean (over {AUTO_FLATTEN_MAX:,} values flattened)"
     if pooling == "mean":
         return out.flatten(2).mean(-1), "spatial mean"
     if pooling == "flatten":
@@ -65,7 +75,7 @@ def pool(out, pooling: str, mask=None, tokens: bool = False):
                          f"{tuple(out.shape[1:])}. Use 'mean' (spatial mean) or 'flatten'.")
 
 
-def _pool_tokens(out, pooling: str, mask):
+def _pool_tokens(pooling: str, out, mask):
     if pooling == "mean":
         if mask is None:
             return out.mean(1), "mean over tokens"

@@ -32,9 +32,11 @@ def _poolings():
 
 PARAMS = (
     Param("measure", "str", "linear_cka", choices=_measures, label="Measure"),
-    Param("pooling", "str", "mean", choices=_poolings, label="Pooling",
-          help="How token or spatial axes are reduced: mean (valid tokens / positions), first token, or "
-               "flatten (spatial layers only)."),
+    Param("pooling", "str", "auto", choices=_poolings, label="Pooling",
+          help="How token or spatial axes are reduced. auto: per layer kind (convolutions flattened up to "
+               "4,096 values per sample, their spatial mean beyond; mean over valid tokens for transformers); "
+               "mean (valid tokens / positions), first or last token, or flatten (spatial layers only). "
+               "The rule each layer got is listed under the heatmap."),
     Param("batch", "int", 0, lo=0, hi=100_000, label="Minibatch size",
           help="0 computes on all samples at once. A size uses the minibatch CKA estimator (Nguyen et al. "
                "2021): unbiased HSIC per batch, averaged; memory stays bounded. CKA family except RBF."),
@@ -93,6 +95,7 @@ class Matrices:
     bb: object
     best: list  # (A layer, B layer, value)
     warnings: list = field(default_factory=list)
+    pooling: dict = field(default_factory=dict)  # "A"/"B" -> {layer: the pooling rule it got}
 
 
 @dataclass
@@ -186,7 +189,32 @@ def _matrices(ctx, progress) -> Matrices:
     notes = list(dict.fromkeys(w for df in out.values() for w in df.attrs.get("warnings", [])))
     for df in out.values():
         df.attrs.clear()  # everything said there is in `notes`; attrs do not survive the store anyway
-    return Matrices(out["AB"], out["AA"], out["BB"], sim.best_matches(out["AB"]), notes)
+    return Matrices(out["AB"], out["AA"], out["BB"], sim.best_matches(out["AB"]), notes, _rules(ctx))
+
+
+def _rules(ctx) -> dict:
+    """The pooling rule each shown layer gets (from two samples: rules depend on shapes only)."""
+    from ..activations import extract, rows_of
+
+    head = rows_of(ctx.ds, slice(0, min(2, len(ctx.ds))))
+    return {side.upper(): dict(extract(model, head, layers(ctx, side), ctx.p["pooling"], ctx.device,
+                                       use_cache=False).rules)
+            for side, model in (("a", ctx.model_a), ("b", ctx.model_b))}
+
+
+def pooling_note(matrices: Matrices, pooling: str) -> str:
+    """One line saying how each layer's output became one vector per sample."""
+    groups: dict[str, list[str]] = {}
+    for side, rules in (matrices.pooling or {}).items():
+        for layer, rule in rules.items():
+            groups.setdefault(rule, []).append(f"{side} {layer}")
+    shaped = {rule: names for rule, names in groups.items() if rule != "as is"}
+    if not shaped:
+        return f"Pooling {pooling}: every layer shown gives one vector per sample, used as is."
+    parts = [f"{rule}: {', '.join(names)}" for rule, names in shaped.items()]
+    if "as is" in groups:
+        parts.append("the other layers as is")
+    return f"Pooling {pooling}. " + "; ".join(parts) + "."
 
 
 def _cell(ctx, matrices=None) -> tuple[str, str]:
