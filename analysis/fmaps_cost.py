@@ -78,13 +78,30 @@ def solve_bytes(n: int, n_eigs: int, p: int, n_anchors: int) -> int:
     return 40 * n * n_anchors + 40 * p * n_eigs ** 2
 
 
-def point_map_seconds(n: int, n_eigs: int, steps: int = 1) -> float:
-    """Nearest spectral embedding for every sample (n^2 K in single precision), per ZoomOut step."""
-    return 4.5e-11 * steps * n * n * n_eigs
+def point_map_seconds(n: int, n_eigs: int, steps: int = 1, queries: int | None = None) -> float:
+    """Nearest spectral embedding among the n samples for each of ``queries`` rows (default every
+    sample; n queries K in single precision), per ZoomOut step."""
+    return 4.5e-11 * steps * (n if queries is None else queries) * n * n_eigs
+
+
+def zoomout_seconds(n: int, n_eigs: int, refine: bool) -> float:
+    """ZoomOut's point maps: every step on every sample up to ``SCALABLE_FROM`` samples; above it the
+    steps but the last on ``ZOOMOUT_SAMPLE`` rows (analysis.fmaps.zoomout's sampled steps)."""
+    from .fmaps import SCALABLE_FROM, ZOOMOUT_SAMPLE
+
+    if not refine:
+        return point_map_seconds(n, n_eigs)
+    if n <= SCALABLE_FROM:
+        return point_map_seconds(n, n_eigs, ZOOMOUT_STEPS)
+    return point_map_seconds(n, n_eigs) + point_map_seconds(n, n_eigs, ZOOMOUT_STEPS - 1, min(n, ZOOMOUT_SAMPLE))
 
 
 def point_map_bytes(n: int) -> int:
-    return 3 * 4 * 2048 * n  # query blocks of 2,048 rows against every sample, float32
+    """Query blocks against every sample, float32: 2,048 rows, or fewer so a block holds at most
+    2^24 distances (analysis.fmaps.nearest_rows), with the product's and argmin's temporaries."""
+    from .fmaps import BLOCK_ENTRIES
+
+    return 3 * 4 * min(2048 * n, max(16 * n, BLOCK_ENTRIES))
 
 
 # ------------------------------------------------------------------ the analyses
@@ -98,7 +115,7 @@ def fit_cost(n: int, d_a: int, d_b: int, k: int | None, n_eigs: int, n_anchors: 
     seconds = (knn_graph_seconds(n, d_a, k) + knn_graph_seconds(n, d_b, k) + 2 * spectrum_seconds(n, k, kk)
                + (2 * geodesic_seconds(n, k, n_anchors) if geo else 0.0)
                + (solve_seconds(n, kk, p) if p else 0.0)
-               + point_map_seconds(n, kk, ZOOMOUT_STEPS if (refine and p) else 1))
+               + zoomout_seconds(n, kk, bool(refine and p)))
     memory = (2 * knn_graph_bytes(n, k) + 2 * spectrum_bytes(n, kk) + 8 * n * (d_a + d_b)
               + (solve_bytes(n, kk, p, n_anchors if geo else 0) if p else 0) + point_map_bytes(n))
     return Cost(STARTUP_S + SHARED * seconds, int(memory))
