@@ -290,3 +290,19 @@ def test_scalable_path_agrees_with_the_reference(swiss):
     # the default threshold leaves a 600-point fit on the reference path, bit for bit
     default = fmaps.LatentFunctionalMap(metric="euclidean").fit(x, y, anchors=pairs, rows_aligned=True)
     assert not default.scalable_ and np.array_equal(default.p2p_, ref.p2p_)
+
+
+def test_cost_model_follows_the_scalable_path():
+    from analysis import fmaps_cost as cost
+
+    steps = cost.ZOOMOUT_STEPS
+    at_threshold = fmaps.SCALABLE_FROM
+    assert cost.zoomout_seconds(at_threshold, 50, True) == cost.point_map_seconds(at_threshold, 50, steps)
+    n = 4 * fmaps.SCALABLE_FROM  # one point map on every row, the other steps on the sample
+    sampled = cost.zoomout_seconds(n, 50, True)
+    assert sampled == pytest.approx(4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
+    assert sampled < cost.point_map_seconds(n, 50, steps) / 4
+    assert cost.zoomout_seconds(n, 50, False) == cost.point_map_seconds(n, 50)
+    # point-map blocks: 2,048 queries while they hold under 2^24 distances, then a fixed budget
+    assert cost.point_map_bytes(1000) == 12 * 2048 * 1000
+    assert cost.point_map_bytes(100_000) == cost.point_map_bytes(200_000) == 12 * fmaps.BLOCK_ENTRIES
