@@ -11,9 +11,9 @@ and measurements agreed within 1.5x (a fresh process adds about 2 s of imports t
 ``SHARED`` turns CPU seconds into wall seconds on a machine whose cores other jobs share (measured
 1x idle to 4x under a load of 17 on 2 cores). The job runner then corrects each kind of estimate
 by the ratio it observes (analysis.jobs.estimates). Above ``analysis.fmaps.SCALABLE_FROM`` samples
-ZoomOut's steps run on a sample of rows (:func:`zoomout_seconds`); with that, the fit's estimate at
-10,000 and 20,000 points (24.8 s, 58.7 s) was within 1.15x of the measured 22.0 s and 53.6 s wall
-(load 5 on 2 cores; benchmarks/fmaps_scaling.py).
+ZoomOut's steps run on a sample of rows (:func:`zoomout_seconds`); with that, the fit's estimates
+at 5,000, 10,000, 20,000 and 100,000 points were within 1.5x of the measured wall times (10, 22,
+54 and 304 s under a load of 5 on 2 cores; benchmarks/fmaps_scaling.py).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def n_descriptors(n_anchors: int, n_classes: int, descriptors) -> int:
 # ------------------------------------------------------------------ the steps (CPU seconds, bytes)
 def knn_graph_seconds(n: int, d: int, k: int) -> float:
     """Brute-force neighbours (n^2 d multiply-adds, n^2 partial sorts) and the sparse graph's
-    assembly and symmetrisation (per edge)."""
-    return 1e-11 * n * n * d + 1e-8 * n * n + 6e-7 * n * k
+    assembly and symmetrisation (per edge); the n^2 constant refitted on 5,000 to 100,000 samples."""
+    return 1e-11 * n * n * d + 3.7e-9 * n * n + 8e-7 * n * k
 
 
 def knn_graph_bytes(n: int, k: int) -> int:
