@@ -70,14 +70,14 @@ def knn_graph(x, n_neighbors: int | None = None, metric: str = "cosine"):
     idx = idx[keep].reshape(n, k)
     scale = np.maximum(dist[:, -1:], 1e-12)
     w = np.exp(-4.0 * (dist / scale) ** 2)
-    rows, cols = np.repeat(np.arange(n), k), idx.ravel()
-    # (W + W^T)/2 in one pass: both directions of every edge, duplicates summed by tocsr. No point
-    # lists itself and every weight is >= exp(-4), so the diagonal is already empty.
-    both = (np.concatenate([rows, cols]), np.concatenate([cols, rows]))
-    W = sp.coo_matrix((np.concatenate([w.ravel(), w.ravel()]), both), shape=(n, n)).tocsr() * 0.5
-    D = sp.csr_matrix((np.maximum(dist.ravel(), 1e-12), (rows, cols)), shape=(n, n))
+    rows = np.repeat(np.arange(n), k)
+    W = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(n, n))
+    W = (W + W.T) * 0.5
+    D = sp.csr_matrix((np.maximum(dist.ravel(), 1e-12), (rows, idx.ravel())), shape=(n, n))
     D = D.maximum(D.T)  # an edge exists if either end lists the other; its length is the distance
-    return W, D.tocsr()
+    W.setdiag(0)
+    W.eliminate_zeros()
+    return W.tocsr(), D.tocsr()
 
 
 def normalized_laplacian(W):
