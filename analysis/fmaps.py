@@ -31,7 +31,8 @@ from .validation import as_matrix, check_aligned
 DESCRIPTORS = ("geodesic", "labels", "hks")
 METRICS = ("cosine", "euclidean")
 SCALABLE_FROM = 5000  # above this many samples a fit takes the scalable path (LatentFunctionalMap)
-ZOOMOUT_SAMPLE = 2000  # rows of Y that the scalable path's intermediate ZoomOut steps use
+# rows of Y for the scalable path's intermediate ZoomOut steps (with 2,000, 10% fewer rows matched at n = 10,000)
+ZOOMOUT_SAMPLE = 5000
 
 
 # --------------------------------------------------------------------------- graph and spectrum
