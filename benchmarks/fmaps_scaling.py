@@ -18,6 +18,7 @@ the two similarities differ; where the dense version ran, its seconds and peak m
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import tracemalloc
@@ -132,7 +133,7 @@ def main(argv=None):
             line += f"{'skipped':>7} {'':>6} {'':>6} {'':>6} {'':>6} {'':>7} {'':>7} | "
         if n <= args.dense_max:
             with threadpool_limits(1, user_api="blas"):  # the same thread budget as the sparse fit
-                ((t_dense, _, _), dpeak, _) = measure(lambda: dense_fit(xa, xb, anchors, k, args.eigs))
+                ((t_dense, _, _), dpeak, _) = measure(functools.partial(dense_fit, xa, xb, anchors, k, args.eigs))
             line += f"{t_dense:>8.2f} {dpeak:>6.0f}"
         else:
             line += f"{'skipped':>8} {f'~{n * n * 8 * 4 / 2**20:.0f}':>6}"
