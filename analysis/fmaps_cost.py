@@ -10,7 +10,10 @@ on a 2-core x86 server with one BLAS thread (the fits run under ``small_blas``),
 and measurements agreed within 1.5x (a fresh process adds about 2 s of imports to its first fit).
 ``SHARED`` turns CPU seconds into wall seconds on a machine whose cores other jobs share (measured
 1x idle to 4x under a load of 17 on 2 cores). The job runner then corrects each kind of estimate
-by the ratio it observes (analysis.jobs.estimates).
+by the ratio it observes (analysis.jobs.estimates). Above ``analysis.fmaps.SCALABLE_FROM`` samples
+ZoomOut's steps run on a sample of rows (:func:`zoomout_seconds`); with that, the fit's estimates
+at 5,000, 10,000, 20,000 and 100,000 points were within 1.5x of the measured wall times (10, 22,
+54 and 304 s under a load of 5 on 2 cores; benchmarks/fmaps_scaling.py).
 """
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ def n_descriptors(n_anchors: int, n_classes: int, descriptors) -> int:
 # ------------------------------------------------------------------ the steps (CPU seconds, bytes)
 def knn_graph_seconds(n: int, d: int, k: int) -> float:
     """Brute-force neighbours (n^2 d multiply-adds, n^2 partial sorts) and the sparse graph's
-    assembly and symmetrisation (per edge)."""
-    return 1e-11 * n * n * d + 1e-8 * n * n + 6e-7 * n * k
+    assembly and symmetrisation (per edge); the n^2 constant refitted on 5,000 to 100,000 samples."""
+    return 1e-11 * n * n * d + 3.7e-9 * n * n + 8e-7 * n * k
 
 
 def knn_graph_bytes(n: int, k: int) -> int:
@@ -78,13 +81,30 @@ def solve_bytes(n: int, n_eigs: int, p: int, n_anchors: int) -> int:
     return 40 * n * n_anchors + 40 * p * n_eigs ** 2
 
 
-def point_map_seconds(n: int, n_eigs: int, steps: int = 1) -> float:
-    """Nearest spectral embedding for every sample (n^2 K in single precision), per ZoomOut step."""
-    return 4.5e-11 * steps * n * n * n_eigs
+def point_map_seconds(n: int, n_eigs: int, steps: int = 1, queries: int | None = None) -> float:
+    """Nearest spectral embedding among the n samples for each of ``queries`` rows (default every
+    sample; n queries K in single precision), per ZoomOut step."""
+    return 4.5e-11 * steps * (n if queries is None else queries) * n * n_eigs
+
+
+def zoomout_seconds(n: int, n_eigs: int, refine: bool) -> float:
+    """ZoomOut's point maps: every step on every sample up to ``SCALABLE_FROM`` samples; above it the
+    steps but the last on ``ZOOMOUT_SAMPLE`` rows (analysis.fmaps.zoomout's sampled steps)."""
+    from .fmaps import SCALABLE_FROM, ZOOMOUT_SAMPLE
+
+    if not refine:
+        return point_map_seconds(n, n_eigs)
+    if n <= SCALABLE_FROM:
+        return point_map_seconds(n, n_eigs, ZOOMOUT_STEPS)
+    return point_map_seconds(n, n_eigs) + point_map_seconds(n, n_eigs, ZOOMOUT_STEPS - 1, min(n, ZOOMOUT_SAMPLE))
 
 
 def point_map_bytes(n: int) -> int:
-    return 3 * 4 * 2048 * n  # query blocks of 2,048 rows against every sample, float32
+    """Query blocks against every sample, float32: 2,048 rows, or fewer so a block holds at most
+    2^24 distances (analysis.fmaps.nearest_rows), with the product's and argmin's temporaries."""
+    from .fmaps import BLOCK_ENTRIES
+
+    return 3 * 4 * min(2048 * n, max(16 * n, BLOCK_ENTRIES))
 
 
 # ------------------------------------------------------------------ the analyses
@@ -98,7 +118,7 @@ def fit_cost(n: int, d_a: int, d_b: int, k: int | None, n_eigs: int, n_anchors: 
     seconds = (knn_graph_seconds(n, d_a, k) + knn_graph_seconds(n, d_b, k) + 2 * spectrum_seconds(n, k, kk)
                + (2 * geodesic_seconds(n, k, n_anchors) if geo else 0.0)
                + (solve_seconds(n, kk, p) if p else 0.0)
-               + point_map_seconds(n, kk, ZOOMOUT_STEPS if (refine and p) else 1))
+               + zoomout_seconds(n, kk, bool(refine and p)))
     memory = (2 * knn_graph_bytes(n, k) + 2 * spectrum_bytes(n, kk) + 8 * n * (d_a + d_b)
               + (solve_bytes(n, kk, p, n_anchors if geo else 0) if p else 0) + point_map_bytes(n))
     return Cost(STARTUP_S + SHARED * seconds, int(memory))

@@ -1,4 +1,5 @@
-"""Latent functional map fit time and memory versus the number of points, against a dense-matrix
+"""Latent functional map fit time and memory versus the number of points, against today's reference
+algorithm (``scalable_from=None``: every ZoomOut step on every sample) and a dense-matrix
 implementation (what the official notebooks do: a full n x n graph and a dense eigensolver).
 
 Both fits use the same data (layer net.relu3 of zoo:mlp-s0 and zoo:mlp-s1 on the noisy digits set,
@@ -7,15 +8,17 @@ geodesic anchors, the same solver and ZoomOut; only the graph and the eigen-prob
 keeps the graph sparse and runs ARPACK (eigsh) on it, the dense version builds the n x n distance,
 affinity and Laplacian matrices and calls scipy.linalg.eigh for the K smallest eigenpairs.
 
-    python benchmarks/fmaps_scaling.py                 # n = 1000 2000 5000 10000 20000, dense up to 5000
-    python benchmarks/fmaps_scaling.py --n 1000 2000 --dense-max 2000
+    python benchmarks/fmaps_scaling.py                 # n = 1000 5000 10000 20000, dense up to 5000
+    python benchmarks/fmaps_scaling.py --n 100000 --reference-max 20000 --dense-max 0
 
-Prints, per n: the sparse fit's seconds, its eigen-solver share, its peak traced memory, and where
-the dense version ran, its seconds, peak memory and the ratio dense / sparse.
+Prints, per n: the fit's seconds (wall and CPU), its steps, peak traced memory, the cost model's
+estimate and the matched fraction; the reference's seconds, memory and matched fraction and how far
+the two similarities differ; where the dense version ran, its seconds and peak memory.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import tracemalloc
@@ -77,52 +80,71 @@ def dense_fit(x, y, anchors, k: int, n_eigs: int):
 
 
 def measure(fn):
+    """fn()'s result, tracemalloc peak (MiB) and CPU seconds of this process (on a shared machine
+    they move less than wall seconds)."""
     tracemalloc.start()
+    cpu = time.process_time()
     try:
         out = fn()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return out, peak / 2**20
+    return out, peak / 2**20, time.process_time() - cpu
+
+
+def fit(xa, xb, anchors, n_eigs: int, scalable_from):
+    lfm = fmaps.LatentFunctionalMap(n_eigs=n_eigs, scalable_from=scalable_from)
+    (_, peak, cpu) = measure(lambda: lfm.fit(xa, xb, anchors=anchors, rows_aligned=True))
+    exact = float(np.mean(lfm.p2p_ == np.arange(len(xa))))
+    return lfm, peak, cpu, exact
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 5000, 10000, 20000])
+    ap.add_argument("--n", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
     ap.add_argument("--dense-max", type=int, default=5000, help="largest n for the dense version")
+    ap.add_argument("--reference-max", type=int, default=20000, help="largest n for today's reference fit")
     ap.add_argument("--eigs", type=int, default=50)
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    print(f"{'n':>6} {'k':>4} | {'sparse s':>9} {'graph':>6} {'eigen':>6} {'solve':>6} {'eigen %':>8} {'peak MiB':>9} "
-          f"{'exact':>6} | "
-          f"{'dense s':>8} {'eigen %':>8} {'peak MiB':>9} | {'dense/sparse':>12}")
+    from analysis import fmaps_cost
+
+    print(f"{'n':>6} {'k':>4} | {'new s':>7} {'cpu s':>6} {'graph':>6} {'eigen':>6} {'solve':>6} {'MiB':>6} "
+          f"{'est s':>6} {'exact':>6} | {'ref s':>7} {'cpu s':>6} {'solve':>6} {'MiB':>6} {'exact':>6} "
+          f"{'|dsim|':>7} {'ref/new':>7} | {'dense s':>8} {'MiB':>6}", flush=True)
     for n in args.n:
         xa, xb = layers(n)
         k = fmaps.default_neighbors(n)
         anchors = select_anchors(xa, 10, "random", seed=0)
-        lfm = fmaps.LatentFunctionalMap(n_eigs=args.eigs)
         fmaps.LatentFunctionalMap(n_eigs=5).fit(xa[:200], xb[:200], anchors=anchors[anchors < 200][:3],
                                                 rows_aligned=True)  # warm the imports
-        (_, peak) = measure(lambda: lfm.fit(xa, xb, anchors=anchors, rows_aligned=True))
-        t_sparse = lfm.timings_["total"]
-        share = lfm.timings_["eigen"] / t_sparse
-        exact = float(np.mean(lfm.p2p_ == np.arange(n)))
-        t = lfm.timings_
-        line = (f"{n:>6} {k:>4} | {t_sparse:>9.2f} {t['graph']:>6.2f} {t['eigen']:>6.2f} {t['solve']:>6.2f} "
-                 f"{100 * share:>7.0f}% {peak:>9.0f} {exact:>6.2f} | ")
+        new, peak, cpu, exact = fit(xa, xb, anchors, args.eigs, fmaps.SCALABLE_FROM)
+        t = new.timings_
+        est = fmaps_cost.fit_cost(n, xa.shape[1], xb.shape[1], None, args.eigs, 10, 0, ("geodesic",), True)
+        line = (f"{n:>6} {k:>4} | {t['total']:>7.2f} {cpu:>6.1f} {t['graph']:>6.2f} {t['eigen']:>6.2f} "
+                f"{t['solve']:>6.2f} {peak:>6.0f} {est.seconds:>6.1f} {exact:>6.3f} | ")
+        if n <= args.reference_max:
+            ref, rpeak, rcpu, rexact = fit(xa, xb, anchors, args.eigs, None)
+            dsim = abs(ref.similarity() - new.similarity())
+            line += (f"{ref.timings_['total']:>7.2f} {rcpu:>6.1f} {ref.timings_['solve']:>6.2f} {rpeak:>6.0f} "
+                     f"{rexact:>6.3f} {dsim:>7.1e} {ref.timings_['total'] / t['total']:>6.1f}x | ")
+        else:
+            line += f"{'skipped':>7} {'':>6} {'':>6} {'':>6} {'':>6} {'':>7} {'':>7} | "
         if n <= args.dense_max:
             with threadpool_limits(1, user_api="blas"):  # the same thread budget as the sparse fit
-                ((t_dense, t_eig, _), dpeak) = measure(lambda: dense_fit(xa, xb, anchors, k, args.eigs))
-            line += f"{t_dense:>8.2f} {100 * t_eig / t_dense:>7.0f}% {dpeak:>9.0f} | {t_dense / t_sparse:>11.1f}x"
+                ((t_dense, _, _), dpeak, _) = measure(functools.partial(dense_fit, xa, xb, anchors, k, args.eigs))
+            line += f"{t_dense:>8.2f} {dpeak:>6.0f}"
         else:
-            est = n * n * 8 * 4 / 2**20
-            line += f"{'skipped':>8} {'':>8} {f'~{est:.0f}':>9} | {'':>12}"
+            line += f"{'skipped':>8} {f'~{n * n * 8 * 4 / 2**20:.0f}':>6}"
         print(line, flush=True)
-    print("graph/eigen/solve: seconds of the sparse fit's kNN graphs, eigsh, and solve + ZoomOut; exact: fraction "
-          "of samples matched to themselves from 10 anchors.")
-    print("peak MiB: tracemalloc peak of the fit (numpy buffers included); dense 'skipped' shows the memory "
-          "its four n x n float64 matrices alone would take.")
+    print("new: this fit (above fmaps.SCALABLE_FROM samples ZoomOut's steps use a sample of rows); ref: today's "
+          "reference algorithm (scalable_from=None); dense: n x n matrices and a dense eigensolver.")
+    print("s: wall seconds, cpu s: this process's CPU seconds; graph/eigen/solve: wall seconds of the kNN graphs, "
+          "eigsh, and solve + ZoomOut; MiB: tracemalloc peak (numpy buffers included; dense 'skipped' shows "
+          "what its four n x n float64 matrices alone would take); est s: analysis.fmaps_cost's estimate (wall "
+          "on a shared machine); exact: fraction of samples matched to themselves from 10 anchors; |dsim|: "
+          "difference of the LFM similarity between new and ref.")
 
 
 if __name__ == "__main__":

@@ -238,3 +238,71 @@ def test_calibration_needs_aligned_rows_and_is_cached(swiss, monkeypatch):
         AssertionError("refitted")))
     again = fmaps.calibrated_similarity(x[:200], y[:200], n_perm=5, n_eigs=10)
     np.testing.assert_array_equal(again.null, first.null)  # the stored bytes, read back
+
+
+# ------------------------------------------------------------------ the scalable path (large n)
+def test_sampled_zoomout_recovers_a_permutation_exactly():
+    """Y = X with rows permuted: its eigenvectors are Phi_X's rows permuted, the true C is I, and a
+    ZoomOut whose steps see only 60 of 400 rows still returns the permutation for every row."""
+    rng = np.random.default_rng(0)
+    phi_x = np.linalg.qr(rng.standard_normal((400, 12)))[0]
+    perm = rng.permutation(400)
+    phi_y = phi_x[perm]
+    C, p2p = fmaps.zoomout(np.eye(4), phi_x, phi_y, k_start=4, k_end=12, n_sample=60, seed=1)
+    assert np.array_equal(p2p, perm)
+    assert np.allclose(C, np.eye(12), atol=1e-10)
+
+
+def test_sampled_zoomout_with_every_row_is_zoomout():
+    rng = np.random.default_rng(2)
+    phi_x = np.linalg.qr(rng.standard_normal((300, 10)))[0]
+    phi_y = np.linalg.qr(phi_x + 0.05 * rng.standard_normal((300, 10)))[0]
+    C0 = rng.standard_normal((5, 5))
+    full = fmaps.zoomout(C0, phi_x, phi_y, 5, 10)
+    same = fmaps.zoomout(C0, phi_x, phi_y, 5, 10, n_sample=300)
+    assert np.array_equal(full[1], same[1]) and np.array_equal(full[0], same[0])
+
+
+def test_point_map_blocks_do_not_change_matches(monkeypatch):
+    rng = np.random.default_rng(3)
+    q, p = rng.standard_normal((500, 8)), rng.standard_normal((700, 8))
+    brute = np.argmin(((q[:, None, :] - p[None, :, :]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(fmaps.nearest_rows(q, p), brute)
+    monkeypatch.setattr(fmaps, "BLOCK_ENTRIES", 700 * 20)  # blocks of 20 queries
+    assert np.array_equal(fmaps.nearest_rows(q, p), brute)
+
+
+def test_scalable_path_agrees_with_the_reference(swiss):
+    """The threshold lowered so the 600-point swiss roll takes the scalable path: the graph and
+    spectrum, hence the similarity, are the reference's; the matches from 5 anchors stay as good."""
+    x, y, _ = swiss
+    anchors = np.random.default_rng(3).choice(len(x), 5, replace=False)
+    pairs = np.stack([anchors, anchors], 1)
+    ref = fmaps.LatentFunctionalMap(metric="euclidean", scalable_from=None).fit(x, y, anchors=pairs, rows_aligned=True)
+    new = fmaps.LatentFunctionalMap(metric="euclidean", scalable_from=100, zoomout_sample=200).fit(
+        x, y, anchors=pairs, rows_aligned=True)
+    assert new.scalable_ and not ref.scalable_
+    assert new.similarity() == pytest.approx(ref.similarity(), abs=1e-12)
+    exact_ref = np.mean(ref.p2p_ == np.arange(len(y)))
+    exact_new = np.mean(new.p2p_ == np.arange(len(y)))
+    near = np.mean(np.linalg.norm(x[new.p2p_] - x, axis=1) < 1.5)
+    assert exact_new > 0.9 and near > 0.99 and abs(exact_new - exact_ref) < 0.05  # measured 0.998 vs 0.997
+    # the default threshold leaves a 600-point fit on the reference path, bit for bit
+    default = fmaps.LatentFunctionalMap(metric="euclidean").fit(x, y, anchors=pairs, rows_aligned=True)
+    assert not default.scalable_ and np.array_equal(default.p2p_, ref.p2p_)
+
+
+def test_cost_model_follows_the_scalable_path():
+    from analysis import fmaps_cost as cost
+
+    steps = cost.ZOOMOUT_STEPS
+    at_threshold = fmaps.SCALABLE_FROM
+    assert cost.zoomout_seconds(at_threshold, 50, True) == cost.point_map_seconds(at_threshold, 50, steps)
+    n = 4 * fmaps.SCALABLE_FROM  # one point map on every row, the other steps on the sample
+    sampled = cost.zoomout_seconds(n, 50, True)
+    assert sampled == pytest.approx(4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
+    assert sampled < cost.point_map_seconds(n, 50, steps) / 3
+    assert cost.zoomout_seconds(n, 50, False) == cost.point_map_seconds(n, 50)
+    # point-map blocks: 2,048 queries while they hold under 2^24 distances, then a fixed budget
+    assert cost.point_map_bytes(1000) == 12 * 2048 * 1000
+    assert cost.point_map_bytes(100_000) == cost.point_map_bytes(200_000) == 12 * fmaps.BLOCK_ENTRIES
