@@ -133,6 +133,6 @@ def test_auto_pooling_flattens_small_convolutions_and_says_so(tmp_path):
         got[pooling] = (m.ab.loc["net.conv1", "net.fc1"], view.module.pooling_note(m, pooling))
     assert got["auto"][0] == pytest.approx(got["flatten"][0], abs=1e-12)
     assert got["auto"][0] > got["mean"][0] + 0.5
-    assert "flattened (at most 4,096 values): A net.conv1" in got["auto"][1]
-    assert "spatial mean: A net.conv1" in got["mean"][1] and "the other layers as is" in got["mean"][1]
+    assert "flattened (at most 4,096 values) for A net.conv1" in got["auto"][1]
+    assert "spatial mean for A net.conv1" in got["mean"][1] and "the other layers as they are" in got["mean"][1]
     assert AnalysisSpec("similarity", {}).params["pooling"] == "auto"

@@ -210,11 +210,11 @@ def pooling_note(matrices: Matrices, pooling: str) -> str:
             groups.setdefault(rule, []).append(f"{side} {layer}")
     shaped = {rule: names for rule, names in groups.items() if rule != "as is"}
     if not shaped:
-        return f"Pooling {pooling}: every layer shown gives one vector per sample, used as is."
-    parts = [f"{rule}: {', '.join(names)}" for rule, names in shaped.items()]
+        return f"Pooling ({pooling}): none needed, every layer shown gives one vector per sample."
+    parts = [f"{rule} for {', '.join(names)}" for rule, names in shaped.items()]
     if "as is" in groups:
-        parts.append("the other layers as is")
-    return f"Pooling {pooling}. " + "; ".join(parts) + "."
+        parts.append("the other layers as they are")
+    return f"Pooling ({pooling}): " + "; ".join(parts) + "."
 
 
 def _cell(ctx, matrices=None) -> tuple[str, str]:
