@@ -307,7 +307,7 @@ def _reference_panel() -> None:
             ref = st.text_input("Reference", key="_open_ref", placeholder="hf:EleutherAI/pythia-70m",
                                 help=REFERENCE_HELP, max_chars=500)
             target = st.radio("Use it as", ["Model A", "Model B", "Dataset"], horizontal=True, key="_open_as")
-            opened = st.form_submit_button("Open")
+            opened = st.form_submit_button("Load")
         st.caption(f"Hub: {'allowed' if allow_hub() else 'off'} · server folders: "
                    f"{'allowed' if allow_local_paths() else 'off'} on this server.")
         if not opened or not ref.strip():

@@ -24,7 +24,7 @@ def text_set(tmp_path):
 def _open(at, ref: str, target: str):
     at.text_input(key="_open_ref").input(ref)
     at.radio(key="_open_as").set_value(target)
-    at.button[[b.label for b in at.button].index("Open")].click()  # the form's submit button
+    at.button[[b.label for b in at.button].index("Load")].click()  # the form's submit button
     return at.run()
 
 
