@@ -382,7 +382,7 @@ def prepare(page: str, pair: bool = True):
     for note in _kept_notes(page, ctx, notes, changes):
         st.info(md(note), icon=":material/info:")
     if pair:
-        st.caption(f"{md(sel.model_a)} (A) vs {md(sel.model_b)} (B) · {md(ctx.ds.describe())}")
+        st.caption(f"{md(sel.model_a)} (A) vs {md(sel.model_b)} (B) · {md(ctx.ds.describe(sel.n))}")
     return view, ctx
 
 
@@ -435,7 +435,7 @@ def pair_or_stop(sel: Selection):
     except UserInputError as exc:
         st.error(md(exc))
         st.stop()
-    st.caption(f"{md_code(sel.model_a)} (A) vs {md_code(sel.model_b)} (B) · {md(ds.describe())}")
+    st.caption(f"{md_code(sel.model_a)} (A) vs {md_code(sel.model_b)} (B) · {md(ds.describe(sel.n))}")
     return ds, model_a, model_b, (sel.dataset, sel.n, sel.seed, sel.split, ds.sha256)
 
 

@@ -38,7 +38,7 @@ def model_column(card) -> None:
 
 view, ctx = prepare("models", pair=False)
 ds = ctx.ds
-st.caption(md(ds.describe()))
+st.caption(md(ds.describe(int(current_spec().params["n"]))))
 spec = current_spec()
 cards = {}
 cols = st.columns(2, gap="large")

@@ -164,3 +164,12 @@ def test_shipped_split_is_sklearns_split():
     d = load_digits()
     np.testing.assert_array_equal(pixels, d.data)
     np.testing.assert_array_equal(y, d.target)
+
+
+def test_the_caption_says_when_the_set_has_fewer_rows_than_asked():
+    """Issue 20: the text set said '360 of 360 rows (all split)' while the sidebar asked for 500."""
+    text = data.load("text", n=500)
+    assert "all 360 rows (fewer than the 500 asked for)" in text.describe(500)
+    assert "all 360 rows" in text.describe() and "fewer" not in text.describe(360)
+    digits = data.load("digits", n=500)
+    assert "500 of 597 rows of the test split (seed 0)" in digits.describe(500)

@@ -140,10 +140,16 @@ class Dataset:
             body = f"row {int(self.indices[i])}"
         return body if label is None else f"[{label}] {body}"
 
-    def describe(self) -> str:
+    def describe(self, asked: int | None = None) -> str:
+        """One line: what the set is, which rows of it are used, its classes. ``asked``: the number
+        of samples the user asked for, named when the set holds fewer."""
         what = self.description or self.name
         labels = f", {len(self.label_names)} classes" if self.label_names else ", no labels"
-        return f"{what} — {len(self)} of {self.source_rows} rows ({self.split} split, seed {self.seed}){labels}"
+        split = "" if self.split == "all" else f" of the {self.split} split"
+        if len(self) >= self.source_rows:
+            fewer = f" (fewer than the {asked:,} asked for)" if asked and asked > len(self) else ""
+            return f"{what} — all {len(self):,} rows{split}{fewer}{labels}"
+        return f"{what} — {len(self):,} of {self.source_rows:,} rows{split} (seed {self.seed}){labels}"
 
 
 # --------------------------------------------------------------------------- sources
