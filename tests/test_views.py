@@ -95,6 +95,11 @@ def test_similarity_layers_of_a_previous_model_fall_back_with_a_note():
     assert not at.exception, [e.value for e in at.exception]
     notes = " ".join(i.value for i in at.info)
     assert "not a layer of zoo:cnn-s0" in notes.replace("\\", "")
+    for _ in range(3):  # a busy machine's estimate may pass the auto-run limit: press what waits
+        waiting = [b for b in at.button if b.label == "Compute"]
+        if not waiting:
+            break
+        waiting[0].click().run()
     heat = at.get("plotly_chart")[0].proto.spec
     assert "conv1" in heat and not any("Select at least one layer" in w.value for w in at.warning)
     assert at.selectbox(key="cell_a").value.startswith("net.") and at.selectbox(key="cell_a").value in \
