@@ -135,7 +135,7 @@ spec = current_spec()
 if spec.params["compare_on"] and spec.params["compare"]:
     comp, ready = run_sections(view, spec, ["compare"], auto_s=float("inf"))  # the toggle was the go-ahead
     if ready:
-        cols = st.columns(min(len(comp.compare), 3))
+        cols = st.columns(min(len(comp.compare), 2), gap="large")  # two per row: layer names stay readable
         for i, (name, df) in enumerate(comp.compare.items()):
             with cols[i % len(cols)]:
-                show_figure(figs.compare_map(df, name), f"compare_{name}")
+                show_figure(figs.compare_map(df, name, spec.params), f"compare_{name}")

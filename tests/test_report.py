@@ -56,3 +56,22 @@ def test_the_presentation_uses_the_style_and_the_report_only_when_asked():
     assert sizes(plain) and max(sizes(plain)) < report.PRESENTATION_FONT
     assert min(sizes(slides)) >= 0.8 * report.PRESENTATION_FONT
     assert min(sizes(large)) >= 0.8 * report.PRESENTATION_FONT
+
+
+def test_clear_toolbar_moves_text_out_of_the_toolbar_band_and_keeps_the_plot_size():
+    import plotly.graph_objects as go
+
+    from analysis.figures import TOOLBAR_PX, clear_toolbar
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]))
+    fig.update_layout(title="A title<br>on two lines", height=400, margin=dict(t=40, b=10),
+                      legend=dict(orientation="h", y=1.02))
+    plot_before = 400 - 40 - 10
+    clear_toolbar(fig)
+    lay = fig.layout
+    assert lay.title.yref == "container" and (1 - lay.title.y) * lay.height >= TOOLBAR_PX  # below the band
+    assert lay.legend.y == 1.0 and lay.legend.yanchor == "bottom"
+    assert lay.height - lay.margin.t - lay.margin.b == plot_before  # the plot keeps its size
+    again = lay.margin.t, lay.height
+    clear_toolbar(fig)
+    assert (fig.layout.margin.t, fig.layout.height) == again  # idempotent: pages and exports may both apply it

@@ -50,7 +50,11 @@ def clear_toolbar(fig):
         needed += 22  # subplot titles sit above their plots
     top = lay.margin.t if lay.margin is not None and lay.margin.t is not None else 100
     if top < needed:
-        fig.update_layout(margin=dict(t=int(round(needed))))
+        grow = int(round(needed)) - top
+        # the figure grows by what the margin takes, so the plot keeps its size (heatmaps were squashed)
+        fig.update_layout(margin=dict(t=top + grow), **({"height": lay.height + grow} if lay.height else {}))
+        if text and fig.layout.title.yref == "container" and lay.height:
+            fig.update_layout(title=dict(y=min(fig.layout.title.y, 1 - below / fig.layout.height)))
     return fig
 
 

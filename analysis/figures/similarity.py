@@ -89,11 +89,15 @@ def per_class(result, p) -> object:
     return per_class_figure(result.drill.per_class, _measure(p["measure"]).label, result.drill.value)
 
 
-def compare_map(df, name: str) -> object:
+def compare_map(df, name: str, p) -> object:
+    """A vs B under one of the compared measures, titled with both models (a pinned map says what it
+    shows), on the same colour rule as the main maps (the values shown, or the measure's range)."""
     from ..similarity import best_matches
 
     info = _measure(name)
-    return similarity_heatmap(df, info.label, *info.value_range, best=best_matches(df), colorbar_title="")
+    lo, hi = _finite_range(df, *info.value_range) if p.get("stretch", True) else info.value_range
+    return similarity_heatmap(df, f"{info.label}<br>A ({p['a']}) vs B ({p['b']})", lo, hi, best=best_matches(df),
+                              colorbar_title="")
 
 
 def all_figures(result, spec, ctx) -> dict:
@@ -111,7 +115,7 @@ def all_figures(result, spec, ctx) -> dict:
     if result.calibration is not None:
         out["heatmap_AB_calibrated"] = calibrated_heatmap(result, p)
     for name, df in (result.compare or {}).items():
-        out[f"compare_{name}"] = compare_map(df, name)
+        out[f"compare_{name}"] = compare_map(df, name, spec.params)
     return out
 
 
