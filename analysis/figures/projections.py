@@ -31,7 +31,7 @@ def walk_view(walk, layer: str, p, ds, hover=None) -> object:
     m = METHOD_NAMES[p["method"]]
     return projection_scatter(walk.coords[layer], ds.labels, "category", hover or hover_texts(ds),
                               f"{walk.side} · {walk.ref} · {layer} (aligned to the previous layer)",
-                              [f"{m} 1", f"{m} 2", f"{m} 3"], ds.label_names, [])
+                              [f"{m} axis {i} (aligned)" for i in (1, 2, 3)], ds.label_names, [])
 
 
 def all_figures(result, spec, ctx) -> dict:
