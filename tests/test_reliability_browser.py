@@ -131,7 +131,7 @@ def test_server_killed_mid_computation_then_restarted_recomputes(browser, tmp_pa
     from analysis.store import Store
 
     store_dir = tmp_path / "store"
-    url = "/similarity?a=zoo:mlp-s0&b=zoo:cnn-s0&data=digits_noisy&n=20000&measure=linear_cka"
+    url = "/similarity?a=zoo:mlp-s0&b=zoo:cnn-s0&data=digits_noisy&n=20000&measure=linear_cka&pooling=mean"  # minutes of work to interrupt
     proc, base = B.start_server(store_dir=store_dir)
     try:
         ctx, page = new_page(browser)
