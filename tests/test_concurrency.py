@@ -7,6 +7,7 @@ PostgreSQL index: tests/store_backends.py). The 8-browser-session test is in tes
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -127,8 +128,10 @@ def test_two_processes_writing_the_same_result_leave_one_whole_result(tmp_path, 
     store_backend.activate(store_dir, monkeypatch)
     store = store_backend.store(store_dir)
     assert len(store.keys("similarity")) == 1
-    acts = store.keys("activations")
-    assert len(acts) == 14 and len(set(acts)) == 14  # one row per (model, layer): nothing doubled
+    # the activation cache lives beside the index, one record per (model, layer): nothing doubled
+    records = sorted((store_dir / "activations").glob("*/*.json"))
+    assert len(records) == 14, [r.name for r in records]
+    assert all(json.loads(r.read_text())["format"] for r in records)  # each record whole
     for key in store.keys():
         assert store.get(key) is not None
     assert list((store_dir / "tmp").iterdir()) == []

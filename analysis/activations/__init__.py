@@ -17,6 +17,8 @@ Pooling rules (:mod:`analysis.activations.pooling`, recorded per layer in ``Acti
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable
 
 import numpy as np
@@ -152,10 +154,44 @@ def extract_chunked(model, ds, layers: list[str] | None = None, pooling: str = "
     caches = {l: open_cache(store, k) for l, k in keys.items()}
     todo = [l for l in layers if caches[l] is None or not caches[l].complete]
     if todo:
-        meta = {"model": model.ref, "data": ds.name, "pooling": pooling, "n": len(ds)}
-        caches.update(fill(model, ds, {l: keys[l] for l in todo}, {l: caches[l] for l in todo}, pooling, dtype,
-                           batch_size, device, progress, store, meta))
+        with _writer_lock(store, [keys[l] for l in todo]):
+            # another process may have written them while this one waited: look again
+            caches.update({l: open_cache(store, keys[l]) for l in todo})
+            todo = [l for l in todo if caches[l] is None or not caches[l].complete]
+            if todo:
+                meta = {"model": model.ref, "data": ds.name, "pooling": pooling, "n": len(ds)}
+                caches.update(fill(model, ds, {l: keys[l] for l in todo}, {l: caches[l] for l in todo}, pooling,
+                                   dtype, batch_size, device, progress, store, meta))
     return {l: caches[l] for l in layers}
+
+
+@contextlib.contextmanager
+def _writer_lock(store, keys: list[str]):
+    """One writer per cache across processes (two app workers, a CLI run beside the server): a
+    second writer would start the cache again under the first one's readers, who then read
+    unwritten (zero) rows. An exclusive flock per key, taken in key order (no deadlock), on a
+    local store; a remote (fsspec) store has no such lock, and concurrent writers there write the
+    same bytes to the same chunks."""
+    from ..store.files import LocalFiles
+
+    if not isinstance(store.files, LocalFiles):
+        yield
+        return
+    import fcntl
+
+    handles = []
+    try:
+        for key in sorted(set(keys)):
+            path = store.files.location(ActivationCache.rel(key, ".lock"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+            handles.append(handle)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        for handle in reversed(handles):
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
 
 def write_layer(store, model, ds, layer: str, pooling: str, x: np.ndarray, rule: str,

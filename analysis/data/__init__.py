@@ -255,6 +255,8 @@ def load(name: str, n: int | None = None, seed: int = 0, split: str = "test", al
     if n is not None:
         n = int(n)
     seed = int(seed)
+    if seed < 0:
+        raise UserInputError(f"The seed must be 0 or more (got {seed}).")
     if isinstance(name, str) and name.startswith(("hfds:", "images:")):
         return _load_files(name, n, seed, split, allow_local, allow_hub)
     if split not in SPLITS:
