@@ -60,7 +60,7 @@ def test_a_copied_link_opens_the_same_figures_from_the_store(browser, tmp_path):
         first = page.evaluate(FIGURE_JS)
         assert len(first) >= 3
         full, short = share_links(page)
-        assert "measure=rbf_cka" in full and "threshold=0.4" in full and "pooling=mean" in full  # defaults too
+        assert "measure=rbf_cka" in full and "threshold=0.4" in full and "pooling=auto" in full  # defaults too
         ctx.close()
         before = results_table(store)
         assert before, "the first view stored its results"
