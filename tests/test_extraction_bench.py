@@ -101,3 +101,11 @@ def test_verdicts_say_met_when_it_is():
     lines = bench.verdicts(rows)
     assert lines == ["throughput extract_chunked: worst 1.10x baseline -> target >= 1.0x MET",
                      "memory extract_chunked: +40 MB at n=1,000, +48 MB at n=8,000 -> flat target MET"]
+
+
+def test_repeats_rotate_the_order_and_keep_the_best_rate_and_the_largest_memory():
+    methods = list(bench.METHODS)
+    orders = [bench.rotated(methods, k) for k in range(len(methods))]
+    assert {o[0] for o in orders} == set(methods) and all(sorted(o) == sorted(methods) for o in orders)
+    best = bench.best_of([_row("extract", 1000, 90.0, 120), _row("extract", 1000, 110.0, 100)])
+    assert best["rows_per_s"] == 110.0 and best["peak_growth_mb"] == 120
