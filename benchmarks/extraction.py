@@ -24,7 +24,7 @@ reports ``ru_maxrss`` minus the RSS before the run, so imports and the model are
 torch's native allocations are (tracemalloc would miss them). With ``--repeats`` each method runs
 that many times per n, in rotated order; the table shows the best rows/s and the largest growth.
 
-    python benchmarks/extraction.py                        # defaults: a few minutes on 2 cores
+    python benchmarks/extraction.py                        # defaults: about 6 minutes on 2 idle cores
     python benchmarks/extraction.py --models gpt2 --n 10000 50000 200000
     python benchmarks/extraction.py --models minilm --n 10000 20000 --repeats 3
 
