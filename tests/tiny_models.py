@@ -62,14 +62,18 @@ TEXT = DECODERS + ("bert", "t5", "clip")
 VISION = ("vit", "dinov2", "convnext", "clip")
 
 
-def save_tiny(name: str, folder: Path, padding_side: str | None = None) -> Path:
-    """A tiny random ``name`` model saved in ``folder`` (created)."""
+def save_tiny(name: str, folder: Path, padding_side: str | None = None, **sizes) -> Path:
+    """A tiny random ``name`` model saved in ``folder`` (created); ``sizes`` override config
+    fields (``n_layer=4, n_embd=128`` for a larger GPT-2, as benchmarks/extraction.py builds)."""
     import torch
     from transformers import AutoModel
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    AutoModel.from_config(_config(name)).save_pretrained(folder)
+    config = _config(name)
+    for field, value in sizes.items():
+        setattr(config, field, value)
+    AutoModel.from_config(config).save_pretrained(folder)
     if name in TEXT:
         _tokenizer(folder, pad=name not in DECODERS,
                    side=padding_side or ("left" if name in ("llama", "qwen2") else "right"))
