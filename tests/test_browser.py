@@ -104,10 +104,19 @@ def _main_selectbox_value(page, label: str) -> str:
 def _first_plot_area(page, path, server) -> dict:
     """Open ``path`` and return the bounding box of its first Plotly chart's plotting area."""
     _open(page, server, path)
+    B.start_every_section(page, RENDER_MS)  # a busy machine's estimates may ask first
     _assert_no_exception(page)
     chart = page.get_by_test_id("stPlotlyChart").first
     chart.scroll_into_view_if_needed()
-    return chart.locator(".nsewdrag").first.bounding_box()
+    box, settled = None, 0
+    for _ in range(100):
+        if settled >= 3:
+            break  # the page may still grow or scroll (figures below draw): wait for a steady box
+        page.wait_for_timeout(200)
+        now = chart.locator(".nsewdrag").first.bounding_box()
+        settled = settled + 1 if now == box else 0
+        box = now
+    return box
 
 
 def test_click_on_a_similarity_cell_drills_down(page, server):
