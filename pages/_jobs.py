@@ -148,7 +148,7 @@ def _watch(key: str, live=None) -> None:
     estimate = job.task.cost.seconds
     eta = f" of about {jobs.fmt_seconds(estimate)}" if estimate >= 1 else ""
     head = f"{_describe(job.task)}: {job.message} · {jobs.fmt_seconds(job.elapsed())}{eta}"
-    bar, cancel = st.columns([6, 1], vertical_alignment="bottom")
+    bar, cancel = st.columns([5, 2], vertical_alignment="bottom")  # room for "Cancel" in a half-width column
     bar.progress(job.fraction, text=head)
     if cancel.button("Cancel", key=f"_cancel_{key[:16]}", icon=":material/stop:"):
         st.session_state.setdefault("_jobs_cancelled_here", set()).add(key)

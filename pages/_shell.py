@@ -141,7 +141,8 @@ def sidebar() -> Selection:
         st.session_state["_link_query"] = {k: st.query_params.get_all(k) for k in st.query_params}
         _drop_non_finite_numbers()
     opened = st.session_state.setdefault("_opened", {"model": [], "data": []})  # by name, this session
-    model_options = model_refs() + [r for r in opened["model"] if r not in model_refs()]
+    listed = model_refs()  # reads the store: once per run
+    model_options = listed + [r for r in opened["model"] if r not in listed]
     for key in ("a", "b"):
         opts = _with_url_value(model_options, key, _check_model_ref)
         pending = st.session_state.pop(f"_set_{key}", None)

@@ -18,15 +18,6 @@ PAGES = ["/similarity", "/projections", "/functional-maps", "/vector-field", "/a
          "/training-dynamics", "/merge"]
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
-    context.set_default_timeout(RENDER_MS)
-    pg = context.new_page()
-    yield pg
-    context.close()
-
-
 @pytest.mark.parametrize("path", PAGES)
 def test_the_toolbar_covers_no_title_legend_or_annotation(page, server, path):
     base_url, _ = server
