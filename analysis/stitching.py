@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UserInputError
-from .translation import METHODS, Translator, pad, select_anchors, small_blas
+from .translation import METHODS, Translator, pad, quiet_sweep, select_anchors, small_blas
 
 
 def _raw_width(model, layer: str, ds) -> int | None:
@@ -118,7 +118,8 @@ def stitching_curve(xa, xb, labels, anchor_counts, methods=METHODS, head_b=None,
             progress(i / max(len(counts), 1), f"{m} anchors ({i + 1}/{len(counts)})")
         idx = fit_rows[select_anchors(xa_fit, m, selection, labels[fit_rows], seed)]
         for method in methods:
-            z = Translator(method, scaling).fit(xa[idx], xb[idx]).transform(xa[eval_rows])
+            with quiet_sweep():
+                z = Translator(method, scaling).fit(xa[idx], xb[idx]).transform(xa[eval_rows])
             out[method][i] = _accuracy(head_b(z, eval_rows), y_eval)
     if progress:
         progress(1.0, "stitching done")

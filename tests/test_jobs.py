@@ -157,8 +157,18 @@ def test_estimates_learn_from_the_runs_on_this_machine():
     assert estimates.correction(kind) == 1.0
     for actual in (2.0, 2.2, 1.8):
         estimates.record(kind, 1.0, actual)
-    estimates.record(kind, 1.0, 0.01)  # start-up, not work: not recorded
+    estimates.record(kind, 0.2, 0.01)  # estimated and measured short: start-up, not work: not recorded
     assert estimates.correction(kind) == pytest.approx(2.0)
     assert estimates.corrected(kind, 10) == pytest.approx(20.0)
     estimates.record(kind, 1.0, 1000.0)
     assert estimates.correction(kind) <= 8.0  # one odd run cannot make an estimate absurd
+
+
+def test_estimates_learn_from_runs_estimated_long_that_came_back_fast():
+    from analysis.jobs import estimates
+
+    kind = "test:overestimated"
+    for actual in (0.3, 0.25, 0.35):  # "about 4 s" that took a third of a second
+        estimates.record(kind, 4.0, actual)
+    assert estimates.correction(kind) == pytest.approx(0.125)  # 0.075, bounded below at 1/8
+    assert estimates.corrected(kind, 4.0) == pytest.approx(0.5)

@@ -172,6 +172,21 @@ def test_retrieval_curve_lfm_beats_few_anchor_procrustes():
     assert r["lfm+ortho"][0] > 0.5 and r["lfm_matches"][0] > 0.3
 
 
+def test_an_anchor_sweep_does_not_repeat_the_underdetermined_warning_at_every_point():
+    """Fitting on 3 anchors in 12-D warns; a sweep that starts there on purpose (its curve shows
+    it) stays quiet, and the warning filter is restored afterwards."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 12))
+    y = x @ _rotation(12, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", T.TranslationWarning)
+        T.retrieval_curve(x, y, [3, 5], lfm_params={"metric": "euclidean"})
+        with pytest.raises(T.TranslationWarning):
+            T.translate(x, x[:3], y[:3])
+
+
 # ----------------------------------------------------------------- zero-shot stitching
 @pytest.fixture(scope="module")
 def two_seeds():

@@ -1,8 +1,9 @@
 """Estimates that learn: every computed view section records its estimated and its actual run time
 in the result store, and later estimates of the same kind are corrected by the median ratio of the
 last runs on this machine. A cost model's constants come from one machine; this is how "about N s"
-stays within 2x of the truth on another one. Runs under half a second are not recorded: their time
-is mostly start-up, not the work the estimate models.
+stays within 2x of the truth on another one. Runs both estimated and measured under half a second are
+not recorded: their time is mostly start-up, not the work the estimate models. A run estimated long
+that came back fast is recorded (the correction is bounded to [1/8, 8]).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def history(kind: str) -> list[dict]:
 def record(kind: str, estimate: float, seconds: float) -> None:
     """Keep (estimate, actual) for ``kind``."""
     estimate = float(estimate)
-    if not kind or estimate <= 0 or seconds < MIN_ACTUAL_S:
+    # a run that was estimated long and came back fast teaches as much as one that was slow
+    if not kind or estimate <= 0 or max(seconds, estimate) < MIN_ACTUAL_S:
         return
     with _LOCK:
         runs = (history(kind) + [{"estimate": estimate, "actual": float(seconds)}])[-KEEP:]
