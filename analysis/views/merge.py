@@ -248,9 +248,10 @@ def resolve(ctx) -> dict:
 
 # ------------------------------------------------------------------ cost model
 BATCH = 256  # rows per forward pass in analysis.merging
-STEP_S = 0.1  # fixed cost of one evaluation of a model copy (state dict loading, scoring)
-# The constants below were measured on this 2-core machine while other work shared it; the jobs'
-# own timing history corrects them further (analysis.jobs.estimates).
+STEP_S = 0.01  # fixed cost of one evaluation of a model copy (state dict loading, scoring)
+# The constants below were measured on this 2-core machine in a job worker (one torch thread, as the
+# app's pool runs them: benchmarks/estimates.py); the jobs' own timing history corrects them further
+# (analysis.jobs.estimates).
 
 
 def _batch_seconds(ctx, side: str) -> float:
@@ -304,11 +305,11 @@ def _alignment_cost(ctx) -> Cost:
 def _interpolation_cost(ctx) -> Cost:
     """Two lines (B as it is, B aligned) of ``steps`` evaluations of one model each."""
     steps = int(ctx.p["mg_steps"])
-    return Cost(steps * (_forward_s(ctx) + 2 * STEP_S) + 0.2, 0)
+    return Cost(steps * (_forward_s(ctx) + 2 * STEP_S) + 0.05, 0)
 
 
 def _merge_cost(ctx) -> Cost:
-    return Cost(_forward_s(ctx) / 2 + 2 * STEP_S + 0.5, 0)
+    return Cost(_forward_s(ctx) / 2 + 2 * STEP_S + 0.1, 0)
 
 
 def _junction_widths(ctx) -> list[int]:
@@ -342,7 +343,7 @@ def _swaps_cost(ctx) -> Cost:
     ranges = lb * (lb + 1) / 2
     half = len(ctx.ds) // 2
     fits = sum(d ** 3 * 2e-8 + 0.1 for d in _junction_widths(ctx)) if ctx.p["mg_bridge"] == "translator" else 0.0
-    return Cost(1.0 + fits + ranges * (0.4 + 3 * _forward_s(ctx, half)) + 3 * _forward_s(ctx, half), 0)
+    return Cost(0.1 + fits + ranges * (0.03 + 3 * _forward_s(ctx, half)) + 3 * _forward_s(ctx, half), 0)
 
 
 def _crosscoder_cost(ctx) -> Cost:
