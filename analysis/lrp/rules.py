@@ -82,7 +82,34 @@ class Layer:
     def fwd(self, a, w, b=None):
         return self.op.fwd(a, w, b)
 
+    def fwd_pair(self, a, w1, b1, w2, b2):
+        """(a w1 + b1, a w2 + b2) in one pass of the operator (the weights stacked along the outputs)."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.fwd(a, w1, b1), self.fwd(a, w2, b2)
+        b = None if b1 is None and b2 is None else torch.cat([torch.zeros(len(w1), dtype=w1.dtype, device=w1.device)
+                                                              if t is None else t for t in (b1, b2)])
+        z = self.fwd(a, torch.cat([w1, w2]), b)
+        dim = 1 if self.op.conv_dims else -1
+        return z.split(len(w1), dim)
+
+    def vjp_pair(self, w1, s1, w2, s2):
+        """vjp(w1, s1) + vjp(w2, s2) in one pass of the transposed operator."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.vjp(w1, s1) + self.vjp(w2, s2)
+        return self.vjp(torch.cat([w1, w2]), torch.cat([s1, s2], 1 if self.op.conv_dims else -1))
+
     # the positive and negative parts the sign-aware rules split into
+    @cached_property
+    def nonnegative(self) -> bool:
+        """No input is negative (after a ReLU, pixels): the rules' negative-input branch is empty, and
+        a zero input, whose relevance is zero, takes the positive branch (sign(0) = 1, as in the
+        stabiliser)."""
+        return not bool((self.a < 0).any())
+
     @cached_property
     def ap(self):
         return self.a.clamp(min=0)
@@ -121,6 +148,13 @@ class Rule:
     input_layer: ClassVar[bool] = False  # an input-domain rule: first layer only (see InputRule)
     passes: ClassVar[float] = 2.0  # applications of the layer's operator (forward or transposed) per
     # backward pass, for the cost estimate (analysis.lrp.cost)
+    rescales: ClassVar[bool] = False  # the gradient is the layer's own gradient of the output gradient
+    # times ``scale(...)``: the tracer then runs the native layer (one forward, torch's backward)
+
+    def scale(self, z, z_rule, rs):
+        """For a rule that ``rescales``: the factor on the output gradient, from the output ``z`` and
+        the output under the bias convention ``z_rule`` (both detached)."""
+        raise NotImplementedError
 
     def backward(self, layer: Layer, rs) -> tuple:
         """(gradient for a, relevance at a or None)."""
@@ -189,6 +223,10 @@ class Epsilon(Rule):
     name = "epsilon"
     description = "LRP-epsilon on every layer (LRP-0 as epsilon -> 0: gradient x input)"
     passes = 1.0
+    rescales = True
+
+    def scale(self, z, z_rule, rs):
+        return z / stabilize(z_rule, rs.epsilon)
 
     def gradient(self, layer, rs):
         return layer.vjp(layer.w, layer.r / stabilize(layer.z_rule, rs.epsilon))
@@ -210,6 +248,11 @@ class Gamma(Rule):
         bp = None if bias is None else bias + g * layer.bp
         bn = None if bias is None else bias + g * layer.bn
         pos = layer.z > 0
+        if layer.nonnegative:  # half the passes: the negative inputs' terms are zero
+            z_pos, z_neg = layer.fwd_pair(layer.a, wg_p, bp, wg_n, bn)
+            s_pos = torch.where(pos, layer.r / stabilize(z_pos, eps), 0.0)
+            s_neg = torch.where(pos, 0.0, layer.r / stabilize(z_neg, eps))
+            return layer.vjp_pair(wg_p, s_pos, wg_n, s_neg)
         z_pos = layer.fwd(layer.ap, wg_p, bp) + layer.fwd(layer.an, wg_n)
         z_neg = layer.fwd(layer.ap, wg_n, bn) + layer.fwd(layer.an, wg_p)
         s_pos = torch.where(pos, layer.r / stabilize(z_pos, eps), 0.0)
@@ -231,6 +274,13 @@ class _SignSplit(Rule):
 
         alpha, beta = self.weights(rs)
         eps = rs.epsilon
+        if layer.nonnegative:  # half the passes: the negative inputs' terms are zero
+            if not beta:
+                return layer.vjp(layer.wp, alpha * layer.r / stabilize(layer.fwd(layer.a, layer.wp, layer.bp), eps))
+            z_pos, z_neg = layer.fwd_pair(layer.a, layer.wp, layer.bp, layer.wn, layer.bn)
+            s_pos = alpha * layer.r / stabilize(z_pos, eps)
+            s_neg = torch.where(z_neg != 0, beta * layer.r / stabilize(z_neg, eps), 0.0)
+            return layer.vjp_pair(layer.wp, s_pos, layer.wn, -s_neg)
         z_pos = layer.fwd(layer.ap, layer.wp, layer.bp) + layer.fwd(layer.an, layer.wn)
         s_pos = alpha * layer.r / stabilize(z_pos, eps)
         grad_if_pos, grad_if_neg = layer.vjp(layer.wp, s_pos), layer.vjp(layer.wn, s_pos)
