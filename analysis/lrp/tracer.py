@@ -15,6 +15,7 @@ whose gradient carries relevance, so that one backward pass gives R = a * da at 
 """
 from __future__ import annotations
 
+import math
 
 from ..errors import UserInputError
 from .composites import RuleSet
@@ -186,7 +187,7 @@ def _build_mode():
         return _normalize(*args, **kwargs)
 
     def on_attention(mode, func, args, kwargs):
-        return _attention(func, *args, **kwargs)
+        return _attention(*args, **kwargs)
 
     def on_constant(mode, func, args, kwargs):
         return detach_all(func(*args, **kwargs))
@@ -253,11 +254,13 @@ def _build_mode():
             """The native layer, its output gradient rescaled by the rule (torch's own backward)."""
             rs = self.tape.rs
             if b is None or rs.bias:
-                z = z_rule = func(a, w, b, **bound)
+                z = func(a, w, b, **bound)
+                zd = z_rule = z.detach()
             else:  # biases left out of the rule: z = a w + b from a w, one pass
                 z_rule = func(a, w, None, **bound)
                 z = z_rule + (b.reshape(-1, *(1,) * conv_dims) if conv_dims else b)
-            return rescale(z, impl.scale(z.detach(), z_rule.detach(), rs))
+                zd, z_rule = z.detach(), z_rule.detach()
+            return rescale(z, impl.scale(zd, z_rule, rs))
 
     return LRPMode
 
@@ -279,7 +282,24 @@ def _normalize(x, p=2.0, dim=1, eps=1e-12, out=None):
     return x / x.norm(p, dim, keepdim=True).clamp_min(eps).detach()
 
 
-def _attention(sdpa, q, k, v, *args, **kwargs):
-    """Scaled dot-product attention with the attention weights held constant (CP-LRP): torch's fused
-    kernel with q and k detached, so the gradient (and the relevance) flows through the values only."""
-    return sdpa(q.detach(), k.detach(), v, *args, **kwargs)
+def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """Scaled dot-product attention with the attention weights held constant (CP-LRP): the weights
+    are computed without autograd and the gradient flows through the values only, in one batched
+    product (torch's fused kernel would compute, and throw away, the gradients of q and k too)."""
+    import torch
+
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    if enable_gqa and k.size(-3) != q.size(-3):
+        rep = q.size(-3) // k.size(-3)
+        k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+    with torch.no_grad():
+        scores = (q @ k.transpose(-2, -1)).mul_(scale)
+        if is_causal:
+            n, m = scores.shape[-2:]
+            causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+            scores.masked_fill_(~causal, float("-inf"))
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        weights = torch.softmax(scores, -1)
+    return weights @ v
