@@ -55,13 +55,15 @@ def _functions():
 
         @staticmethod
         def forward(ctx, x, k, value=None):
-            ctx.save_for_backward(k)
+            if isinstance(k, torch.Tensor):
+                ctx.save_for_backward(k)
+            ctx.k = k if not isinstance(k, torch.Tensor) else None
             out = x if value is None else value
             return out.view_as(out)
 
         @staticmethod
         def backward(ctx, g):
-            k, = ctx.saved_tensors
+            k = ctx.saved_tensors[0] if ctx.k is None else ctx.k
             return g * k, None, None
 
     class LayerNorm(torch.autograd.Function):
@@ -195,8 +197,9 @@ def _build_mode():
     def on_product(mode, func, args, kwargs):
         if len(args) == 2 and grads(*args) and not kwargs:
             a, b = args
-            # a bilinear product: each factor gets half of the gradient (relevance split evenly)
-            return 0.5 * (func(a, b.detach()) + func(a.detach(), b))
+            # a bilinear product: each factor gets half of the gradient (relevance split evenly): the
+            # product's own backward of half the output gradient, d(ab) = (g b / 2, a g / 2)
+            return rescale(func(a, b), 0.5)
         return func(*args, **kwargs)
 
     rule_handlers = {**dict.fromkeys(linear_ops, on_linear), torch.addmm: on_addmm,
