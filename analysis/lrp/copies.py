@@ -76,13 +76,15 @@ def borrowed_copy(module, device=None, lock=None):
     """A working copy of ``module`` (see :func:`working_copy`) lent from a pool for the duration of
     a ``with`` block: never lent to two callers at once, put back in evaluation mode. A different
     device gets a fresh full copy each time (the pool never holds a second copy of the weights)."""
+    import itertools
+
     import torch
 
-    tensors = list(module.parameters()) + list(module.buffers())
-    here = tensors[0].device if tensors else torch.device("cpu")
-    if device is not None and torch.device(device) != here:
-        yield working_copy(module, device, lock)
-        return
+    if device is not None:
+        first = next(itertools.chain(module.parameters(), module.buffers()), None)
+        if torch.device(device) != (first.device if first is not None else torch.device("cpu")):
+            yield working_copy(module, device, lock)
+            return
     key = _fingerprint(module)
     with _POOL_LOCK:
         entry = _POOL.get(module)
