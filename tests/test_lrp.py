@@ -348,6 +348,29 @@ def test_plain_module_with_trainable_parameters_keeps_its_grads_and_mode():
     assert_same(before, snapshot(net))  # no .grad written, still in training mode
 
 
+def test_pooled_working_copy_follows_changed_and_replaced_weights():
+    """Working copies are pooled per model: a weight changed in place, a parameter replaced and a
+    layer replaced must all be seen by the next attribution (R = x * w for one bias-free layer)."""
+    net = nn.Sequential(nn.Linear(3, 1, bias=False)).double().eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+
+    def relevance():
+        return lrp.attribute(net, x, 0, rule="epsilon", epsilon=1e-12).relevance[0]
+
+    np.testing.assert_allclose(relevance(), [1.0, -4.0, 1.5], rtol=1e-9)
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+    np.testing.assert_allclose(relevance(), [2.0, -8.0, 3.0], rtol=1e-9)
+    net[0].weight = nn.Parameter(torch.tensor([[0.5, 0.5, 0.5]], dtype=torch.float64))
+    np.testing.assert_allclose(relevance(), [0.5, 1.0, 1.5], rtol=1e-9)
+    net[0] = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[-1.0, 1.0, 2.0]]))
+    np.testing.assert_allclose(relevance(), [-1.0, 2.0, 6.0], rtol=1e-9)
+
+
 def test_concurrent_attributions_equal_sequential(tiny_bert_dir):
     m = models.load("zoo:mlp-s0")
     x = data.load("digits", n=32).inputs

@@ -10,7 +10,7 @@ relevance in proportion to the summands (no double counting, unlike per-module h
 
 The model runs on a structural copy (:mod:`.copies`: new module objects, the same parameter tensors,
 never written), so the shared model's outputs, ``state_dict`` and hooks are untouched and concurrent
-calls do not interact. One backward pass gives the relevance at the input and at any layer
+calls do not interact; copies are pooled per model and lent to one call at a time. One backward pass gives the relevance at the input and at any layer
 (:func:`attribute`).
 
 captum's LRP is correct on plain ReLU MLPs and CNNs and is offered there (``backend="captum"``,

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from .composites import RuleSet, rule_set
-from .copies import unwrap, working_copy
+from .copies import borrowed_copy, unwrap
 from .rules import get_rule
 from .tracer import Tape, lrp_mode
 
@@ -59,15 +59,10 @@ class Attribution:
 
 
 # --------------------------------------------------------------------------- attribution
-def _prepare(model, inputs, device):
-    """(module copy, RepLens model or None, batch: dict with x / encoding, is_text)."""
+def _prepare(clone, wrapper, inputs):
+    """(batch: dict with x / encoding, is_text) for the working copy ``clone`` of a model."""
     import torch
 
-    from ..device import pick
-
-    module, wrapper = unwrap(model)
-    dev = pick(device) if device is not None else None
-    clone = working_copy(module, dev, getattr(wrapper, "lock", None))
     params = list(clone.parameters())
     dev = params[0].device if params else torch.device("cpu")
     dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
@@ -83,7 +78,7 @@ def _prepare(model, inputs, device):
         enc = wrapper.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         enc = {k: v.to(dev) for k, v in enc.items()}
         tokens = [wrapper.tokenizer.convert_ids_to_tokens(row) for row in enc["input_ids"].tolist()]
-        return clone, wrapper, {"encoding": enc, "tokens": tokens}, True
+        return {"encoding": enc, "tokens": tokens}, True
     x = inputs.detach() if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
     x = x.to(device=dev, dtype=dtype).clone()
     if wrapper is not None and wrapper.n_inputs is not None and (x.dim() != 2 or x.shape[1] != wrapper.n_inputs):
@@ -91,7 +86,7 @@ def _prepare(model, inputs, device):
                              f"{tuple(x.shape)}.")
     if not torch.isfinite(x).all():
         raise UserInputError("The inputs contain NaN or infinite values.")
-    return clone, wrapper, {"x": x}, False
+    return {"x": x}, False
 
 
 def sentence_embedding(hidden, mask):
@@ -189,9 +184,18 @@ def gradient_x_input(model, inputs, target="predicted", layer: str | None = None
 
 
 def _attribute(model, inputs, target, rs: RuleSet | None, layer, device, labels) -> Attribution:
+    from ..device import pick
+
+    module, wrapper = unwrap(model)
+    dev = pick(device) if device is not None else None
+    with borrowed_copy(module, dev, getattr(wrapper, "lock", None)) as clone:
+        return _run(clone, wrapper, inputs, target, rs, layer, labels)
+
+
+def _run(clone, wrapper, inputs, target, rs: RuleSet | None, layer, labels) -> Attribution:
     import torch
 
-    clone, wrapper, batch, text = _prepare(model, inputs, device)
+    batch, text = _prepare(clone, wrapper, inputs)
     mode_cls = lrp_mode()
     taps: dict = {}
     handle = _hook_layer(clone, layer, taps) if layer else None  # on the copy: the shared model is untouched

@@ -16,7 +16,7 @@ sign(0) = 1; biases in the denominators unless the bias convention leaves them o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import ClassVar
 
 from ..errors import UserInputError
@@ -36,7 +36,16 @@ def stabilize(z, eps):
     """z + eps * sign(z), with sign(0) = 1 (zennit's stabiliser): a denominator that is never 0."""
     import torch
 
-    return z + torch.where(z >= 0, eps, -eps)
+    # copysign is one fast kernel (where with scalars is not); -0.0 + 0.0 is +0.0, so sign(-0.0) = 1 too
+    return z + torch.copysign(_scalar(eps, z.dtype, z.device), z + 0.0)
+
+
+@lru_cache(maxsize=64)
+def _scalar(value: float, dtype, device):
+    """A 0-d tensor (read only), made once per value, dtype and device."""
+    import torch
+
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 class LinearOp:
@@ -82,7 +91,56 @@ class Layer:
     def fwd(self, a, w, b=None):
         return self.op.fwd(a, w, b)
 
+    def fwd_pair(self, a, w1, b1, w2, b2):
+        """(a w1 + b1, a w2 + b2) in one pass of the operator (the weights stacked along the outputs)."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.fwd(a, w1, b1), self.fwd(a, w2, b2)
+        b = None if b1 is None and b2 is None else torch.cat([torch.zeros(len(w1), dtype=w1.dtype, device=w1.device)
+                                                              if t is None else t for t in (b1, b2)])
+        z = self.fwd(a, torch.cat([w1, w2]), b)
+        dim = 1 if self.op.conv_dims else -1
+        return z.split(len(w1), dim)
+
+    def fwd_split(self, a1, w1, a2, w2, b=None):
+        """a1 w1 + a2 w2 + b in one pass of the operator (inputs and weights stacked along the inputs)."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.fwd(a1, w1, b) + self.fwd(a2, w2)
+        return self.fwd(torch.cat([a1, a2], 1 if self.op.conv_dims else -1), torch.cat([w1, w2], 1), b)
+
+    def vjp_split(self, w1, w2, s):
+        """(vjp(w1, s), vjp(w2, s)) in one pass of the transposed operator."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.vjp(w1, s), self.vjp(w2, s)
+        w = torch.cat([w1, w2], 1)
+        if not self.op.conv_dims:
+            g = s @ w if s.dim() > 1 else w.t() @ s
+            return g.split(w1.shape[1], -1)
+        shape = list(self.a.shape)
+        shape[1] *= 2
+        return self.op.vjp(shape, w, s).split(w1.shape[1], 1)
+
+    def vjp_pair(self, w1, s1, w2, s2):
+        """vjp(w1, s1) + vjp(w2, s2) in one pass of the transposed operator."""
+        import torch
+
+        if self.op.kwargs.get("groups", 1) != 1:
+            return self.vjp(w1, s1) + self.vjp(w2, s2)
+        return self.vjp(torch.cat([w1, w2]), torch.cat([s1, s2], 1 if self.op.conv_dims else -1))
+
     # the positive and negative parts the sign-aware rules split into
+    @cached_property
+    def nonnegative(self) -> bool:
+        """No input is negative (after a ReLU, pixels): the rules' negative-input branch is empty, and
+        a zero input, whose relevance is zero, takes the positive branch (sign(0) = 1, as in the
+        stabiliser)."""
+        return not bool((self.a < 0).any())
+
     @cached_property
     def ap(self):
         return self.a.clamp(min=0)
@@ -121,6 +179,13 @@ class Rule:
     input_layer: ClassVar[bool] = False  # an input-domain rule: first layer only (see InputRule)
     passes: ClassVar[float] = 2.0  # applications of the layer's operator (forward or transposed) per
     # backward pass, for the cost estimate (analysis.lrp.cost)
+    rescales: ClassVar[bool] = False  # the gradient is the layer's own gradient of the output gradient
+    # times ``scale(...)``: the tracer then runs the native layer (one forward, torch's backward)
+
+    def scale(self, z, z_rule, rs):
+        """For a rule that ``rescales``: the factor on the output gradient, from the output ``z`` and
+        the output under the bias convention ``z_rule`` (both detached)."""
+        raise NotImplementedError
 
     def backward(self, layer: Layer, rs) -> tuple:
         """(gradient for a, relevance at a or None)."""
@@ -189,6 +254,13 @@ class Epsilon(Rule):
     name = "epsilon"
     description = "LRP-epsilon on every layer (LRP-0 as epsilon -> 0: gradient x input)"
     passes = 1.0
+    rescales = True
+
+    def scale(self, z, z_rule, rs):
+        if z_rule is z:  # z / (z + eps sign z) = |z| / (|z| + eps), exactly (negation is exact): 3 kernels
+            m = z.abs()
+            return m / (m + rs.epsilon)
+        return z / stabilize(z_rule, rs.epsilon)
 
     def gradient(self, layer, rs):
         return layer.vjp(layer.w, layer.r / stabilize(layer.z_rule, rs.epsilon))
@@ -210,13 +282,17 @@ class Gamma(Rule):
         bp = None if bias is None else bias + g * layer.bp
         bn = None if bias is None else bias + g * layer.bn
         pos = layer.z > 0
-        z_pos = layer.fwd(layer.ap, wg_p, bp) + layer.fwd(layer.an, wg_n)
-        z_neg = layer.fwd(layer.ap, wg_n, bn) + layer.fwd(layer.an, wg_p)
+        if layer.nonnegative:  # half the passes: the negative inputs' terms are zero
+            z_pos, z_neg = layer.fwd_pair(layer.a, wg_p, bp, wg_n, bn)
+            s_pos = torch.where(pos, layer.r / stabilize(z_pos, eps), 0.0)
+            s_neg = torch.where(pos, 0.0, layer.r / stabilize(z_neg, eps))
+            return layer.vjp_pair(wg_p, s_pos, wg_n, s_neg)
+        z_pos = layer.fwd_split(layer.ap, wg_p, layer.an, wg_n, bp)
+        z_neg = layer.fwd_split(layer.ap, wg_n, layer.an, wg_p, bn)
         s_pos = torch.where(pos, layer.r / stabilize(z_pos, eps), 0.0)
         s_neg = torch.where(pos, 0.0, layer.r / stabilize(z_neg, eps))
-        grad_if_pos = layer.vjp(wg_p, s_pos) + layer.vjp(wg_n, s_neg)
-        grad_if_neg = layer.vjp(wg_n, s_pos) + layer.vjp(wg_p, s_neg)
-        return torch.where(layer.a > 0, grad_if_pos, grad_if_neg)
+        (pos_p, pos_n), (neg_n, neg_p) = layer.vjp_split(wg_p, wg_n, s_pos), layer.vjp_split(wg_n, wg_p, s_neg)
+        return torch.where(layer.a > 0, pos_p + neg_n, pos_n + neg_p)
 
 
 class _SignSplit(Rule):
@@ -231,14 +307,23 @@ class _SignSplit(Rule):
 
         alpha, beta = self.weights(rs)
         eps = rs.epsilon
-        z_pos = layer.fwd(layer.ap, layer.wp, layer.bp) + layer.fwd(layer.an, layer.wn)
-        s_pos = alpha * layer.r / stabilize(z_pos, eps)
-        grad_if_pos, grad_if_neg = layer.vjp(layer.wp, s_pos), layer.vjp(layer.wn, s_pos)
-        if beta:
-            z_neg = layer.fwd(layer.ap, layer.wn, layer.bn) + layer.fwd(layer.an, layer.wp)
+        if layer.nonnegative:  # half the passes: the negative inputs' terms are zero
+            if not beta:  # z+ = a w+ + b+ >= 0 (never -0.0: no factor is negative), so stabilising adds eps
+                s_pos = layer.r / (layer.fwd(layer.a, layer.wp, layer.bp) + eps)
+                return layer.vjp(layer.wp, s_pos if alpha == 1 else alpha * s_pos)
+            z_pos, z_neg = layer.fwd_pair(layer.a, layer.wp, layer.bp, layer.wn, layer.bn)
+            s_pos = alpha * layer.r / stabilize(z_pos, eps)
             s_neg = torch.where(z_neg != 0, beta * layer.r / stabilize(z_neg, eps), 0.0)
-            grad_if_pos = grad_if_pos - layer.vjp(layer.wn, s_neg)
-            grad_if_neg = grad_if_neg - layer.vjp(layer.wp, s_neg)
+            return layer.vjp_pair(layer.wp, s_pos, layer.wn, -s_neg)
+        # each sum of two operator passes, and each pair of transposed passes, runs as one (stacked)
+        z_pos = layer.fwd_split(layer.ap, layer.wp, layer.an, layer.wn, layer.bp)
+        s_pos = alpha * layer.r / stabilize(z_pos, eps)
+        grad_if_pos, grad_if_neg = layer.vjp_split(layer.wp, layer.wn, s_pos)
+        if beta:
+            z_neg = layer.fwd_split(layer.ap, layer.wn, layer.an, layer.wp, layer.bn)
+            s_neg = torch.where(z_neg != 0, beta * layer.r / stabilize(z_neg, eps), 0.0)
+            neg_n, neg_p = layer.vjp_split(layer.wn, layer.wp, s_neg)
+            grad_if_pos, grad_if_neg = grad_if_pos - neg_n, grad_if_neg - neg_p
         return torch.where(layer.a > 0, grad_if_pos, grad_if_neg)
 
 

@@ -48,39 +48,40 @@ def _functions():
                     else ctx.tape.input_relevance + direct
             return grad, None, None, None, None, None, None
 
-    class Identity(torch.autograd.Function):
-        """y = f(x) forward; backward f(x)/x: the relevance passes through unchanged."""
+    class Rescale(torch.autograd.Function):
+        """Forward: ``value`` (default ``x``); backward: the gradient times ``k`` goes to ``x``."""
 
         @staticmethod
-        def forward(ctx, x, f):
-            y = f(x)
-            ctx.save_for_backward(x, y)
+        def forward(ctx, x, k, value=None):
+            if isinstance(k, torch.Tensor):
+                ctx.save_for_backward(k)
+            ctx.k = k if not isinstance(k, torch.Tensor) else None
+            out = x if value is None else value
+            return out.view_as(out)
+
+        @staticmethod
+        def backward(ctx, g):
+            k = ctx.saved_tensors[0] if ctx.k is None else ctx.k
+            return g * k, None, None
+
+    class LayerNorm(torch.autograd.Function):
+        """torch's fused layer norm forward; backward with the standard deviation held constant
+        (the centring stays: it is linear), so the layer is linear in its input for the relevance."""
+
+        @staticmethod
+        def forward(ctx, x, normalized_shape, weight, bias, eps):
+            y, _, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
+            ctx.save_for_backward(rstd, weight)
+            ctx.dims = tuple(range(-len(normalized_shape), 0))
             return y
 
         @staticmethod
         def backward(ctx, g):
-            x, y = ctx.saved_tensors
-            return g * y / stabilize(x, 1e-12), None
+            rstd, weight = ctx.saved_tensors
+            gw = g if weight is None else g * weight
+            return (gw - gw.mean(ctx.dims, keepdim=True)) * rstd, None, None, None, None
 
-    class Pooling(torch.autograd.Function):
-        """Average pooling under the epsilon rule (zennit's Norm rule)."""
-
-        @staticmethod
-        def forward(ctx, a, op, eps):
-            z = op(a)
-            ctx.save_for_backward(a, z)
-            ctx.op, ctx.eps = op, eps
-            return z
-
-        @staticmethod
-        def backward(ctx, g):
-            a, z = ctx.saved_tensors
-            with torch.enable_grad():
-                a_ = a.detach().requires_grad_(True)
-                grad, = torch.autograd.grad(ctx.op(a_), a_, z * g / stabilize(z, ctx.eps))
-            return grad, None, None
-
-    _FUNCTIONS.update(RuleLinear=RuleLinear, Identity=Identity, Pooling=Pooling)
+    _FUNCTIONS.update(RuleLinear=RuleLinear, Rescale=Rescale, LayerNorm=LayerNorm)
     return _FUNCTIONS
 
 
@@ -99,12 +100,35 @@ def _is_input(t, x) -> bool:
     return x is not None and (t is x or getattr(t, "_base", None) is x)
 
 
+_MODE: list = []
+# Elements from which three extra passes over a tensor cost more than one Python backward call
+# (measured on the zoo MLP, 64 x 128, and MiniLM's layers: the crossover lies between).
+_NATIVE_RESCALE_BELOW = 1 << 15
+
+
 def lrp_mode():
+    """The :class:`~torch.overrides.TorchFunctionMode` class (built once; one instance per call)."""
+    if not _MODE:
+        _MODE.append(_build_mode())
+    return _MODE[0]
+
+
+def _build_mode():
     import torch
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
 
     fn = _functions()
+    def rescale(x, k, value=None):
+        """Forward: ``value`` (default ``x``); backward: the gradient times ``k`` goes to ``x``. A rule
+        whose gradient is the layer's own gradient of a rescaled output gradient (epsilon: k = z /
+        (z + eps sign z)) runs the native layer and this, so the backward pass stays torch's own.
+        Small tensors: three native autograd nodes (x - x.detach() is exactly 0 and every k here is
+        finite), cheaper than a Python backward; large ones: one autograd function, one product."""
+        if x.numel() >= _NATIVE_RESCALE_BELOW:
+            return fn["Rescale"].apply(x, k, value)
+        xd = x.detach()
+        return (xd if value is None else value) + (x - xd) * k
     linear_ops = {F.linear: 0, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
     conv_kw = ("stride", "padding", "dilation", "groups")
     elementwise = {F.gelu, F.silu, F.mish, F.elu, F.selu, F.celu, F.softplus, F.hardswish, F.leaky_relu,
@@ -136,51 +160,89 @@ def lrp_mode():
             return tuple(detach_all(o) for o in out)
         return out
 
+    # Every torch call of the model passes through __torch_function__: one dict look-up sends the few
+    # that need a rule to their handler (mode, func, args, kwargs), the rest run as they are.
+    def on_linear(mode, func, args, kwargs):
+        return mode._linear(func, linear_ops[func], args, kwargs)
+
+    def on_addmm(mode, func, args, kwargs):  # transformers' Conv1D (GPT-2): addmm(bias, x, weight)
+        if len(args) == 3 and not kwargs and args[0].dim() == 1 and grads(args[1]):
+            return mode._linear(F.linear, 0, (args[1], args[2].t(), args[0]), {})
+        return func(*args, **kwargs)
+
+    def on_unsupported(mode, func, args, kwargs):
+        raise UserInputError(f"LRP rules for {unsupported[func]} are not implemented: write the attention "
+                             "with F.scaled_dot_product_attention (or q @ k and softmax), or use LayerNorm.")
+
+    def on_pool(mode, func, args, kwargs):
+        if not grads(args[0]) or kwargs.get("return_indices"):
+            return func(*args, **kwargs)
+        z = func(*args, **kwargs)
+        zd = z.detach()
+        return rescale(z, zd / stabilize(zd, mode.tape.rs.epsilon))
+
+    def on_elementwise(mode, func, args, kwargs):
+        x = args[0]
+        if not grads(x):
+            return func(*args, **kwargs)
+        xd = x.detach()
+        y = func(xd, *args[1:], **kwargs)
+        return rescale(x, y / stabilize(xd, 1e-12), y)  # the identity rule: backward f(x) / x
+
+    def on_layer_norm(mode, func, args, kwargs):
+        return _layer_norm(fn["LayerNorm"], *args, **kwargs)
+
+    def on_rms_norm(mode, func, args, kwargs):
+        return _rms_norm(*args, **kwargs)
+
+    def on_normalize(mode, func, args, kwargs):
+        return _normalize(*args, **kwargs)
+
+    def on_attention(mode, func, args, kwargs):
+        return _attention(*args, **kwargs)
+
+    def on_constant(mode, func, args, kwargs):
+        return detach_all(func(*args, **kwargs))
+
+    def on_product(mode, func, args, kwargs):
+        if len(args) == 2 and grads(*args) and not kwargs:
+            a, b = args
+            # a bilinear product: each factor gets half of the gradient (relevance split evenly): the
+            # product's own backward of half the output gradient, d(ab) = (g b / 2, a g / 2)
+            return rescale(func(a, b), 0.5)
+        return func(*args, **kwargs)
+
+    rule_handlers = {**dict.fromkeys(linear_ops, on_linear), torch.addmm: on_addmm,
+                     **dict.fromkeys(unsupported, on_unsupported), **dict.fromkeys(pools, on_pool),
+                     **dict.fromkeys(elementwise, on_elementwise), F.layer_norm: on_layer_norm,
+                     F.normalize: on_normalize, F.scaled_dot_product_attention: on_attention,
+                     **dict.fromkeys(constants, on_constant), **dict.fromkeys(products, on_product)}
+    if hasattr(F, "rms_norm"):
+        rule_handlers[F.rms_norm] = on_rms_norm
+
     class LRPMode(TorchFunctionMode):
         def __init__(self, tape: Tape):
             super().__init__()
             self.tape = tape
+            self.handlers = rule_handlers if tape.rs is not None else {}
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            tape = self.tape
-            if tape.rs is not None and func in linear_ops:
-                return self._linear(func, linear_ops[func], args, kwargs)
-            if func is F.embedding and tape.tap_embeddings:
-                out = func(*args, **kwargs)
-                if tape.batch and out.dim() >= 3 and out.shape[0] == 1 and tape.batch > 1:
-                    out = out.expand(tape.batch, *out.shape[1:])
-                leaf = out.detach().clone().requires_grad_(True)
-                tape.embeddings.append(leaf)
-                return leaf
-            if tape.rs is None:
-                return func(*args, **kwargs)
-            if func in unsupported:
-                raise UserInputError(f"LRP rules for {unsupported[func]} are not implemented: write the attention "
-                                     "with F.scaled_dot_product_attention (or q @ k and softmax), or use LayerNorm.")
-            if func in pools and grads(args[0]) and not kwargs.get("return_indices"):
-                rest = args[1:]
-                return fn["Pooling"].apply(args[0], lambda t: func(t, *rest, **kwargs), tape.rs.epsilon)
-            if func in elementwise:
-                x, rest = args[0], args[1:]
-                if not grads(x):
-                    return func(*args, **kwargs)
-                return fn["Identity"].apply(x, lambda t: func(t, *rest, **kwargs))
-            if func is F.layer_norm:
-                return _layer_norm(*args, **kwargs)
-            if func is getattr(F, "rms_norm", None):
-                return _rms_norm(*args, **kwargs)
-            if func is F.normalize:
-                return _normalize(*args, **kwargs)
-            if func is F.scaled_dot_product_attention:
-                return _attention(*args, **kwargs)
-            if func in constants:
-                return detach_all(func(*args, **kwargs))
-            if func in products and len(args) == 2 and grads(*args) and not kwargs:
-                a, b = args
-                # a bilinear product: each factor gets half of the gradient (relevance split evenly)
-                return 0.5 * (func(a, b.detach()) + func(a.detach(), b))
+            handler = self.handlers.get(func)
+            if handler is not None:
+                return handler(self, func, args, kwargs)
+            if func is F.embedding and self.tape.tap_embeddings:
+                return self._embedding(func, args, kwargs)
             return func(*args, **kwargs)
+
+        def _embedding(self, func, args, kwargs):
+            tape = self.tape
+            out = func(*args, **kwargs)
+            if tape.batch and out.dim() >= 3 and out.shape[0] == 1 and tape.batch > 1:
+                out = out.expand(tape.batch, *out.shape[1:])
+            leaf = out.detach().clone().requires_grad_(True)
+            tape.embeddings.append(leaf)
+            return leaf
 
         def _linear(self, func, conv_dims, args, kwargs):
             names = ("input", "weight", "bias") + (conv_kw if conv_dims else ())
@@ -196,21 +258,28 @@ def lrp_mode():
                 rule = "epsilon"
             if first:
                 tape.first_seen = True
+            impl = get_rule(rule)
+            if impl.rescales:
+                return self._rescaled(impl, func, conv_dims, a, w, b, bound)
             return fn["RuleLinear"].apply(a, w, b, LinearOp(func, bound, conv_dims), rule, rs, tape)
+
+        def _rescaled(self, impl, func, conv_dims, a, w, b, bound):
+            """The native layer, its output gradient rescaled by the rule (torch's own backward)."""
+            rs = self.tape.rs
+            if b is None or rs.bias:
+                z = func(a, w, b, **bound)
+                zd = z_rule = z.detach()
+            else:  # biases left out of the rule: z = a w + b from a w, one pass
+                z_rule = func(a, w, None, **bound)
+                z = z_rule + (b.reshape(-1, *(1,) * conv_dims) if conv_dims else b)
+                zd, z_rule = z.detach(), z_rule.detach()
+            return rescale(z, impl.scale(zd, z_rule, rs))
 
     return LRPMode
 
 
-def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    dims = tuple(range(-len(normalized_shape), 0))
-    xc = x - x.mean(dims, keepdim=True)
-    std = (xc.pow(2).mean(dims, keepdim=True) + eps).sqrt().detach()  # a constant: linear in x
-    y = xc / std
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
+def _layer_norm(function, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return function.apply(x, tuple(normalized_shape), weight, bias, eps)
 
 
 def _rms_norm(x, normalized_shape, weight=None, eps=None):
@@ -227,20 +296,23 @@ def _normalize(x, p=2.0, dim=1, eps=1e-12, out=None):
 
 
 def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """Scaled dot-product attention with the attention weights held constant (CP-LRP)."""
+    """Scaled dot-product attention with the attention weights held constant (CP-LRP): the weights
+    are computed without autograd and the gradient flows through the values only, in one batched
+    product (torch's fused kernel would compute, and throw away, the gradients of q and k too)."""
     import torch
 
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     if enable_gqa and k.size(-3) != q.size(-3):
         rep = q.size(-3) // k.size(-3)
         k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if is_causal:
-        n, m = scores.shape[-2:]
-        causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-            else scores + attn_mask
-    weights = torch.softmax(scores, -1).detach()
+    with torch.no_grad():
+        scores = (q @ k.transpose(-2, -1)).mul_(scale)
+        if is_causal:
+            n, m = scores.shape[-2:]
+            causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+            scores.masked_fill_(~causal, float("-inf"))
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        weights = torch.softmax(scores, -1)
     return weights @ v
