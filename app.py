@@ -17,15 +17,18 @@ LOGO = str(HERE / "assets" / "logo.svg")
 
 
 def _warm_up() -> None:
-    """Import the heavy modules (torch, the model code) once per server process, load the default
-    view's models, and start the job workers (each imports and loads the same in its own process)."""
+    """Start the job workers first (each imports torch and loads the default view's models in its
+    own process: on a cold store the first page waits for them), then import the heavy modules
+    (torch, the model code) and load the same models here, once per server process: the page needs
+    the models' content hashes to find their results in the store."""
     from analysis import jobs, views
 
     try:
-        views.warm_up()
         ex = jobs.get_executor("pool")
         for i in range(getattr(ex, "workers", 0)):
-            ex.submit(jobs.Task("analysis.views:warm_up", {}, f"{i:064x}"[-64:], "warm-up"))
+            ex.submit(jobs.Task("analysis.views:warm_up", {"hooks": "background"}, f"{i:064x}"[-64:], "warm-up"))
+        # the views' job-only imports (seconds) are the workers' business, unless jobs run here
+        views.warm_up(hooks="now" if ex.name == "inline" else "no")
     except Exception:  # a warm-up must never take the server down; the page reports real errors
         pass
 

@@ -42,11 +42,11 @@ def import_time() -> float:
     return time.perf_counter() - t0
 
 
-def measure(browser, store: str, timeout_ms: float) -> dict[str, float]:
+def measure(browser, store: str, timeout_ms: float, port: int | None = None) -> dict[str, float]:
     """One server on ``store``: seconds to healthy, to first render, and for each Model A switch."""
     out: dict[str, float] = {}
     t0 = time.monotonic()
-    proc, url = B.start_server(store_dir=store)
+    proc, url = B.start_server(port=port, store_dir=store)
     try:
         out["healthy"] = time.monotonic() - t0
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -81,6 +81,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="cold+warm pairs to take the median of (default 3)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds to wait for one render (default 120)")
+    ap.add_argument("--port", type=int, default=None, help="port for the servers (default: a free one)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network while timing
 
@@ -94,7 +95,7 @@ def main() -> int:
                 store = tempfile.mkdtemp(prefix="replens-bench-store-")
                 try:
                     for phase in ("cold", "warm"):
-                        r = measure(browser, store, args.timeout * 1000)
+                        r = measure(browser, store, args.timeout * 1000, args.port)
                         results[phase].append(r)
                         print(f"run {i + 1}/{args.runs} {phase}: "
                               + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
