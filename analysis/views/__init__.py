@@ -48,17 +48,19 @@ def run_task(spec: dict, sections: list[str], progress=None) -> dict:
     return {"page": s.page, "sections": list(sections)}
 
 
-def warm_up(progress=None, hooks: str = "now") -> dict:
+def warm_up(progress=None, hooks: str = "now", models: bool = True) -> dict:
     """Import the model code and load the default view's models and data in this process (a server
     or a job worker), so the first page does not pay for it. ``hooks``: when to import what the
     views' jobs import lazily ("now"; "background": in a thread, so that a job waiting behind this
     warm-up, the first page's, starts as soon as the models are loaded; "no": a server whose jobs
-    run in worker processes needs none of it)."""
+    run in worker processes needs none of it). ``models=False``: the data only (no torch)."""
     from ..spec import SIDEBAR
     from .inputs import load_dataset, load_model
 
     d = {p.key: p.default for p in SIDEBAR}
     load_dataset(d["data"], d["n"], d["seed"], d["split"])
+    if not models:
+        return {}
     for ref in (d["a"], d["b"]):
         load_model(ref)
     if hooks == "background":
