@@ -62,6 +62,9 @@ def measure(browser, store: str, timeout_ms: float, port: int | None = None) -> 
         problems = _problems(page)
         for ref in SWITCHES:
             clicked = B.pick_selectbox(page, "Model A", ref)
+            # the rerun may start late on a busy server: idle before it began is not "rendered"
+            page.wait_for_function("ref => (document.querySelector(\"[data-testid='stMain']\") || {innerText: ''})"
+                                   ".innerText.includes(ref)", arg=ref, timeout=timeout_ms)
             done = B.wait_rendered(page, timeout_ms)
             out[f"A -> {ref}"] = done - clicked
             main = page.get_by_test_id("stMain").inner_text()
