@@ -4,9 +4,9 @@ Run with ``streamlit run app.py``. The sidebar (model A, model B, dataset) lives
 address reproduces the view. Pages are listed explicitly; a page appears once it works.
 
 This file plays two roles. ``streamlit run`` imports it as a module to find ``app`` (an ``st.App``),
-whose lifespan starts importing torch and the model code in the background as soon as the server
-starts, while the browser is still loading: the first page then renders without waiting ~2 s for
-those imports. Each browser session runs the file as the Streamlit script (``__main__``).
+whose lifespan starts the job workers and the app's imports in the background as soon as the server
+starts, while the browser is still loading (pages/_startup.py). Each browser session runs the file
+as the Streamlit script (``__main__``).
 """
 from pathlib import Path
 
@@ -16,24 +16,9 @@ HERE = Path(__file__).resolve().parent
 LOGO = str(HERE / "assets" / "logo.svg")
 
 
-def _warm_up() -> None:
-    """Import the heavy modules (torch, the model code) once per server process, load the default
-    view's models, and start the job workers (each imports and loads the same in its own process)."""
-    from analysis import jobs, views
-
-    try:
-        views.warm_up()
-        ex = jobs.get_executor("pool")
-        for i in range(getattr(ex, "workers", 0)):
-            ex.submit(jobs.Task("analysis.views:warm_up", {}, f"{i:064x}"[-64:], "warm-up"))
-    except Exception:  # a warm-up must never take the server down; the page reports real errors
-        pass
-
-
 if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find the ASGI app
     import contextlib
     import os
-    import threading
 
     from analysis import settings
 
@@ -53,14 +38,9 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
         # numba's compiled code (UMAP) is kept in the store: compiled once per store, in the
         # background at the lowest priority when this store lacks it, never once per start
         compiler = precompile_in_background()
-        # The shell's data and plotting libraries, imported here (before any session exists) rather
-        # than by the first session: they import each other lazily, and an import race between
-        # sessions can hand out a half-initialised module (see pages/_shell.py).
-        import pandas  # noqa: F401
-        import plotly.graph_objects  # noqa: F401
-        import pyarrow  # noqa: F401
+        from pages import _startup
 
-        threading.Thread(target=_warm_up, name="replens-warm-up", daemon=True).start()
+        _startup.start()  # workers, imports, default data and models, in the background
         yield
         if compiler is not None and compiler.poll() is None:
             compiler.terminate()  # numba writes each cache file whole: what is done stays usable
@@ -70,6 +50,9 @@ if __name__ != "__main__":  # imported by `streamlit run` (or uvicorn) to find t
 else:  # a browser session: the Streamlit script
     st.set_page_config(page_title="RepLens", page_icon=LOGO, layout="wide")
 
+    from pages import _startup
+
+    _startup.wait_for_imports()
     from analysis.safe_text import md
     from pages._share import open_short_link, share_panel
     from pages._shell import PageStop, sidebar
@@ -113,3 +96,4 @@ else:  # a browser session: the Streamlit script
         if st.session_state["_page"] != "report":
             with share_slot:
                 share_panel(st.session_state["_page"])
+        _startup.page_drawn()

@@ -273,7 +273,7 @@ def sweep_cells(args: argparse.Namespace) -> list:
     sidebar = {p.key: p.parse(getattr(args, p.key)) for p in spec_mod.SIDEBAR if p.key not in ("a", "b")}
     models = list(args.models)
     if args.checkpoints_of:
-        from .zoo import checkpoints
+        from .zoo_manifest import checkpoints
 
         try:
             models += [f"zoo:{name}" for _, name in checkpoints(args.checkpoints_of)]

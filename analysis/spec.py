@@ -222,7 +222,8 @@ class AnalysisSpec:
     def save(self, store) -> str:
         """Keep the spec in the store for its short link; returns the id."""
         sid = self.hash()
-        store.put_doc("spec", sid, self.to_json(), name=self.page)
+        if store.get_doc("spec", sid) is None:  # the id is the spec's hash: a kept one is this spec
+            store.put_doc("spec", sid, self.to_json(), name=self.page)
         return sid
 
     def short_url(self, base: str, store) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "zoo"
-MANIFEST = ZOO_DIR / "manifest.json"
+from .zoo_manifest import MANIFEST, ZOO_DIR, checkpoints  # noqa: F401 - read without torch
 DATA_NOTE = "sklearn digits, pixels/16, stratified split test_size=597 random_state=0"
 
 
@@ -155,13 +154,6 @@ SPECS: list[dict] = [
       for e in (0, 1, 5, 20)],
 ]
 CHECKPOINT_EPOCHS = (0, 1, 5, 20)
-
-
-def checkpoints(name: str = "mlp-ae-b8") -> list[tuple[int, str]]:
-    """(epoch, zoo name) of the training checkpoints of ``name``, ending with the final model."""
-    final = next(s for s in SPECS if s["name"] == name)
-    early = [(s["epochs"], s["name"]) for s in SPECS if s.get("checkpoint_of") == name]
-    return sorted(early) + [(final["epochs"], name)]
 
 
 def train(spec: dict, log=print) -> tuple[nn.Module, dict]:

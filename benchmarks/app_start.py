@@ -12,7 +12,11 @@ measures, in headless Chromium (tests/browser.py):
 
 "Rendered" means tests/browser.wait_rendered: script done, no spinner / skeleton / running status,
 timed at the start of the idle stretch. Prints the medians and the line
-"first render target < 5 s: PASS/FAIL" (PASS when both the cold and the warm median are < 5 s).
+"first render target < 3 s: PASS/FAIL" (PASS when both the cold and the warm median are < 3 s).
+
+The same run times a FLOOR: `streamlit run` of a two-line page (a title and a sentence) with the
+same settings, launch -> rendered in the same browser. No app can render before that, so it is the
+honest reference on a busy machine: the load average (printed) moves both numbers together.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests import browser as B  # noqa: E402
 
-TARGET_S = 5.0
+TARGET_S = 3.0
 SWITCHES = ("zoo:cnn-s0", "zoo:mlp-ae-b8")
 IMPORT_CMD = "import analysis, analysis.models, analysis.data, analysis.activations"
+HELLO = 'import streamlit as st\nst.title("Hello")\nst.write("A bare Streamlit page: the floor of any app.")\n'
 
 
 def import_time() -> float:
@@ -42,11 +48,11 @@ def import_time() -> float:
     return time.perf_counter() - t0
 
 
-def measure(browser, store: str, timeout_ms: float) -> dict[str, float]:
+def measure(browser, store: str, timeout_ms: float, port: int | None = None) -> dict[str, float]:
     """One server on ``store``: seconds to healthy, to first render, and for each Model A switch."""
     out: dict[str, float] = {}
     t0 = time.monotonic()
-    proc, url = B.start_server(store_dir=store)
+    proc, url = B.start_server(port=port, store_dir=store)
     try:
         out["healthy"] = time.monotonic() - t0
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -56,6 +62,9 @@ def measure(browser, store: str, timeout_ms: float) -> dict[str, float]:
         problems = _problems(page)
         for ref in SWITCHES:
             clicked = B.pick_selectbox(page, "Model A", ref)
+            # the rerun may start late on a busy server: idle before it began is not "rendered"
+            page.wait_for_function("ref => (document.querySelector(\"[data-testid='stMain']\") || {innerText: ''})"
+                                   ".innerText.includes(ref)", arg=ref, timeout=timeout_ms)
             done = B.wait_rendered(page, timeout_ms)
             out[f"A -> {ref}"] = done - clicked
             main = page.get_by_test_id("stMain").inner_text()
@@ -73,6 +82,42 @@ def measure(browser, store: str, timeout_ms: float) -> dict[str, float]:
     return out
 
 
+def measure_floor(browser, timeout_ms: float, port: int | None = None) -> float:
+    """Seconds from launching `streamlit run` of a bare page (same settings: run from the repository
+    root, so the shipped .streamlit/config.toml applies) to its first render."""
+    port = port or B.free_port()
+    folder = tempfile.mkdtemp(prefix="replens-bench-hello-")
+    script = Path(folder) / "hello.py"
+    script.write_text(HELLO)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+                             "--server.port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://localhost:{port}"
+        deadline = t0 + timeout_ms / 1000
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the bare streamlit page did not start")
+            time.sleep(0.1)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(url + "/")
+        page.get_by_text("A bare Streamlit page").wait_for(timeout=timeout_ms)
+        done = B.wait_rendered(page, timeout_ms) - t0
+        context.close()
+        return done
+    finally:
+        B.stop_server(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _problems(page) -> list[str]:
     return [e.inner_text()[:200] for e in page.get_by_test_id("stException").all()]
 
@@ -81,12 +126,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="cold+warm pairs to take the median of (default 3)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds to wait for one render (default 120)")
+    ap.add_argument("--port", type=int, default=None, help="port for the servers (default: a free one)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network while timing
 
     from playwright.sync_api import sync_playwright
 
     results: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+    floors: list[float] = []
+    load_before = os.getloadavg()
     with sync_playwright() as p:
         browser = B.launch_browser(p)  # started before the clock: only the app is timed
         try:
@@ -94,12 +142,15 @@ def main() -> int:
                 store = tempfile.mkdtemp(prefix="replens-bench-store-")
                 try:
                     for phase in ("cold", "warm"):
-                        r = measure(browser, store, args.timeout * 1000)
+                        r = measure(browser, store, args.timeout * 1000, args.port)
                         results[phase].append(r)
                         print(f"run {i + 1}/{args.runs} {phase}: "
                               + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
                 finally:
                     shutil.rmtree(store, ignore_errors=True)
+                floors.append(measure_floor(browser, args.timeout * 1000, args.port))
+                print(f"run {i + 1}/{args.runs} floor (bare streamlit page): first render {floors[-1]:.2f} s",
+                      flush=True)
         finally:
             browser.close()
 
@@ -113,9 +164,17 @@ def main() -> int:
     print(f"{'':<{width}}{'cold':>8}{'warm':>8}")
     for k in rows:
         print(f"{labels[k]:<{width}}{med['cold'][k]:>8.2f}{med['warm'][k]:>8.2f}")
-    ok = med["cold"]["first render"] < TARGET_S and med["warm"]["first render"] < TARGET_S
+    floor = statistics.median(floors)
+    print(f"{'floor: bare streamlit page -> first render':<{width}}{floor:>8.2f}{floor:>8.2f}")
+    load = os.getloadavg()
+    print(f"load average (1 min) {load_before[0]:.1f} before, {load[0]:.1f} after, on {os.cpu_count()} cores")
+    cold, warm = med["cold"]["first render"], med["warm"]["first render"]
+    ok = cold < TARGET_S and warm < TARGET_S
     print(f"first render target < {TARGET_S:g} s: {'PASS' if ok else 'FAIL'} "
-          f"(cold {med['cold']['first render']:.2f} s, warm {med['warm']['first render']:.2f} s)")
+          f"(cold {cold:.2f} s, warm {warm:.2f} s; the app over the floor: cold +{cold - floor:.2f} s, "
+          f"warm +{warm - floor:.2f} s)")
+    if floor >= TARGET_S:
+        print(f"note: a bare streamlit page itself takes {floor:.2f} s on this machine now, over the target")
     print(f"sanity: python -c \"{IMPORT_CMD}\": {import_time():.2f} s")
     return 0
 

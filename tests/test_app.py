@@ -95,3 +95,34 @@ def test_uploaded_model_can_be_referenced_by_link():
     text = main_text(at)
     assert "precomputed embeddings" in text
     assert not at.error
+
+
+FIRST_PAGE = """
+import sys
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+original = PagesManager.__init__
+def init(self, *a, **k):
+    original(self, *a, **k)
+    PagesManager.uses_pages_directory = False
+PagesManager.__init__ = init
+at = AppTest.from_file(sys.argv[1], default_timeout=120)
+at.run()
+assert not at.exception, [e.value for e in at.exception]
+print(len([m for m in at.metric if m.label == "Accuracy"]), "torch" in sys.modules)
+"""
+
+
+def test_stored_default_view_renders_without_importing_torch(isolated_store):
+    """A server's first page on a store that holds its results needs the models' content hashes
+    only (the zoo manifest has them): torch, seconds of import, is not on its path."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "REPLENS_STORE": str(isolated_store), "REPLENS_JOBS": "inline"}
+    runs = [subprocess.run([sys.executable, "-c", FIRST_PAGE, APP], capture_output=True, text=True, env=env,
+                           timeout=300, cwd=Path(APP).parent) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert runs[0].stdout.split() == ["2", "True"]  # computed here: the models were loaded
+    assert runs[1].stdout.split() == ["2", "False"]  # read from the store: the same cards, no torch

@@ -10,7 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import tabular, zoo
+from .. import tabular
+from ..zoo_manifest import ZOO_DIR, manifest, zoo_entry, zoo_names  # noqa: F401 - re-exported
 from ..errors import UserInputError
 from .base import Model, as_tensor_batches, forward_order
 
@@ -81,6 +82,8 @@ class TorchModel(NumericInputModel):
         super().__init__()
         import torch
 
+        from .. import zoo
+
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
@@ -124,29 +127,13 @@ def latent_parts(module):
 
 
 # --------------------------------------------------------------------------- zoo
-@lru_cache(maxsize=1)
-def manifest() -> dict:
-    if not zoo.MANIFEST.exists():
-        return {"models": []}
-    return json.loads(zoo.MANIFEST.read_text())
-
-
-def zoo_names() -> list[str]:
-    return [e["name"] for e in manifest()["models"]]
-
-
-def zoo_entry(name: str) -> dict:
-    for e in manifest()["models"]:
-        if e["name"] == name:
-            return e
-    raise UserInputError(f"No zoo model named {name!r}. Available: {', '.join(zoo_names())}.")
-
-
 def load_zoo(name: str) -> TorchModel:
     from safetensors.torch import load_file
 
+    from .. import zoo
+
     entry = zoo_entry(name)
-    path = zoo.ZOO_DIR / entry["file"]
+    path = ZOO_DIR / entry["file"]
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha != entry["sha256"]:
         raise UserInputError(f"Checkpoint {path.name} does not match its manifest sha256; "
@@ -171,6 +158,8 @@ def from_safetensors(data: bytes, ref: str, filename: str, sha: str) -> TorchMod
         for arch, params in _candidates(meta):
             if _fits(arch, params, shapes):
                 return _load_safetensors(data, arch, params, ref, filename, sha)
+    from .. import zoo
+
     names = ", ".join(sorted(shapes)[:4])
     raise UserInputError(
         f"{filename}: its tensors ({names}, ...) match none of the zoo architectures "
@@ -220,6 +209,8 @@ def _fits(arch, params, shapes: dict[str, tuple]) -> bool:
     parameters larger than every tensor dimension cannot fit and are refused without building."""
     import torch
 
+    from .. import zoo
+
     largest = max((d for shape in shapes.values() for d in shape), default=0)
     if not isinstance(arch, str) or arch not in zoo.ARCHITECTURES or not isinstance(params, dict) or any(
             not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= largest for v in params.values()):
@@ -234,6 +225,8 @@ def _fits(arch, params, shapes: dict[str, tuple]) -> bool:
 
 def _load_safetensors(data: bytes, arch: str, params: dict, ref: str, filename: str, sha: str) -> TorchModel:
     from safetensors.torch import load
+
+    from .. import zoo
 
     try:
         state = load(data)

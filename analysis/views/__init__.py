@@ -48,17 +48,31 @@ def run_task(spec: dict, sections: list[str], progress=None) -> dict:
     return {"page": s.page, "sections": list(sections)}
 
 
-def warm_up(progress=None) -> dict:
+def warm_up(progress=None, hooks: str = "now", models: bool = True) -> dict:
     """Import the model code and load the default view's models and data in this process (a server
-    or a job worker), so the first page does not pay for it."""
+    or a job worker), so the first page does not pay for it. ``hooks``: when to import what the
+    views' jobs import lazily ("now"; "background": in a thread, so that a job waiting behind this
+    warm-up, the first page's, starts as soon as the models are loaded; "no": a server whose jobs
+    run in worker processes needs none of it). ``models=False``: the data only (no torch)."""
     from ..spec import SIDEBAR
     from .inputs import load_dataset, load_model
 
     d = {p.key: p.default for p in SIDEBAR}
     load_dataset(d["data"], d["n"], d["seed"], d["split"])
+    if not models:
+        return {}
     for ref in (d["a"], d["b"]):
         load_model(ref)
-    import torch  # noqa: F401
+    if hooks == "background":
+        import threading
+
+        threading.Thread(target=_warm_up_jobs, name="replens-warm-up-jobs", daemon=True).start()
+    elif hooks == "now":
+        _warm_up_jobs()
+    return {}
+
+
+def _warm_up_jobs() -> None:
     # the kNN graphs, spectra and probes of several views: about 1.5 s of imports that a first
     # job would otherwise pay (and that would inflate its kind's learned estimate correction)
     import scipy.sparse.csgraph  # noqa: F401
@@ -70,7 +84,6 @@ def warm_up(progress=None) -> dict:
         hook = getattr(get(page).module, "warm_up", None)
         if hook is not None:
             hook()
-    return {}
 
 
 __all__ = ["View", "Section", "Context", "Plan", "get", "has", "pages", "run", "run_task"]

@@ -95,6 +95,14 @@ class Context:
 
         return load_model(self.p["b"])
 
+    def _model_hash(self, slot: str) -> str:
+        loaded = self.__dict__.get(f"model_{slot}")  # cached_property: set once the model is loaded
+        if loaded is not None:
+            return loaded.sha256
+        from .inputs import model_hash
+
+        return model_hash(self.p[slot])
+
     def check_pair(self) -> None:
         """Both models can read the data (a clear message otherwise)."""
         self.model_a.check_data(self.ds)
@@ -102,10 +110,9 @@ class Context:
 
     def fingerprint(self, uses: str) -> dict:
         out = {}
-        if "a" in uses:
-            out["a"] = self.model_a.sha256
-        if "b" in uses:
-            out["b"] = self.model_b.sha256
+        for slot in "ab":
+            if slot in uses:
+                out[slot] = self._model_hash(slot)
         if "d" in uses:
             out["d"] = self.ds.sha256
         for name, content_hash in getattr(self.view.module, "INPUTS", {}).items():

@@ -40,6 +40,20 @@ def load_model(ref: str):
                                                               allow_hub=settings.hub_allowed(default=False)))
 
 
+def model_hash(ref: str) -> str:
+    """A model's content hash (what store keys use), without loading it where that is known: a zoo
+    checkpoint's is in the manifest, which :func:`analysis.models.torch_models.load_zoo` checks the
+    file against. So a page whose results are stored draws them without importing torch."""
+    with _LOCK:
+        if ref in _MODELS:
+            return _MODELS[ref].sha256
+    if ref.startswith("zoo:"):
+        from ..zoo_manifest import zoo_entry
+
+        return zoo_entry(ref[4:])["sha256"]
+    return load_model(ref).sha256
+
+
 def load_dataset(name: str, n: int | None, seed: int, split: str):
     from .. import data, settings
 

@@ -25,7 +25,7 @@ DEFAULT_SEEDS = ["zoo:mlp-s0", "zoo:mlp-s1", "zoo:mlp-s2"]
 
 
 def default_checkpoints() -> list[str]:
-    from ..zoo import checkpoints
+    from ..zoo_manifest import checkpoints
 
     return [f"zoo:{name}" for _, name in checkpoints(SERIES_OF)[:-1]]
 
