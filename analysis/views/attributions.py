@@ -462,11 +462,12 @@ def _text_faithfulness(ctx, progress) -> TextFaithfulness:
 
 
 # ------------------------------------------------------------------ estimates
-# MiniLM on this 2-core machine under its usual load (measured): explaining sentences one call at a
-# time (the shown ones) and in batches of 32 (the dataset), per sentence under the epsilon rule
-# (rules with more passes scale by them); a plain forward pass per sentence; the probe's embeddings.
-TEXT_CALL_S, TEXT_SENTENCE_S, TEXT_BATCHED_SENTENCE_S = 1.0, 0.6, 0.22
-TEXT_FORWARD_S, TEXT_EXTRACT_S = 0.2, 0.06
+# MiniLM on this 2-core machine in a job worker (one torch thread, load 6; benchmarks/estimates.py):
+# explaining sentences one call at a time (the shown ones) and in batches of 32 (the dataset), per
+# sentence under the epsilon rule (rules with more passes scale by them); a plain forward pass per
+# sentence; the probe's embeddings.
+TEXT_CALL_S, TEXT_SENTENCE_S, TEXT_BATCHED_SENTENCE_S = 0.08, 0.05, 0.02
+TEXT_FORWARD_S, TEXT_EXTRACT_S = 0.016, 0.007
 
 
 def _profile(ctx, model):
