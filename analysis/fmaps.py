@@ -77,10 +77,12 @@ def knn_graph(x, n_neighbors: int | None = None, metric: str = "cosine", approxi
     idx = idx[keep].reshape(n, k)
     scale = np.maximum(dist[:, -1:], 1e-12)
     w = np.exp(-4.0 * (dist / scale) ** 2)
-    rows = np.repeat(np.arange(n), k)
-    W = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(n, n))
+    # row i holds its k neighbours: CSR straight from the lists (building it from (row, column)
+    # pairs sorted them first, 0.5 s per matrix at 20,000 points and k = 300)
+    indptr = np.arange(0, n * k + 1, k)
+    W = sp.csr_matrix((w.ravel(), idx.ravel(), indptr), shape=(n, n))
     W = (W + W.T) * 0.5
-    D = sp.csr_matrix((np.maximum(dist.ravel(), 1e-12), (rows, idx.ravel())), shape=(n, n))
+    D = sp.csr_matrix((np.maximum(dist.ravel(), 1e-12), idx.ravel(), indptr), shape=(n, n))
     D = D.maximum(D.T)  # an edge exists if either end lists the other; its length is the distance
     # no diagonal: each point's own index was dropped above (W.setdiag(0) took 20% of the assembly
     # inserting explicit zeros that eliminate_zeros then removed)

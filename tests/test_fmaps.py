@@ -375,9 +375,10 @@ def test_cost_model_follows_the_scalable_path():
     assert cost.zoomout_seconds(at_threshold, 50, True) == cost.point_map_seconds(at_threshold, 50, steps)
     n = 4 * fmaps.SCALABLE_FROM  # one point map on every row, the other steps on the sample
     sampled = cost.zoomout_seconds(n, 50, True)
-    assert sampled == pytest.approx(4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
+    faiss = 0.6 if cost.faiss_installed() else 1.0  # faiss's search of the point maps
+    assert sampled == pytest.approx(faiss * 4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
     assert sampled < cost.point_map_seconds(n, 50, steps) / 3
-    assert cost.zoomout_seconds(n, 50, False) == cost.point_map_seconds(n, 50)
+    assert cost.zoomout_seconds(n, 50, False) == pytest.approx(faiss * cost.point_map_seconds(n, 50))
     # point-map blocks: 2,048 queries while they hold under 2^24 distances, then a fixed budget
     assert cost.point_map_bytes(1000) == 12 * 2048 * 1000
     assert cost.point_map_bytes(100_000) == cost.point_map_bytes(200_000) == 12 * fmaps.BLOCK_ENTRIES
