@@ -1,15 +1,18 @@
 """Latent functional map fit time and memory versus the number of points, against today's reference
-algorithm (``scalable_from=None``: every ZoomOut step on every sample) and a dense-matrix
-implementation (what the official notebooks do: a full n x n graph and a dense eigensolver).
+algorithm (``scalable_from=None``: exact kNN, float64 eigen-solve, every ZoomOut step on every
+sample) and a dense-matrix implementation (what the official notebooks do: a full n x n graph and
+a dense eigensolver).
 
-Both fits use the same data (layer net.relu3 of zoo:mlp-s0 and zoo:mlp-s1 on the noisy digits set,
+All fits use the same data (layer net.relu3 of zoo:mlp-s0 and zoo:mlp-s1 on the noisy digits set,
 128 dimensions), the same kNN graph definition (k = min(300, n/10)), K = 50 eigenvectors, 10
-geodesic anchors, the same solver and ZoomOut; only the graph and the eigen-problem differ: RepLens
-keeps the graph sparse and runs ARPACK (eigsh) on it, the dense version builds the n x n distance,
-affinity and Laplacian matrices and calls scipy.linalg.eigh for the K smallest eigenpairs.
+geodesic anchors, the same solver. Above fmaps.SCALABLE_FROM samples the new fit searches
+neighbours approximately (faiss, where installed), solves the eigenproblem in float32 and runs
+ZoomOut's steps on a sample of rows; the dense version builds the n x n distance, affinity and
+Laplacian matrices and calls scipy.linalg.eigh for the K smallest eigenpairs.
 
     python benchmarks/fmaps_scaling.py                 # n = 1000 5000 10000 20000, dense up to 5000
     python benchmarks/fmaps_scaling.py --n 100000 --reference-max 20000 --dense-max 0
+    python benchmarks/fmaps_scaling.py --n 20000 --no-faiss   # the fallback without requirements-fast.txt
 
 Prints, per n: the load average, the fit's seconds (wall and CPU) and its stages (kNN graphs,
 eigen-solves, descriptors, functional-map solve, ZoomOut with the point map), peak traced memory,
@@ -116,7 +119,10 @@ def main(argv=None):
     ap.add_argument("--dense-max", type=int, default=5000, help="largest n for the dense version")
     ap.add_argument("--reference-max", type=int, default=20000, help="largest n for today's reference fit")
     ap.add_argument("--eigs", type=int, default=50)
+    ap.add_argument("--no-faiss", action="store_true", help="fit as if faiss were not installed")
     args = ap.parse_args(argv)
+    if args.no_faiss:
+        fmaps._faiss = lambda: None
     from threadpoolctl import threadpool_limits
 
     from analysis import fmaps_cost
