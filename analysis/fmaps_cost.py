@@ -11,9 +11,10 @@ and measurements agreed within 1.5x (a fresh process adds about 2 s of imports t
 ``SHARED`` turns CPU seconds into wall seconds on a machine whose cores other jobs share (measured
 1x idle to 4x under a load of 17 on 2 cores). The job runner then corrects each kind of estimate
 by the ratio it observes (analysis.jobs.estimates). Above ``analysis.fmaps.SCALABLE_FROM`` samples
-ZoomOut's steps run on a sample of rows (:func:`zoomout_seconds`); with that, the fit's estimates
-at 5,000, 10,000, 20,000 and 100,000 points were within 1.5x of the measured wall times (10, 22,
-54 and 304 s under a load of 5 on 2 cores; benchmarks/fmaps_scaling.py).
+the fit takes the scalable path: faiss's approximate kNN where it is installed, a float32
+eigen-solve, ZoomOut's steps on a sample of rows and faiss point maps (the ``approximate``,
+``single`` and ``fast`` variants below); benchmarks/fmaps_scaling.py prints the estimate beside
+the measured times.
 """
 from __future__ import annotations
 
@@ -39,24 +40,30 @@ def n_descriptors(n_anchors: int, n_classes: int, descriptors) -> int:
 
 
 # ------------------------------------------------------------------ the steps (CPU seconds, bytes)
-def knn_graph_seconds(n: int, d: int, k: int) -> float:
+def knn_graph_seconds(n: int, d: int, k: int, approximate: bool = False) -> float:
     """Brute-force neighbours (n^2 d multiply-adds, n^2 partial sorts) and the sparse graph's
-    assembly and symmetrisation (per edge); the n^2 constant refitted on 5,000 to 100,000 samples."""
+    assembly and symmetrisation (per edge); the n^2 constant refitted on 5,000 to 100,000 samples.
+    ``approximate``: faiss's inverted-file search instead (k-means into sqrt(n) cells, then each
+    query against the rows of NPROBE cells: both about n^1.5 d; measured 1.5 s at 20,000 and 12.7 s
+    at 100,000 points, d = 128)."""
+    if approximate:
+        return 3.5e-9 * n ** 1.5 * d + 5e-7 * n * k
     return 1e-11 * n * n * d + 3.7e-9 * n * n + 8e-7 * n * k
 
 
-def knn_graph_bytes(n: int, k: int) -> int:
+def knn_graph_bytes(n: int, k: int, approximate: bool = False) -> int:
     """Distances and indices of the neighbours, the affinity and distance graphs and their
-    transposes; scikit-learn computes distances in blocks of at most 1 GiB."""
-    return 100 * n * k + min(8 * n * n, 2 ** 30)
+    transposes; scikit-learn computes distances in blocks of at most 1 GiB (faiss's inverted-file
+    search holds no such block)."""
+    return 100 * n * k + (0 if approximate else min(8 * n * n, 2 ** 30))
 
 
-def spectrum_seconds(n: int, k: int, n_eigs: int) -> float:
+def spectrum_seconds(n: int, k: int, n_eigs: int, single: bool = False) -> float:
     """The K smallest Laplacian eigenpairs: a dense solver up to 400 samples, else Lanczos (ARPACK),
-    whose cost grows with the edges and the basis."""
+    whose cost grows with the edges and the basis; in float32 (``single``, the scalable path) 0.6x."""
     if n <= 400:
         return 2e-9 * n ** 3
-    return 1.4e-8 * n * (k + n_eigs) * n_eigs
+    return (0.6 if single else 1.0) * 1.4e-8 * n * (k + n_eigs) * n_eigs
 
 
 def spectrum_bytes(n: int, n_eigs: int) -> int:
@@ -81,10 +88,10 @@ def solve_bytes(n: int, n_eigs: int, p: int, n_anchors: int) -> int:
     return 40 * n * n_anchors + 40 * p * n_eigs ** 2
 
 
-def point_map_seconds(n: int, n_eigs: int, steps: int = 1, queries: int | None = None) -> float:
+def point_map_seconds(n: int, n_eigs: int, steps: int = 1, queries: int | None = None, fast: bool = False) -> float:
     """Nearest spectral embedding among the n samples for each of ``queries`` rows (default every
-    sample; n queries K in single precision), per ZoomOut step."""
-    return 4.5e-11 * steps * (n if queries is None else queries) * n * n_eigs
+    sample; n queries K in single precision), per ZoomOut step; faiss's search (``fast``) 0.6x."""
+    return (0.6 if fast else 1.0) * 4.5e-11 * steps * (n if queries is None else queries) * n * n_eigs
 
 
 def zoomout_seconds(n: int, n_eigs: int, refine: bool) -> float:
@@ -92,11 +99,19 @@ def zoomout_seconds(n: int, n_eigs: int, refine: bool) -> float:
     steps but the last on ``ZOOMOUT_SAMPLE`` rows (analysis.fmaps.zoomout's sampled steps)."""
     from .fmaps import SCALABLE_FROM, ZOOMOUT_SAMPLE
 
-    if not refine:
-        return point_map_seconds(n, n_eigs)
     if n <= SCALABLE_FROM:
-        return point_map_seconds(n, n_eigs, ZOOMOUT_STEPS)
-    return point_map_seconds(n, n_eigs) + point_map_seconds(n, n_eigs, ZOOMOUT_STEPS - 1, min(n, ZOOMOUT_SAMPLE))
+        return point_map_seconds(n, n_eigs, ZOOMOUT_STEPS if refine else 1)
+    fast = faiss_installed()
+    if not refine:
+        return point_map_seconds(n, n_eigs, fast=fast)
+    return (point_map_seconds(n, n_eigs, fast=fast)
+            + point_map_seconds(n, n_eigs, ZOOMOUT_STEPS - 1, min(n, ZOOMOUT_SAMPLE), fast=fast))
+
+
+def faiss_installed() -> bool:
+    from .fmaps import _faiss
+
+    return _faiss() is not None
 
 
 def point_map_bytes(n: int) -> int:
@@ -111,15 +126,20 @@ def point_map_bytes(n: int) -> int:
 def fit_cost(n: int, d_a: int, d_b: int, k: int | None, n_eigs: int, n_anchors: int, n_classes: int,
              descriptors, refine: bool) -> Cost:
     """One LatentFunctionalMap fit with rows aligned (k None: the default rule)."""
+    from .fmaps import SCALABLE_FROM
+
     k = k or default_neighbors(n)
     kk = min(n_eigs, n - 2)
     p = n_descriptors(n_anchors, n_classes, descriptors)
     geo = "geodesic" in set(descriptors or ()) and n_anchors > 0
-    seconds = (knn_graph_seconds(n, d_a, k) + knn_graph_seconds(n, d_b, k) + 2 * spectrum_seconds(n, k, kk)
+    scalable = n > SCALABLE_FROM
+    approximate = scalable and faiss_installed()
+    seconds = (knn_graph_seconds(n, d_a, k, approximate) + knn_graph_seconds(n, d_b, k, approximate)
+               + 2 * spectrum_seconds(n, k, kk, scalable)
                + (2 * geodesic_seconds(n, k, n_anchors) if geo else 0.0)
                + (solve_seconds(n, kk, p) if p else 0.0)
                + zoomout_seconds(n, kk, bool(refine and p)))
-    memory = (2 * knn_graph_bytes(n, k) + 2 * spectrum_bytes(n, kk) + 8 * n * (d_a + d_b)
+    memory = (2 * knn_graph_bytes(n, k, approximate) + 2 * spectrum_bytes(n, kk) + 8 * n * (d_a + d_b)
               + (solve_bytes(n, kk, p, n_anchors if geo else 0) if p else 0) + point_map_bytes(n))
     return Cost(STARTUP_S + SHARED * seconds, int(memory))
 
@@ -166,11 +186,15 @@ def stitching_cost(n: int, d_a: int, d_b: int, counts, probe: bool, n_classes: i
 def robustness_cost(n: int, d: int, k: int | None, n_eigs: int, n_shifts: int) -> Cost:
     """Per shift: a ground-truth functional map of the layer against its perturbed copy (two graphs,
     two spectra, one point map) and linear CKA."""
+    from .fmaps import SCALABLE_FROM
+
     k = k or default_neighbors(n)
     kk = min(n_eigs, n - 2)
-    one = 2 * knn_graph_seconds(n, d, k) + 2 * spectrum_seconds(n, k, kk) + point_map_seconds(n, kk) \
-        + 4e-9 * n * d * d
-    memory = 2 * knn_graph_bytes(n, k) + 2 * spectrum_bytes(n, kk) + 8 * 3 * n * d + point_map_bytes(n)
+    scalable = n > SCALABLE_FROM
+    approximate = scalable and faiss_installed()
+    one = 2 * knn_graph_seconds(n, d, k, approximate) + 2 * spectrum_seconds(n, k, kk, scalable) \
+        + point_map_seconds(n, kk, fast=approximate) + 4e-9 * n * d * d
+    memory = 2 * knn_graph_bytes(n, k, approximate) + 2 * spectrum_bytes(n, kk) + 8 * 3 * n * d + point_map_bytes(n)
     return Cost(STARTUP_S + SHARED * n_shifts * one, int(memory))
 
 

@@ -272,9 +272,84 @@ def test_point_map_blocks_do_not_change_matches(monkeypatch):
     assert np.array_equal(fmaps.nearest_rows(q, p), brute)
 
 
-def test_scalable_path_agrees_with_the_reference(swiss):
-    """The threshold lowered so the 600-point swiss roll takes the scalable path: the graph and
-    spectrum, hence the similarity, are the reference's; the matches from 5 anchors stay as good."""
+@pytest.fixture(params=["faiss", "no faiss"])
+def faiss_or_not(request, monkeypatch):
+    """Run a test with faiss (requirements-fast.txt), and again as if it were not installed."""
+    if request.param == "faiss":
+        pytest.importorskip("faiss")
+    else:
+        monkeypatch.setattr(fmaps, "_faiss", lambda: None)
+    return request.param
+
+
+def test_point_map_fast_search_is_the_brute_force(faiss_or_not):
+    rng = np.random.default_rng(4)
+    q, p = rng.standard_normal((400, 12)), rng.standard_normal((900, 12))
+    brute = np.argmin(((q[:, None, :] - p[None, :, :]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(fmaps.nearest_rows(q, p, fast=True), brute)
+
+
+def test_single_precision_spectrum_of_a_path_is_the_known_one():
+    """The path graph on n vertices: its normalised Laplacian has the simple eigenvalues
+    1 - cos(pi j / (n - 1)) (n = 450 > 400, so ARPACK runs, here in float32). The eigenvalues are
+    Rayleigh quotients in float64, so they come out far better than float32's 1e-7."""
+    import scipy.sparse as sp
+
+    n = 450
+    W = sp.diags([np.ones(n - 1), np.ones(n - 1)], [1, -1]).tocsr()
+    s = fmaps.laplacian_spectrum(W, 6, single=True)
+    assert s.converged
+    np.testing.assert_allclose(s.eigenvalues, 1 - np.cos(np.pi * np.arange(6) / (n - 1)), atol=1e-6)  # measured 1e-7
+    np.testing.assert_allclose(s.eigenvectors.T @ s.eigenvectors, np.eye(6), atol=1e-10)
+    # the eigenvectors are cosines: phi_j(i) proportional to sqrt(deg_i) cos(pi j i / (n - 1))
+    i = np.arange(n)
+    deg = np.where((i == 0) | (i == n - 1), 1.0, 2.0)
+    truth = np.sqrt(deg)[:, None] * np.cos(np.pi * np.outer(i, np.arange(6)) / (n - 1))
+    truth /= np.linalg.norm(truth, axis=0)
+    # to float32's tolerance over the gap: the first gaps are 2e-5 wide (measured overlap 0.998)
+    assert np.abs(np.abs((truth * s.eigenvectors).sum(0)) - 1).max() < 5e-3
+
+
+def test_single_precision_solver_matches_dense():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 5))
+    w, _ = fmaps.knn_graph(x, 12, "euclidean")
+    s = fmaps.laplacian_spectrum(w, 10, single=True)
+    dense, vecs = np.linalg.eigh(fmaps.normalized_laplacian(w).toarray())
+    assert s.converged
+    np.testing.assert_allclose(s.eigenvalues, dense[:10], atol=1e-8)
+    # the same subspace: the singular values of the overlap are all 1
+    np.testing.assert_allclose(np.linalg.svd(vecs[:, :10].T @ s.eigenvectors, compute_uv=False), 1, atol=1e-6)
+
+
+def test_approximate_neighbors_recall_against_exact():
+    pytest.importorskip("faiss")
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((20, 16)) * 3
+    x = centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 16))
+    dist, idx = fmaps.approximate_neighbors(x, 51)
+    exact_d, exact_i = NearestNeighbors(n_neighbors=51).fit(x).kneighbors(x)
+    recall = np.mean([len(np.intersect1d(a, b)) / 51 for a, b in zip(idx, exact_i)])
+    assert recall > 0.95  # measured 0.997
+    assert np.all(np.diff(dist, axis=1) >= 0) and np.all(idx >= 0)
+    same = idx == exact_i  # where the neighbour is the exact one, so is its distance (float32)
+    np.testing.assert_allclose(dist[same], exact_d[same], atol=1e-3)
+
+
+def test_knn_graph_without_faiss_is_the_exact_graph(monkeypatch):
+    x = np.random.default_rng(6).standard_normal((300, 5))
+    exact_w, exact_d = fmaps.knn_graph(x, 10)
+    monkeypatch.setattr(fmaps, "_faiss", lambda: None)
+    w, d = fmaps.knn_graph(x, 10, approximate=True)
+    assert (w != exact_w).nnz == 0 and (d != exact_d).nnz == 0
+
+
+def test_scalable_path_agrees_with_the_reference(swiss, faiss_or_not):
+    """The threshold lowered so the 600-point swiss roll takes the scalable path (approximate kNN
+    where faiss is installed, float32 eigen-solve, sampled ZoomOut): the similarity stays the
+    reference's to 1e-3 (measured 2e-5), the matches from 5 anchors stay as good."""
     x, y, _ = swiss
     anchors = np.random.default_rng(3).choice(len(x), 5, replace=False)
     pairs = np.stack([anchors, anchors], 1)
@@ -282,7 +357,7 @@ def test_scalable_path_agrees_with_the_reference(swiss):
     new = fmaps.LatentFunctionalMap(metric="euclidean", scalable_from=100, zoomout_sample=200).fit(
         x, y, anchors=pairs, rows_aligned=True)
     assert new.scalable_ and not ref.scalable_
-    assert new.similarity() == pytest.approx(ref.similarity(), abs=1e-12)
+    assert new.similarity() == pytest.approx(ref.similarity(), abs=1e-3)
     exact_ref = np.mean(ref.p2p_ == np.arange(len(y)))
     exact_new = np.mean(new.p2p_ == np.arange(len(y)))
     near = np.mean(np.linalg.norm(x[new.p2p_] - x, axis=1) < 1.5)
@@ -300,9 +375,10 @@ def test_cost_model_follows_the_scalable_path():
     assert cost.zoomout_seconds(at_threshold, 50, True) == cost.point_map_seconds(at_threshold, 50, steps)
     n = 4 * fmaps.SCALABLE_FROM  # one point map on every row, the other steps on the sample
     sampled = cost.zoomout_seconds(n, 50, True)
-    assert sampled == pytest.approx(4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
+    faiss = 0.6 if cost.faiss_installed() else 1.0  # faiss's search of the point maps
+    assert sampled == pytest.approx(faiss * 4.5e-11 * 50 * n * (n + (steps - 1) * fmaps.ZOOMOUT_SAMPLE))
     assert sampled < cost.point_map_seconds(n, 50, steps) / 3
-    assert cost.zoomout_seconds(n, 50, False) == cost.point_map_seconds(n, 50)
+    assert cost.zoomout_seconds(n, 50, False) == pytest.approx(faiss * cost.point_map_seconds(n, 50))
     # point-map blocks: 2,048 queries while they hold under 2^24 distances, then a fixed budget
     assert cost.point_map_bytes(1000) == 12 * 2048 * 1000
     assert cost.point_map_bytes(100_000) == cost.point_map_bytes(200_000) == 12 * fmaps.BLOCK_ENTRIES

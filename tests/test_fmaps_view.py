@@ -116,7 +116,9 @@ def test_largest_settings_are_refused_or_wait_for_a_button(largest):
     for name, cost in plan.parts:
         assert cost.seconds > AUTO_RUN_S, name  # at least a button, with its estimate
     refused = []
-    for name in ("fit", "retrieval", "robustness"):
+    # robustness (five ground-truth maps, no descriptors) stays under the ceiling since the scalable
+    # path's approximate kNN and float32 eigen-solve: it waits for its button (checked above)
+    for name in ("fit", "retrieval"):
         task = view.plan(largest, [name]).task
         with pytest.raises(UserInputError) as err:
             limits.check(task)
