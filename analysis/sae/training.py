@@ -23,6 +23,13 @@ AUX_COEF = 1 / 32
 # estimate shown before training uses it.
 FLOPS_PER_SECOND = 1.5e10
 STEP_OVERHEAD_S = 1e-3
+# The sparse TopK step's other work in floating-point operations' worth of time (benchmarks/sae.py,
+# MiniLM, 4,096 latents, k = 32, batch 1,024, on the same machine as FLOPS_PER_SECOND): per
+# pre-activation (top-k, masks), per active latent and dimension (the CSR products), per weight
+# (fused Adam, the decoder's tangent projection and renormalisation).
+SELECT_COST = 300.0
+SPARSE_COST = 150.0
+UPDATE_COST = 250.0
 SMALL_WORK = 5e7  # multiply-adds of one encoder product below which one thread is faster
 
 
@@ -356,9 +363,22 @@ def latents_outnumber_inputs(d_sae: int, n_samples: int) -> str:
             "features. Use more samples, or a smaller expansion.")
 
 
-def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
-    """About how long :func:`train_sae` takes on this machine's CPU (encoder, decoder and their
-    gradients: ~12 * batch * d * m floating-point operations per step, plus a fixed cost per step)."""
+def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int, kind: str = "topk",
+                     k: int = 16) -> float:
+    """About how long :func:`train_sae` takes on this machine's CPU, from the floating-point work of
+    a step (plus a fixed cost per step) at ``FLOPS_PER_SECOND``:
+
+    - ReLU and JumpReLU (dense, autograd): the encoder, the decoder and their gradients, ~12 * batch
+      * d * m operations;
+    - TopK and BatchTopK (:mod:`.sparse_step`): the encoder's product (2 * batch * d * m), the
+      selection and the masks over every pre-activation (``SELECT_COST`` per one), the sparse
+      products on the k active latents (``SPARSE_COST`` per active latent and dimension) and Adam
+      with the unit-norm decoder over the weights (``UPDATE_COST`` per weight)."""
     b = min(int(batch_size), int(n))
     m = int(expansion) * int(d_in)
-    return steps * (12.0 * b * d_in * m / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05
+    if kind in ("topk", "batchtopk"):
+        work = 2.0 * b * d_in * m + SELECT_COST * b * m + SPARSE_COST * b * min(int(k), m) * d_in \
+            + UPDATE_COST * 2 * d_in * m
+    else:
+        work = 12.0 * b * d_in * m
+    return steps * (work / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05
