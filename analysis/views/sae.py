@@ -199,6 +199,7 @@ class Training:
     source: str  # "trained", "store" (trained before this view) or "files"
     name: str = ""  # the opened files' name
     warnings: list = field(default_factory=list)
+    streamed: bool = False  # trained from the on-disk activation cache, a few chunks at a time
 
 
 @dataclass
@@ -441,7 +442,8 @@ def _train(side: str):
         warnings = [w for w in (latents_outnumber_inputs(s.d_sae, n),) if w]
         return Training(side, m.ref, lyr, n, s.d_in, s.d_sae, s.kind, s.describe(), params,
                         {k: np.asarray(v, np.float64) for k, v in s.history.items()}, float(info.get("seconds", 0.0)),
-                        float(info.get("samples_per_second", 0.0)), source, name, warnings)
+                        float(info.get("samples_per_second", 0.0)), source, name, warnings,
+                        bool(info.get("streamed", False)))
     return compute
 
 
