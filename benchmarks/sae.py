@@ -18,8 +18,16 @@ and run ``python benchmarks/sae.py --saelens-python /root/saelens-venv/bin/pytho
 default path). This script runs SAELens's part in that interpreter (``--worker``), feeding its
 ``SAETrainer`` batches from the same array. Without the venv it reports RepLens alone and says so.
 
-Activations: zoo:mlp-s0's layer net.relu2 (width 128) on ``digits_noisy`` (n rows). Defaults fit
-a busy 2-core CPU; ``--device cuda`` times RepLens on a GPU (SAELens's worker then uses it too).
+Activations: MiniLM (``hf:minilm``, width 384) on the bundled ``text`` set, one row per token
+(pooling "tokens") of each of its six encoder layers, stacked: 360 texts give 30,876 rows. The
+text set is small, so the layers stand in for more text (each layer's token rows are a different
+distribution, which the SAE must cover with one dictionary). Both sides train a TopK SAE with
+exactly ``--latents`` (default 4,096, expansion ~10.7) latents and score it with the same function
+(``analysis.sae.evaluate``: explained variance over the whole set, dead = never active on it).
+A third row trains RepLens from the same rows written to an on-disk activation cache (streamed a
+few chunks at a time). Defaults fit a busy 2-core CPU; ``--device cuda`` times both on a GPU.
+The load average (1 minute) before and after is printed: the machine is shared, so the ratio,
+measured in one run, is the number to read.
 """
 from __future__ import annotations
 
@@ -58,11 +66,12 @@ def worker(args) -> None:
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.manual_seed(args.seed)
     x = np.load(args.data).astype(np.float32)
     d = x.shape[1]
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=args.expansion * d, k=args.k, device=args.device))
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=args.latents, k=args.k, device=args.device,
+                                                use_sparse_activations=args.saelens_sparse))
     cfg = SAETrainerConfig(total_training_samples=args.steps * args.batch, train_batch_size_samples=args.batch,
                            lr=args.lr, lr_end=0.0, lr_decay_steps=int(0.2 * args.steps), device=args.device,
                            dead_feature_window=max(1, math.ceil(max(len(x), 10 * args.batch) / args.batch)),
@@ -79,28 +88,76 @@ def worker(args) -> None:
     Path(args.out, "timing.json").write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
 
 
-def activations_for(n: int) -> np.ndarray:
-    from analysis import activations, data, models
+LAYERS = [f"encoder.layer.{i}" for i in range(6)]
 
-    ds = data.load("digits_noisy", n=n, seed=0)
-    return activations.extract(models.load("zoo:mlp-s0"), ds, ["net.relu2"])["net.relu2"]
+
+def activations(store) -> np.ndarray:
+    """MiniLM's token rows of its six encoder layers on the text set, stacked (see the docstring)."""
+    from analysis import activations as A, data, models
+
+    caches = A.extract_chunked(models.load("hf:minilm"), data.load("text"), LAYERS, "tokens", store=store)
+    return np.concatenate([caches[layer].read() for layer in LAYERS])
+
+
+def as_cache(store, x: np.ndarray):
+    """The rows written to an on-disk activation cache of their own, chunk by chunk."""
+    from analysis.activations import write_chunk
+    from analysis.activations.cache import create_cache
+
+    cache = create_cache(store, "bench-sae-minilm-stacked", len(x), x.shape[1], "float32", 256, "tokens (stacked)")
+    for i in range(cache.record.chunks):
+        write_chunk(cache, i, x[cache.record.chunk_slice(i)])
+    return cache
+
+
+def saelens_row(args, x, threads: int, sparse: bool):
+    from analysis import sae as S
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        cmd = [args.saelens_python, __file__, "--worker", "--data", str(Path(tmp) / "x.npy"), "--out",
+               str(Path(tmp) / "sae"), "--latents", str(args.latents), "--k", str(args.k), "--steps",
+               str(args.steps), "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed),
+               "--device", args.device, "--threads", str(threads)] + (["--saelens-sparse"] if sparse else [])
+        run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1",
+                                                                              WANDB_MODE="disabled"))
+        if run.returncode != 0:
+            print("SAELens run failed:\n" + run.stderr[-3000:])
+            return None
+        timing = json.loads((Path(tmp) / "sae" / "timing.json").read_text())
+        theirs = S.load_saelens(Path(tmp) / "sae")
+        name = "SAELens (sparse acts)" if sparse else "SAELens"
+        return (name, args.steps * args.batch / timing["seconds"], timing["seconds"], S.evaluate(theirs, x))
+
+
+def replens_row(name, args, x, source):
+    from analysis import sae as S
+
+    sae = S.SparseAutoencoder(x.shape[1], args.latents, "topk", args.k)
+    t0 = time.perf_counter()
+    sae.fit(source, steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, device=args.device)
+    seconds = time.perf_counter() - t0
+    return (name, args.steps * args.batch / seconds, seconds, S.evaluate(sae, x))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=20000, help="activations (rows of digits_noisy)")
-    p.add_argument("--expansion", type=int, default=4)
-    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--latents", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--saelens-python", default=DEFAULT_SAELENS_PYTHON)
+    p.add_argument("--also-saelens-sparse", action="store_true",
+                   help="also time SAELens with use_sparse_activations=True (its sparse decoder)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--saelens-sparse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for both sides (default: all, or one for a product too small to share)")
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -110,48 +167,40 @@ def main() -> None:
     import torch
 
     from analysis import sae as S
+    from analysis.store import default_store
 
-    x = activations_for(args.n)
+    store = default_store()
+    x = activations(store)
     d = x.shape[1]
-    work = args.batch * d * args.expansion * d
-    threads = 1 if (args.device == "cpu" and work < S.SMALL_WORK) else torch.get_num_threads()
-    print(f"activations: zoo:mlp-s0 net.relu2 on digits_noisy, {x.shape[0]} x {d}; TopK, {args.expansion * d} latents, "
-          f"k={args.k}, {args.steps} steps of {args.batch}, lr {args.lr:g} (linear decay over the last 20%), "
-          f"device {args.device}, torch threads {threads}")
-
-    t0 = time.perf_counter()
-    ours = S.train_sae(x, kind="topk", expansion=args.expansion, k=args.k, steps=args.steps, lr=args.lr,
-                       batch_size=args.batch, seed=args.seed, device=args.device)
-    ours_s = time.perf_counter() - t0
-    ev_ours = S.evaluate(ours, x)
-    rows = [("RepLens", args.steps * args.batch / ours_s, ours_s, ev_ours)]
-
-    theirs = None
+    work = args.batch * d * args.latents
+    threads = args.threads or (1 if (args.device == "cpu" and work < S.SMALL_WORK) else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    print(f"activations: hf:minilm token rows of {', '.join(LAYERS)} on text, stacked: {x.shape[0]:,} x {d}; "
+          f"TopK, {args.latents} latents, k={args.k}, {args.steps} steps of {args.batch}, lr {args.lr:g} "
+          f"(linear decay over the last 20%), device {args.device}, torch threads {threads}")
+    load_before = os.getloadavg()[0]
+    rows = [replens_row("RepLens", args, x, x)]
     if Path(args.saelens_python).exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            np.save(Path(tmp) / "x.npy", x)
-            cmd = [args.saelens_python, __file__, "--worker", "--data", str(Path(tmp) / "x.npy"), "--out",
-                   str(Path(tmp) / "sae"), "--expansion", str(args.expansion), "--k", str(args.k), "--steps",
-                   str(args.steps), "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed),
-                   "--device", args.device, "--threads", str(threads)]
-            run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1",
-                                                                                  WANDB_MODE="disabled"))
-            if run.returncode != 0:
-                print("SAELens run failed:\n" + run.stderr[-3000:])
-            else:
-                timing = json.loads((Path(tmp) / "sae" / "timing.json").read_text())
-                theirs = S.load_saelens(Path(tmp) / "sae")
-                rows.append(("SAELens", args.steps * args.batch / timing["seconds"], timing["seconds"],
-                             S.evaluate(theirs, x)))
+        for sparse in (False, True) if args.also_saelens_sparse else (False,):
+            row = saelens_row(args, x, threads, sparse)
+            if row is not None:
+                rows.append(row)
     else:
         print(f"SAELens not found at {args.saelens_python}: RepLens alone (see this file's docstring to install it).")
+    rows.append(replens_row("RepLens (streamed from disk)", args, x, as_cache(store, x)))
+    load_after = os.getloadavg()[0]
 
-    print(f"{'':8s} {'activations/s':>14s} {'seconds':>8s} {'expl. var.':>10s} {'L0':>6s} {'dead':>6s}")
+    print(f"{'':28s} {'activations/s':>14s} {'seconds':>8s} {'expl. var.':>10s} {'L0':>6s} {'dead':>12s}")
     for name, rate, secs, ev in rows:
-        print(f"{name:8s} {rate:14,.0f} {secs:8.2f} {ev.fve:10.4f} {ev.l0:6.1f} {100 * ev.dead_fraction:5.1f}%")
-    if len(rows) == 2:
-        print(f"throughput ratio RepLens / SAELens: {rows[0][1] / rows[1][1]:.2f}x; "
-              f"explained variance RepLens - SAELens: {rows[0][3].fve - rows[1][3].fve:+.4f}")
+        dead = int(round(ev.dead_fraction * args.latents))
+        print(f"{name:28s} {rate:14,.0f} {secs:8.2f} {ev.fve:10.4f} {ev.l0:6.1f} {dead:5d} ({100 * ev.dead_fraction:4.1f}%)")
+    base = next((r for r in rows if r[0] == "SAELens"), None)
+    if base is not None:
+        for r in rows:
+            if r is not base:
+                print(f"{r[0]} / SAELens: throughput {r[1] / base[1]:.2f}x, explained variance "
+                      f"{r[3].fve - base[3].fve:+.4f}, dead latents {int(round((r[3].dead_fraction - base[3].dead_fraction) * args.latents)):+d}")
+    print(f"load average (1 min): {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def metrics_block(train, metrics) -> None:
               "store": "from the result store (trained earlier)",
               "trained": f"trained in {train.seconds:.1f} s"}[train.source]
     speed = f" · {train.samples_per_second:,.0f} activations/s while training" if train.samples_per_second else ""
+    if getattr(train, "streamed", False):  # results stored before the field existed lack it
+        speed += " (streamed from the on-disk activation cache)"
     st.caption(f"{source}{speed} · metrics on the {train.n:,} inputs of the dataset, the inputs it was trained on")
     for warning in train.warnings:
         st.warning(md(warning), icon=":material/warning:")

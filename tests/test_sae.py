@@ -290,3 +290,148 @@ def test_sweep_varies_only_the_sparsity():
     assert [p["k"] for p in topk] == [4, 8, 32, 64] and all(p["expansion"] == 4 for p in topk)
     relu = S.sweep_params(dict(kind="relu", l1=2.0))
     assert [p["l1"] for p in relu] == [0.5, 1.0, 4.0, 8.0] and all("k" not in p for p in relu)
+
+
+# ------------------------------------------------------------------ the sparse TopK step, streaming
+def dense_reference_loss(sae, xb, variance, dead, n_dead):
+    """The TopK / BatchTopK loss written densely (every latent, autograd): what the sparse step's
+    hand-written gradients must equal."""
+    z = sae.pre_acts(xb)
+    f = sae.activate(z, training=True)
+    err = xb - (f @ sae.W_dec + sae.b_dec)
+    loss = err.pow(2).sum(-1).mean() / variance
+    if n_dead:
+        k_aux = min(max(xb.shape[1] // 2, 1), n_dead)
+        top = torch.topk(torch.where(dead[None], z, torch.full_like(z, -torch.inf)), k_aux, dim=-1)
+        aux_f = torch.zeros_like(z).scatter_(-1, top.indices, torch.relu(top.values))
+        residual = err.detach()
+        aux = (residual - aux_f @ sae.W_dec).pow(2).sum(-1).mean() / residual.pow(2).sum(-1).mean()
+        loss = loss + S.AUX_COEF * min(n_dead / k_aux, 1.0) * aux
+    return loss
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+@pytest.mark.parametrize("n_dead", [0, 3, 20])
+def test_sparse_step_gradients_equal_autograd(kind, n_dead):
+    from analysis.sae.sparse_step import sparse_step
+
+    d, m, b = 12, 40, 24
+    gen = torch.Generator().manual_seed(n_dead)
+    sae = S.SparseAutoencoder(d, m, kind, k=5).double()
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    xb = torch.randn(b, d, generator=gen, dtype=torch.float64)
+    dead = torch.zeros(m, dtype=torch.bool)
+    dead[torch.randperm(m, generator=gen)[:n_dead]] = True
+    ref = dense_reference_loss(sae, xb, 2.5, dead, n_dead)
+    ref.backward()
+    expected = {name: p.grad.clone() for name, p in sae.named_parameters() if p.requires_grad}
+    sae.zero_grad()
+    loss, sse, active, l0 = sparse_step(sae, xb, 2.5, dead, n_dead, S.AUX_COEF)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-12)
+    for name, grad in expected.items():
+        np.testing.assert_allclose(getattr(sae, name).grad.numpy(), grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    f = sae.activate(sae.pre_acts(xb), training=True).detach()
+    assert np.array_equal(active.numpy(), (f > 0).any(0).numpy()) and int(l0) == int((f > 0).sum())
+
+
+def write_cache(x, chunk_rows=512):
+    """The rows ``x`` as a real on-disk activation cache in this test's store."""
+    from analysis.activations import write_chunk
+    from analysis.activations.cache import create_cache
+    from analysis.store import default_store
+
+    cache = create_cache(default_store(), f"{len(x):08d}" + "c" * 56, len(x), x.shape[1], "float32", 128,
+                         "as is", chunk_rows=chunk_rows)
+    for i in range(cache.record.chunks):
+        write_chunk(cache, i, x[cache.record.chunk_slice(i)])
+    return cache
+
+
+def test_training_from_a_cache_equals_training_from_the_array_in_the_same_order(synthetic):
+    """The cache streams batches in shuffled_batches' order; the array, given that same order,
+    trains the same SAE (the moments are summed chunk by chunk on one side and at once on the other,
+    so the two agree to float32 rounding, not bit for bit)."""
+    from analysis.streaming import shuffled_batches
+
+    x = synthetic[0][:4096]
+    cache = write_cache(x)
+    hp = dict(kind="topk", expansion=4, k=8, steps=60, lr=1e-2, batch_size=256, seed=3)
+    streamed = S.train_sae(cache, **hp)
+    in_memory = S.train_sae(x, **hp, batches=shuffled_batches(cache, 256, 3, epochs=None))
+    assert streamed.train_info["streamed"] and not in_memory.train_info["streamed"]
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        np.testing.assert_allclose(getattr(streamed, name).detach().numpy(), getattr(in_memory, name).detach().numpy(),
+                                   atol=2e-4, err_msg=name)
+    np.testing.assert_allclose(streamed.history["loss"], in_memory.history["loss"], rtol=1e-4)
+    # and the metrics read from the cache chunk by chunk equal those of the array
+    a, b = S.evaluate(streamed, cache).summary(), S.evaluate(streamed, x).summary()
+    assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_streamed_training_learns_the_dictionary(synthetic):
+    _, directions = synthetic
+    sae = S.train_sae(write_cache(synthetic[0]), kind="topk", expansion=8, k=8, steps=500, lr=1e-2, batch_size=256)
+    w = sae.W_dec.detach().numpy().astype(np.float64)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    assert (directions @ w.T).max(1).mean() > 0.95
+
+
+def test_streamed_training_memory_does_not_grow_with_the_rows():
+    """numpy's allocations (tracemalloc sees them: every chunk read) peak at a few chunks whether the
+    cache holds 16 or 128 chunks (both at least the 8,192 rows the b_dec initialisation reads)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    peaks = []
+    for chunks in (16, 128):
+        x = rng.normal(size=(chunks * 512, 64)).astype(np.float32)
+        cache = write_cache(x)
+        del x
+        S.train_sae(cache, kind="topk", expansion=2, k=4, steps=2, batch_size=256)  # first-use imports and caches
+        tracemalloc.start()
+        S.train_sae(cache, kind="topk", expansion=2, k=4, steps=40, batch_size=256)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    full = 128 * 512 * 64 * 4  # the larger array's bytes
+    assert peaks[1] < 1.5 * peaks[0] and peaks[1] < 0.25 * full, peaks
+
+
+def test_fused_adam_is_adam():
+    from analysis.sae.training import _Adam
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(7, 30, generator=gen, dtype=torch.float64).T.clone()  # column-major, as a transposed weight
+    q, m, v = p.clone(), torch.zeros_like(p), torch.zeros_like(p)
+    opt = _Adam([p])
+    for t in range(1, 6):
+        g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        p.grad = g.contiguous()  # row-major: another layout than the parameter's
+        opt.step(1e-2 / t)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g  # Kingma & Ba, Algorithm 1
+        q -= 1e-2 / t * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+    np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-12)
+
+
+def test_trained_sae_streams_above_the_in_memory_limit(digits_and_model, monkeypatch):
+    from analysis import streaming
+
+    ds, model = digits_and_model
+    monkeypatch.setattr(streaming, "IN_MEMORY_LIMIT", len(ds) - 1)
+    assert S.streams(len(ds))
+    sae = S.trained_sae(model, ds, "net.relu2", kind="topk", expansion=1, k=4, steps=30, batch_size=64)
+    assert sae.train_info["streamed"] and sae.train_info["metrics"]["n"] == len(ds)
+    monkeypatch.setattr(streaming, "IN_MEMORY_LIMIT", len(ds))
+    assert not S.streams(len(ds))
+
+
+def test_the_estimate_follows_the_sparse_topk_step():
+    """TopK pays one dense product (the encoder) where ReLU pays about six: at MiniLM's width with
+    4,096 latents and k = 32 the estimate of a TopK run is well under half a ReLU run's, and it grows
+    with k (the sparse products) while ReLU's does not."""
+    topk = S.estimate_seconds(30_000, 384, 10, 300, 1024, "topk", 32)
+    relu = S.estimate_seconds(30_000, 384, 10, 300, 1024, "relu")
+    assert topk < 0.5 * relu
+    assert S.estimate_seconds(30_000, 384, 10, 300, 1024, "topk", 256) > topk
+    assert S.estimate_seconds(30_000, 384, 10, 300, 1024, "relu", 256) == relu

@@ -262,3 +262,22 @@ def test_every_figure_says_what_it_shows_and_which_model():
         assert model in fig.layout.title.text and "net.relu2" in fig.layout.title.text, name
         pinned = plain_title(fig, name)  # a pinned item's caption: one plain line
         assert "<" not in pinned and " · " in pinned and model in pinned, pinned
+
+
+def test_above_the_in_memory_limit_the_sae_trains_and_is_scored_from_the_activation_cache(monkeypatch):
+    from analysis import streaming
+    from analysis.activations import ActivationCache
+
+    ctx = views.get("sae").context(spec())
+    in_memory = V.training_cost(ctx, "a")
+    monkeypatch.setattr(streaming, "IN_MEMORY_LIMIT", 10)
+    streamed = V.training_cost(ctx, "a")
+    # the same steps of the same step; a few cache chunks held in place of the n rows
+    assert streamed.seconds == pytest.approx(in_memory.seconds) and streamed.bytes != in_memory.bytes
+    result = views.run(spec(), sections=["train_a", "metrics_a"])
+    assert result.train_a.source == "trained" and result.train_a.streamed
+    ctx = views.get("sae").context(spec())
+    assert isinstance(V.rows(ctx, "a"), ActivationCache)
+    expected = S.evaluate(V.sae(ctx, "a"), V.acts(ctx, "a"))  # the same SAE scored on the array in memory
+    got = result.metrics_a.summary
+    assert got.fve == pytest.approx(expected.fve, rel=1e-9) and got.dead_fraction == expected.dead_fraction

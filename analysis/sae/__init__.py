@@ -1,7 +1,9 @@
 """Sparse autoencoders (SAEs) on one layer's activations: training, metrics, feature statistics,
 matching features across two models, and SAELens-compatible files.
 
-One idea per module: :mod:`.model` (the SAE and its kinds), :mod:`.training`, :mod:`.metrics`
+One idea per module: :mod:`.model` (the SAE and its kinds), :mod:`.training`, :mod:`.sparse_step`
+(the TopK / BatchTopK step with gradients on the active latents only), :mod:`.sources` (training
+rows from an array, or streamed from the on-disk activation cache), :mod:`.metrics`
 (evaluate, downstream), :mod:`.features` (statistics, examples, nearest features, decoder map),
 :mod:`.matching` (across models), :mod:`.saelens_io` (SAELens files) and :mod:`.trained` (trained
 SAEs kept in the result store). Every public name is importable from ``analysis.sae``.
@@ -27,6 +29,10 @@ Kinds (``SparseAutoencoder.kind``):
   straight-through pseudo-derivatives (rectangle kernel, bandwidth ``JUMPRELU_BANDWIDTH``);
   unit-norm decoder rows; dead latents resampled.
 
+TopK and BatchTopK train through :mod:`.sparse_step`: after the encoder's product every operation
+touches only the active latents (sparse decoder, sampled gradient, scatter-added weight gradients),
+with gradients equal to autograd's on the dense formulation. ReLU and JumpReLU use autograd.
+
 Every kind: the pre-encoder bias b_dec starts at the geometric median of the data (Weiszfeld), the
 encoder starts as the decoder's transpose, Adam with the learning rate decayed linearly to 0 over
 the last 20% of steps. Training runs on inputs scaled so that E||x||^2 = d (Anthropic 2024), which
@@ -47,7 +53,7 @@ from .model import (DEFAULT_L1, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD, KIN
                     SAEState, SparseAutoencoder, _JumpReLU, _Step, from_arrays, jumprelu, permuted)
 from .saelens_io import (SAELENS_ARCHITECTURE, SAELENS_CFG, SAELENS_WEIGHTS, from_saelens_bytes, from_saelens_upload,
                          load_saelens, save_saelens, saelens_config, saelens_weights, saelens_zip)
-from .trained import is_trained, store_key, trained_list, trained_sae
+from .trained import is_trained, store_key, streams, trained_list, trained_sae
 from .training import (AUX_COEF, DEFAULTS, FLOPS_PER_SECOND, INPUTS_PER_LATENT, SMALL_WORK, STEP_OVERHEAD_S,
                        cpu_threads, estimate_seconds, expansion_for, geometric_median, latents_outnumber_inputs,
                        normalise_params, sweep_params, train_sae)
@@ -66,5 +72,5 @@ __all__ = [
     "geometric_median", "INPUTS_PER_LATENT", "is_trained", "jumprelu", "latents_outnumber_inputs", "load_saelens",
     "logit_effect", "match_features",
     "nearest_features", "normalise_params", "permuted", "saelens_config", "saelens_weights", "saelens_zip",
-    "save_saelens", "sparse_codes", "sweep_params", "token_activations", "train_sae", "trained_list", "trained_sae",
+    "save_saelens", "sparse_codes", "streams", "sweep_params", "token_activations", "train_sae", "trained_list", "trained_sae",
 ]

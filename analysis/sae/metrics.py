@@ -35,17 +35,24 @@ class SAEMetrics:
 
 def evaluate(sae: SparseAutoencoder, acts, batch_size: int = 4096) -> SAEMetrics:
     """L0, MSE, fraction of variance explained (1 - sum||x - x^||^2 / sum||x - mean||^2 over the
-    whole set), dead and dense fractions, the log10 density histogram and shrinkage."""
-    x = as_matrix(acts, "activations", dtype=np.float32)
-    if x.shape[1] != sae.d_in:
-        raise UserInputError(f"The activations have {x.shape[1]} dimensions; this SAE reads {sae.d_in}.")
-    n = len(x)
-    mean = x.astype(np.float64).mean(0)
+    whole set), dead and dense fractions, the log10 density histogram and shrinkage. ``acts`` is
+    an (n x d) array or an :class:`~analysis.activations.ActivationCache`, read chunk by chunk
+    (two passes: the mean, then the sums)."""
+    from ..activations import ActivationCache
+
+    if isinstance(acts, ActivationCache):
+        n, d = acts.shape
+        blocks = lambda: (x for _, x in acts.iter_chunks())  # noqa: E731
+    else:
+        x = as_matrix(acts, "activations", dtype=np.float32)
+        (n, d), blocks = x.shape, lambda: (x[i: i + batch_size] for i in range(0, len(x), batch_size))
+    if d != sae.d_in:
+        raise UserInputError(f"The activations have {d} dimensions; this SAE reads {sae.d_in}.")
+    mean = sum(b.astype(np.float64).sum(0) for b in blocks()) / max(n, 1)
     sse = total = l0 = ratio = cos = 0.0
     nonzero = 0  # rows with ||x|| > 0: shrinkage is undefined on a zero input
     active = np.zeros(sae.d_sae, dtype=np.int64)
-    for i in range(0, n, batch_size):
-        xb = x[i: i + batch_size]
+    for xb in blocks():
         f = sae.encode(xb)
         xh = sae.decode(f).astype(np.float64)
         xb64 = xb.astype(np.float64)
@@ -63,7 +70,7 @@ def evaluate(sae: SparseAutoencoder, acts, batch_size: int = 4096) -> SAEMetrics
     live = density[density > 0]
     edges = np.linspace(np.floor(np.log10(1.0 / n)), 0.0, 21)
     counts = np.histogram(np.log10(live), bins=edges)[0] if len(live) else np.zeros(20, dtype=np.int64)
-    return SAEMetrics(n=n, l0=l0 / n, mse=sse / (n * x.shape[1]), fve=1.0 - sse / total if total > 0 else float("nan"),
+    return SAEMetrics(n=n, l0=l0 / n, mse=sse / (n * d), fve=1.0 - sse / total if total > 0 else float("nan"),
                       dead_fraction=float((density == 0).mean()), dense_fraction=float((density > DENSE_FRACTION).mean()),
                       norm_ratio=ratio / max(nonzero, 1), cosine=cos / max(nonzero, 1), density=density, density_edges=edges, density_counts=counts)
 

@@ -33,13 +33,25 @@ def is_trained(model, data, layer: str, pooling: str = "mean", store=None, **par
     return digest(KIND, _parts(model, data, layer, pooling, normalise_params(**params))) in store
 
 
+def streams(n: int) -> bool:
+    """Whether an SAE on ``n`` rows trains from the on-disk activation cache (read a few chunks at
+    a time) rather than from an array in memory: above ``analysis.streaming.IN_MEMORY_LIMIT`` rows."""
+    from ..streaming import IN_MEMORY_LIMIT
+
+    return int(n) > IN_MEMORY_LIMIT
+
+
 def trained_sae(model, data, layer: str, pooling: str = "mean", store=None, use_cache: bool = True, device=None,
-                progress=None, on_log=None, only_cached: bool = False, **params) -> SparseAutoencoder | None:
+                progress=None, on_log=None, only_cached: bool = False, stream: bool | None = None,
+                **params) -> SparseAutoencoder | None:
     """The SAE of ``layer`` of ``model`` on ``data`` with these hyper-parameters, from the result
     store if it was trained before (keyed by model and data hashes, layer, pooling and the
     hyper-parameters the kind uses), else trained, evaluated and stored. ``only_cached=True``
-    returns None on a miss. ``sae.cached`` says whether it came from the store."""
-    from ..activations import extract
+    returns None on a miss. ``sae.cached`` says whether it came from the store. ``stream``
+    (default: :func:`streams` of the data's size) trains and evaluates from the on-disk activation
+    cache chunk by chunk, so memory does not grow with the number of rows; the SAE is the same
+    kind of SAE either way (only the shuffle differs), so the store key does not say which."""
+    from ..activations import extract, extract_chunked
     from ..store import default_store
 
     params = normalise_params(**params)
@@ -58,7 +70,10 @@ def trained_sae(model, data, layer: str, pooling: str = "mean", store=None, use_
             "layer": layer, "pooling": pooling, "params": params}
 
     def train() -> SAEState:
-        acts = extract(model, data, [layer], pooling=pooling, device=device)[layer]
+        if streams(len(data)) if stream is None else stream:
+            acts = extract_chunked(model, data, [layer], pooling=pooling, device=device)[layer]
+        else:
+            acts = extract(model, data, [layer], pooling=pooling, device=device)[layer]
         sae = train_sae(acts, **params, device=device, progress=progress, on_log=on_log)
         sae.train_info["metrics"] = evaluate(sae, acts).summary()
         meta["train_info"] = sae.train_info  # the store writes ``meta`` after this returns: listings read it

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
-from ..validation import as_matrix
+from .sources import CacheSource, source_of
+from .sparse_step import sparse_step
 from .model import DEFAULT_L1, JUMPRELU_BANDWIDTH, JUMPRELU_INIT_THRESHOLD, KINDS, PENALTY_KINDS, \
     SparseAutoencoder, _Step
 
@@ -22,6 +23,13 @@ AUX_COEF = 1 / 32
 # estimate shown before training uses it.
 FLOPS_PER_SECOND = 1.5e10
 STEP_OVERHEAD_S = 1e-3
+# The sparse TopK step's other work in floating-point operations' worth of time (benchmarks/sae.py,
+# MiniLM, 4,096 latents, k = 32, batch 1,024, on the same machine as FLOPS_PER_SECOND): per
+# pre-activation (top-k, masks), per active latent and dimension (the CSR products), per weight
+# (fused Adam, the decoder's tangent projection and renormalisation).
+SELECT_COST = 300.0
+SPARSE_COST = 150.0
+UPDATE_COST = 250.0
 SMALL_WORK = 5e7  # multiply-adds of one encoder product below which one thread is faster
 
 
@@ -66,15 +74,18 @@ def normalise_params(kind: str = "topk", expansion: int = 8, k: int = 16, l1: fl
 def train_sae(acts, kind: str = "topk", expansion: int = 8, k: int = 16, l1: float | None = None, steps: int = 1000,
               lr: float = 1e-3, batch_size: int = 256, seed: int = 0, device=None,
               progress: Callable[[float, str], None] | None = None, on_log: Callable[[dict], None] | None = None,
-              log_every: int | None = None, b_dec_init: str = "geometric_median") -> SparseAutoencoder:
-    """Train an SAE of ``kind`` on ``acts`` (n x d). ``l1`` is the penalty of ``relu`` (L1) and
-    ``jumprelu`` (L0) SAEs (default ``DEFAULT_L1``); ``k`` the active latents of TopK/BatchTopK.
+              log_every: int | None = None, b_dec_init: str = "geometric_median", batches=None) -> SparseAutoencoder:
+    """Train an SAE of ``kind`` on ``acts``: an (n x d) array, or a layer's on-disk
+    :class:`~analysis.activations.ActivationCache`, streamed a few chunks at a time (memory does
+    not grow with n). ``l1`` is the penalty of ``relu`` (L1) and ``jumprelu`` (L0) SAEs (default
+    ``DEFAULT_L1``); ``k`` the active latents of TopK/BatchTopK. ``batches``, an iterable of row
+    batches, replaces the shuffle (the scale and initial b_dec still come from ``acts``).
     ``progress(fraction, message)`` and ``on_log(history)`` are called about 20 times."""
-    x = as_matrix(acts, "activations", dtype=np.float32)
+    src = source_of(acts)
     params = normalise_params(kind, expansion, k, l1, steps, lr, batch_size, seed)
-    sae = SparseAutoencoder(x.shape[1], params["expansion"] * x.shape[1], kind, params.get("k", k))
-    _train(sae, x, **{key: v for key, v in params.items() if key not in ("kind", "expansion")}, device=device,
-           progress=progress, on_log=on_log, log_every=log_every, b_dec_init=b_dec_init)
+    sae = SparseAutoencoder(src.d, params["expansion"] * src.d, kind, params.get("k", k))
+    _train(sae, src, **{key: v for key, v in params.items() if key not in ("kind", "expansion")}, device=device,
+           progress=progress, on_log=on_log, log_every=log_every, b_dec_init=b_dec_init, batches=batches)
     sae.train_info["params"] = params
     return sae
 
@@ -85,24 +96,26 @@ def _running(dev) -> dict:
     return {"loss": zero.clone(), "l0": zero.clone(), "sse": zero.clone(), "count": 0}
 
 
-def _init(sae: SparseAutoencoder, xs: torch.Tensor, gen: torch.Generator, b_dec_init: str) -> None:
+def _init(sae: SparseAutoencoder, src, gen: torch.Generator, b_dec_init: str) -> None:
+    dev = sae.W_dec.device
     with torch.no_grad():
         w = torch.randn(sae.d_sae, sae.d_in, generator=gen)
         w = w / w.norm(dim=1, keepdim=True)
         if sae.kind == "relu":
             w = 0.1 * w  # Anthropic 2024: no norm constraint, small decoder norms at the start
-        sae.W_dec.data = w.to(xs.device)
-        sae.W_enc.data = w.T.clone().to(xs.device)
-        sae.b_enc.data = torch.zeros(sae.d_sae, device=xs.device)
-        sub = xs[torch.randperm(len(xs), generator=gen)[:8192].to(xs.device)]
+        sae.W_dec.data = w.to(dev)
+        sae.W_enc.data = w.T.contiguous().to(dev)
+        sae.b_enc.data = torch.zeros(sae.d_sae, device=dev)
+        sub = src.take(torch.randperm(src.n, generator=gen)[:8192])
         sae.b_dec.data = geometric_median(sub) if b_dec_init == "geometric_median" else sub.mean(0)
         if sae.kind == "jumprelu":
-            sae.threshold.data = torch.full((sae.d_sae,), JUMPRELU_INIT_THRESHOLD, device=xs.device)
+            sae.threshold.data = torch.full((sae.d_sae,), JUMPRELU_INIT_THRESHOLD, device=dev)
 
 
 def _train(sae: SparseAutoencoder, acts, **params) -> None:
-    with cpu_threads(min(int(params.get("batch_size", 256)), len(acts)) * sae.d_in * sae.d_sae):
-        _train_loop(sae, acts, **params)
+    src = source_of(acts)
+    with cpu_threads(min(int(params.get("batch_size", 256)), src.n) * sae.d_in * sae.d_sae):
+        _train_loop(sae, src, **params)
 
 
 @contextlib.contextmanager
@@ -119,13 +132,13 @@ def cpu_threads(work: float):
 
 
 def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | None = None, steps: int = 1000,
-           lr: float = 1e-3, batch_size: int = 256, seed: int = 0, device=None, progress=None, on_log=None,
-           log_every: int | None = None, b_dec_init: str = "geometric_median") -> None:
+                lr: float = 1e-3, batch_size: int = 256, seed: int = 0, device=None, progress=None, on_log=None,
+                log_every: int | None = None, b_dec_init: str = "geometric_median", batches=None) -> None:
     from ..device import pick
 
-    x = as_matrix(acts, "activations", dtype=np.float32)
-    if x.shape[1] != sae.d_in:
-        raise UserInputError(f"The activations have {x.shape[1]} dimensions; this SAE reads {sae.d_in}.")
+    src = source_of(acts)
+    if src.d != sae.d_in:
+        raise UserInputError(f"The activations have {src.d} dimensions; this SAE reads {sae.d_in}.")
     if k is not None:
         sae.k = int(k)
     if sae.kind in ("topk", "batchtopk") and not 1 <= sae.k <= sae.d_sae:
@@ -135,16 +148,17 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    n, d = x.shape
-    mean_sq = float((x.astype(np.float64) ** 2).sum(1).mean())
+    n, d = src.n, src.d
+    mean_sq, spread = src.moments()
     if mean_sq <= 0:
         raise UserInputError("The layer's activations are all zero: there is nothing to decompose.")
     scale = math.sqrt(d / mean_sq)  # train on inputs with E||x||^2 = d
-    xs = torch.from_numpy(x).to(dev) * scale
-    variance = float(((xs.double() - xs.double().mean(0)) ** 2).sum(1).mean()) or 1.0
+    variance = spread * scale ** 2 or 1.0
+    src.on(dev, scale)
     sae.to(dev)
-    _init(sae, xs, gen, b_dec_init)
+    _init(sae, src, gen, b_dec_init)
     unit_norm = sae.kind != "relu"
+    sparse = sae.kind in ("topk", "batchtopk")
     opt = _Adam([p for p in sae.parameters() if p.requires_grad])
     batch_size = min(int(batch_size), n)
     dead_after = max(n, 10 * batch_size)  # samples without firing before a latent counts as dead
@@ -153,40 +167,23 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
     resample_at = {int(steps * f) for f in (0.25, 0.5)} if sae.kind in PENALTY_KINDS and steps >= 200 else set()
     log_every = log_every or max(1, steps // 20)
     decay_from = int(0.8 * steps)
-    # the shuffle is drawn on the CPU (the generator's stream) and kept on the device: an index
-    # copied from pageable memory every step would make the host wait for the GPU each step
-    order, pos = torch.randperm(n, generator=gen).to(dev), 0
+    feed = src.batches(batch_size, gen, seed) if batches is None else \
+        (torch.as_tensor(np.asarray(xb, np.float32)).to(dev) * scale for xb in batches)
     sae.history = {"step": [], "loss": [], "l0": [], "fve": []}
     run = _running(dev)
+    seen = 0
     for step in range(steps):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen).to(dev), 0
-        xb = xs[order[pos: pos + batch_size]]
-        pos += batch_size
-        z = sae.pre_acts(xb)
-        f = sae.activate(z, training=True)
-        err = xb - (f @ sae.W_dec + sae.b_dec)
-        sse = err.pow(2).sum(-1).mean()
-        warm = min(1.0, (step + 1) / max(1, int(0.05 * steps)))
-        if sae.kind in ("topk", "batchtopk"):
-            loss = sse / variance
+        xb = next(feed, None)
+        if xb is None:
+            raise UserInputError(f"The batches ran out after {step} of {steps} steps.")
+        seen += len(xb)
+        if sparse:
             dead = since_fired >= dead_after
-            n_dead = int(dead.sum())
-            if n_dead:
-                k_aux = min(max(d // 2, 1), n_dead)
-                aux_z = torch.where(dead[None], z, torch.full_like(z, -torch.inf))
-                top = torch.topk(aux_z, k_aux, dim=-1)
-                aux_f = torch.zeros_like(z).scatter_(-1, top.indices, torch.relu(top.values))
-                residual = err.detach()
-                aux = (residual - aux_f @ sae.W_dec).pow(2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
-                loss = loss + AUX_COEF * min(n_dead / k_aux, 1.0) * aux
-        elif sae.kind == "relu":
-            loss = sse + warm * penalty * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+            # one host read per step: AuxK's k_aux is a shape (free on a CPU; a sync on a GPU)
+            loss, sse, active, l0 = sparse_step(sae, xb, variance, dead, int(dead.sum()), AUX_COEF)
         else:
-            loss = sse + warm * penalty * _Step.apply(z, sae.threshold, JUMPRELU_BANDWIDTH).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        if unit_norm and sae.W_dec.grad is not None:  # keep only the gradient tangent to the unit sphere
+            loss, sse, active, l0 = _dense_step(sae, xb, step, steps, penalty, opt)
+        if unit_norm:  # keep only the gradient tangent to the unit sphere
             w = sae.W_dec.data
             sae.W_dec.grad -= (sae.W_dec.grad * w).sum(1, keepdim=True) * w
         opt.step(lr if step < decay_from else lr * (steps - step) / max(1, steps - decay_from))
@@ -195,51 +192,76 @@ def _train_loop(sae: SparseAutoencoder, acts, k: int | None = None, l1: float | 
                 sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-12)
             if sae.kind == "jumprelu":
                 sae.threshold.data.clamp_(min=1e-6)
-            active = (f > 0).any(0)
-            since_fired += batch_size
+            since_fired += len(xb)
             since_fired.masked_fill_(active, 0)
             fired_window |= active
             # running sums stay on the device (float64, as Python floats were): no sync per step
             run["loss"] += loss.detach().double()
-            run["l0"] += (f > 0).sum(-1).float().mean().double()
+            run["l0"] += l0.double() / len(xb)
             run["sse"] += sse.detach().double()
             run["count"] += 1
         if step + 1 in resample_at:
-            _resample(sae, xs, ~fired_window, opt, gen)
+            _resample(sae, src, ~fired_window, opt, gen)
             fired_window.zero_()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            c = max(run["count"], 1)
-            sae.history["step"].append(step + 1)
-            sae.history["loss"].append(float(run["loss"]) / c)
-            sae.history["l0"].append(float(run["l0"]) / c)
-            sae.history["fve"].append(1.0 - float(run["sse"]) / c / variance)
-            run = _running(dev)
-            if on_log:
-                on_log(sae.history)
-            if progress:
-                progress((step + 1) / steps, f"step {step + 1}/{steps} · L0 {sae.history['l0'][-1]:.1f} · "
-                                             f"explained variance {sae.history['fve'][-1]:.3f}")
+            run = _log(sae, run, step, steps, variance, dev, on_log, progress)
     with torch.no_grad():
         if sae.kind == "batchtopk":
-            sae.threshold.data = torch.full((sae.d_sae,), _global_threshold(sae, xs), device=dev)
+            sae.threshold.data = torch.full((sae.d_sae,), _global_threshold(sae, src), device=dev)
         sae.b_enc.data /= scale  # fold the input scale back: the SAE reads raw activations
         sae.b_dec.data /= scale
         if sae.kind in ("jumprelu", "batchtopk"):
             sae.threshold.data /= scale
     sae.to("cpu")
     seconds = time.perf_counter() - t0
-    sae.train_info.update({"seconds": seconds, "samples_per_second": steps * batch_size / max(seconds, 1e-9),
-                           "input_scale": scale, "device": str(dev), "n": n})
+    sae.train_info.update({"seconds": seconds, "samples_per_second": seen / max(seconds, 1e-9),
+                           "input_scale": scale, "device": str(dev), "n": n,
+                           "streamed": isinstance(src, CacheSource)})
+
+
+def _dense_step(sae: SparseAutoencoder, xb: torch.Tensor, step: int, steps: int, penalty: float, opt):
+    """ReLU + L1 and JumpReLU: every latent can be active, so the step is dense and autograd's."""
+    z = sae.pre_acts(xb)
+    f = sae.activate(z, training=True)
+    sse = (xb - (f @ sae.W_dec + sae.b_dec)).pow(2).sum(-1).mean()
+    warm = min(1.0, (step + 1) / max(1, int(0.05 * steps)))
+    if sae.kind == "relu":
+        loss = sse + warm * penalty * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    else:
+        loss = sse + warm * penalty * _Step.apply(z, sae.threshold, JUMPRELU_BANDWIDTH).sum(-1).mean()
+    opt.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        on = f > 0
+        return loss, sse, on.any(0), on.sum()
+
+
+def _log(sae: SparseAutoencoder, run: dict, step: int, steps: int, variance: float, dev, on_log, progress) -> dict:
+    c = max(run["count"], 1)
+    sae.history["step"].append(step + 1)
+    sae.history["loss"].append(float(run["loss"]) / c)
+    sae.history["l0"].append(float(run["l0"]) / c)
+    sae.history["fve"].append(1.0 - float(run["sse"]) / c / variance)
+    if on_log:
+        on_log(sae.history)
+    if progress:
+        progress((step + 1) / steps, f"step {step + 1}/{steps} · L0 {sae.history['l0'][-1]:.1f} · "
+                                     f"explained variance {sae.history['fve'][-1]:.3f}")
+    return _running(dev)
 
 
 class _Adam:
-    """Adam (Kingma & Ba) in a few tensor ops. torch.optim.Adam would do the same, but its first use
-    imports torch._dynamo (~5 s on a 2-core machine), longer than a whole default training run."""
+    """Adam (Kingma & Ba) through torch's fused kernel (``torch._fused_adam_``, the one
+    ``torch.optim.Adam(fused=True)`` calls): one pass over each parameter and its two moments, 20x
+    faster on a CPU than the same update in separate tensor operations. torch.optim.Adam itself
+    would do the same, but its first use imports torch._dynamo (~5 s on a 2-core machine), longer
+    than a whole default training run."""
 
     def __init__(self, params, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.betas, self.eps, self.t = list(params), betas, eps, 0
+        self.params, self.betas, self.eps = list(params), betas, eps
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -247,15 +269,16 @@ class _Adam:
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
-                continue
-            m.mul_(b1).add_(p.grad, alpha=1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        pick = lambda xs: [xs[i] for i in live]  # noqa: E731
+        steps = pick(self.t)
+        torch._foreach_add_(steps, 1.0)
+        # the fused kernel walks a parameter, its gradient and its moments as one flat array each:
+        # they must share a layout (a transposed gradient of a row-major weight would be misread)
+        grads = [_like(self.params[i], self.params[i].grad) for i in live]
+        torch._fused_adam_(pick(self.params), grads, pick(self.m), pick(self.v), [],
+                           steps, lr=float(lr), beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                           eps=self.eps, amsgrad=False, maximize=False)
 
     def moments(self, p) -> list[torch.Tensor]:
         for q, m, v in zip(self.params, self.m, self.v):
@@ -264,17 +287,22 @@ class _Adam:
         return []
 
 
-def _global_threshold(sae: SparseAutoencoder, xs: torch.Tensor) -> float:
+def _like(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+
+
+def _global_threshold(sae: SparseAutoencoder, src) -> float:
     """BatchTopK's inference threshold: the smallest activation kept when the training set (up to
     8192 rows) is one batch, i.e. the (rows * k)-th largest positive pre-activation."""
-    z = torch.relu(sae.pre_acts(xs[:8192])).flatten()
-    kk = min(sae.k * min(len(xs), 8192), int((z > 0).sum()))
+    xs = src.first(8192)
+    z = torch.relu(sae.pre_acts(xs)).flatten()
+    kk = min(sae.k * len(xs), int((z > 0).sum()))
     if kk < 1:
         return 0.0
     return float(torch.topk(z, kk, sorted=False).values.min())
 
 
-def _resample(sae: SparseAutoencoder, xs: torch.Tensor, dead: torch.Tensor, opt, gen) -> None:
+def _resample(sae: SparseAutoencoder, src, dead: torch.Tensor, opt, gen) -> None:
     """Anthropic (2023): point each dead latent at an input it reconstructs badly (drawn with
     probability ~ squared error), encoder row scaled to 0.2 x the mean alive encoder norm, bias 0,
     and clear the optimiser's moments for those rows."""
@@ -282,12 +310,12 @@ def _resample(sae: SparseAutoencoder, xs: torch.Tensor, dead: torch.Tensor, opt,
     if len(idx) == 0:
         return
     with torch.no_grad():
-        sample = xs[torch.randperm(len(xs), generator=gen)[:4096].to(xs.device)]
+        sample = src.take(torch.randperm(src.n, generator=gen)[:4096])
         err = sample - (sae.activate(sae.pre_acts(sample)) @ sae.W_dec + sae.b_dec)
         weight = err.pow(2).sum(1).cpu().double()
         if float(weight.sum()) <= 0:
             return
-        pick = torch.multinomial(weight, len(idx), replacement=len(idx) > len(weight), generator=gen).to(xs.device)
+        pick = torch.multinomial(weight, len(idx), replacement=len(idx) > len(weight), generator=gen).to(sample.device)
         direction = err[pick] / err[pick].norm(dim=1, keepdim=True).clamp_min(1e-12)
         alive = ~dead
         enc_norm = float(sae.W_enc[:, alive].norm(dim=0).mean()) if alive.any() else 1.0
@@ -335,9 +363,22 @@ def latents_outnumber_inputs(d_sae: int, n_samples: int) -> str:
             "features. Use more samples, or a smaller expansion.")
 
 
-def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int) -> float:
-    """About how long :func:`train_sae` takes on this machine's CPU (encoder, decoder and their
-    gradients: ~12 * batch * d * m floating-point operations per step, plus a fixed cost per step)."""
+def estimate_seconds(n: int, d_in: int, expansion: int, steps: int, batch_size: int, kind: str = "topk",
+                     k: int = 16) -> float:
+    """About how long :func:`train_sae` takes on this machine's CPU, from the floating-point work of
+    a step (plus a fixed cost per step) at ``FLOPS_PER_SECOND``:
+
+    - ReLU and JumpReLU (dense, autograd): the encoder, the decoder and their gradients, ~12 * batch
+      * d * m operations;
+    - TopK and BatchTopK (:mod:`.sparse_step`): the encoder's product (2 * batch * d * m), the
+      selection and the masks over every pre-activation (``SELECT_COST`` per one), the sparse
+      products on the k active latents (``SPARSE_COST`` per active latent and dimension) and Adam
+      with the unit-norm decoder over the weights (``UPDATE_COST`` per weight)."""
     b = min(int(batch_size), int(n))
     m = int(expansion) * int(d_in)
-    return steps * (12.0 * b * d_in * m / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05
+    if kind in ("topk", "batchtopk"):
+        work = 2.0 * b * d_in * m + SELECT_COST * b * m + SPARSE_COST * b * min(int(k), m) * d_in \
+            + UPDATE_COST * 2 * d_in * m
+    else:
+        work = 12.0 * b * d_in * m
+    return steps * (work / FLOPS_PER_SECOND + STEP_OVERHEAD_S) + 0.05

@@ -146,6 +146,19 @@ def sae(ctx, side: str, progress=None, on_log=None):
     return cache[side]
 
 
+def rows(ctx, side: str):
+    """The side's activations for what reads them in one pass: an array in memory, or above the
+    in-memory limit the on-disk activation cache (read chunk by chunk)."""
+    from ..sae import streams
+
+    if not streams(len(ctx.ds)):
+        return acts(ctx, side)
+    from ..activations import extract_chunked
+
+    lyr = layer(ctx, side)
+    return extract_chunked(model(ctx, side), ctx.ds, [lyr], "mean", ctx.device)[lyr]
+
+
 def acts(ctx, side: str) -> np.ndarray:
     from ..activations import extract
 
@@ -186,6 +199,7 @@ class Training:
     source: str  # "trained", "store" (trained before this view) or "files"
     name: str = ""  # the opened files' name
     warnings: list = field(default_factory=list)
+    streamed: bool = False  # trained from the on-disk activation cache, a few chunks at a time
 
 
 @dataclass
@@ -326,16 +340,21 @@ def _extract_seconds(ctx, side: str) -> float:
 
 
 def training_cost(ctx, side: str, params: dict | None = None) -> Cost:
-    """Training one SAE (plus the activations it reads, when not stored yet, and its evaluation)."""
-    from ..sae import estimate_seconds
+    """Training one SAE (plus the activations it reads, when not stored yet, and its evaluation).
+    Above the in-memory limit it trains from the activation cache: a few chunks in memory, not n rows."""
+    from ..activations.cache import CHUNK_BYTES
+    from ..sae import estimate_seconds, streams
 
     n, d = len(ctx.ds), width(ctx, side)
     hp = params or hyper(ctx, side)
     m = hp["expansion"] * d
-    seconds = estimate_seconds(n, d, hp["expansion"], hp["steps"], hp["batch_size"]) + 4.0 * n * d * m / 1.5e10
+    seconds = estimate_seconds(n, d, hp["expansion"], hp["steps"], hp["batch_size"], hp["kind"], hp.get("k", 16)) \
+        + 4.0 * n * d * m / 1.5e10
     weights = 4 * 4 * 2 * d * m  # weights, gradients and Adam's two moments, float32
-    batch = 4 * 6 * min(hp["batch_size"], n) * m
-    return Cost(seconds + _extract_seconds(ctx, side), int(weights + batch + 8 * n * d))
+    # pre-activations and their copies: the sparse TopK step keeps ~3 (batch x m) arrays, autograd ~6
+    batch = 4 * (3 if hp["kind"] in ("topk", "batchtopk") else 6) * min(hp["batch_size"], n) * m
+    rows = 4 * CHUNK_BYTES + 2 * 4 * 8192 * d if streams(n) else 8 * n * d
+    return Cost(seconds + _extract_seconds(ctx, side), int(weights + batch + rows))
 
 
 def _train_cost(side: str):
@@ -423,7 +442,8 @@ def _train(side: str):
         warnings = [w for w in (latents_outnumber_inputs(s.d_sae, n),) if w]
         return Training(side, m.ref, lyr, n, s.d_in, s.d_sae, s.kind, s.describe(), params,
                         {k: np.asarray(v, np.float64) for k, v in s.history.items()}, float(info.get("seconds", 0.0)),
-                        float(info.get("samples_per_second", 0.0)), source, name, warnings)
+                        float(info.get("samples_per_second", 0.0)), source, name, warnings,
+                        bool(info.get("streamed", False)))
     return compute
 
 
@@ -453,7 +473,7 @@ def _metrics(side: str):
     def compute(ctx, progress) -> Metrics:
         from ..sae import downstream, evaluate
 
-        s, x = sae(ctx, side), acts(ctx, side)
+        s, x = sae(ctx, side), rows(ctx, side)
         progress(0.1, "evaluating")
         summary = evaluate(s, x)
         progress(0.4, "splicing the reconstruction into the model")
