@@ -161,8 +161,12 @@ def sidebar() -> Selection:
         st.session_state["data"] = pending
     sb.selectbox("Dataset", opts, index=opts.index(DEFAULT_DATA), key="data", bind="query-params")
     c1, c2 = sb.columns(2)
-    c1.number_input("Samples", min_value=10, max_value=20000, value=DEFAULT_N, step=50, key="n",
-                    bind="query-params", help="Rows drawn from the dataset (all rows if fewer are available).")
+    n_param = next(p for p in spec_mod.SIDEBAR if p.key == "n")
+    c1.number_input("Samples", min_value=int(n_param.lo), max_value=int(n_param.hi), value=DEFAULT_N, step=50,
+                    key="n", bind="query-params",
+                    help=f"Rows drawn from the dataset (all rows if fewer are available). Up to "
+                         f"{spec_mod.IN_MEMORY_N:,} on every page; Similarity and Projections stream from the "
+                         f"on-disk activation cache and take up to {int(n_param.hi):,}.")
     c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed",
                     bind="query-params", help="Seed of the subsample: the same seed gives the same rows.")
     sb.selectbox("Split", list(data_mod.SPLITS), index=0, key="split", bind="query-params",
