@@ -496,7 +496,13 @@ def _walk_cost(ctx, side: str) -> Cost:
     model = ctx.model_a if side == "a" else ctx.model_b
     costs = [embedding_cost(ctx, side, name, start=False, forward=False) for name in model.layers]
     total = sum(costs, Cost())
-    start = projection.start_seconds(ctx.p["method"], len(ctx.ds)) if any(c.seconds > 0.02 for c in costs) else 0.0
+    rows = shown_rows(ctx)
+    shown = len(ctx.ds) if rows is None else len(rows)
+    start = projection.start_seconds(ctx.p["method"], shown) if any(c.seconds > 0.02 for c in costs) else 0.0
+    if rows is not None:  # streamed: the layers are written to the activation cache first
+        from .streamed import write_seconds
+
+        return Cost(total.seconds + start + write_seconds(ctx, side, list(model.layers)), total.bytes)
     return Cost(total.seconds + start + forward_seconds(ctx, side, list(model.layers)), total.bytes)
 
 

@@ -22,7 +22,7 @@ from .streamed import limit as _in_memory_rows
 PAGE, TITLE, VERSION = "similarity", "Similarity", 1
 MAX_N = 1_000_000  # samples: the maps stream above analysis.streaming.IN_MEMORY_LIMIT (see streams())
 SCATTER_ROWS = 5_000  # points drawn in the drill-down scatter when streaming (PCA is fitted on every row)
-STATS_ROWS = 4_000  # rows of the bootstrap / permutation statistics when streaming (n x n matrices)
+STATS_ROWS = 2_000  # rows of the bootstrap / permutation statistics when streaming (~100 s of n x n work)
 STREAM_BATCH = 1024  # minibatch size when exact streamed CKA would hold too large cross-products
 MEASURE_PARAMS = ("threshold", "k", "variance", "rdm")
 COMPARE_DEFAULT = ["linear_cka", "debiased_linear_cka", "procrustes", "svcca"]
@@ -125,6 +125,7 @@ class Drill:
     stats_seconds: float
     rows: np.ndarray | None = None  # the rows the scatter shows (None: every row, in order)
     note: str = ""  # what was subsampled when the view streams
+    stats_rows: int = 0  # rows the statistics would use when streaming (0: every row)
 
 
 @dataclass
@@ -461,7 +462,7 @@ def _streamed_drill(ctx, cell_a: str, cell_b: str, progress) -> Drill:
     note = (f"PCA fitted on all {n:,} samples (incrementally, from the activation cache); the scatter draws "
             f"{drawn} and the per-class values use {sub.used:,} (drawn at random, seed {p['seed']}).")
     return Drill(cell_a, cell_b, value, pa.coords[shown], pb.coords[shown], pa.explained, pb.explained, table,
-                 (cache_a.shape[1], cache_b.shape[1]), float(seconds), shown, note)
+                 (cache_a.shape[1], cache_b.shape[1]), float(seconds), shown, note, len(small))
 
 
 def _statistics(ctx, progress) -> Statistics:
