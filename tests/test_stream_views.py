@@ -221,3 +221,19 @@ def test_similarity_at_25000_samples_through_the_view_and_the_cli(tmp_path):
     np.testing.assert_allclose(cli.to_numpy(), r.matrices.ab.to_numpy(), rtol=0, atol=1e-9)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["provenance"]["data"]["rows"] == 25000
+
+
+@pytest.mark.usefixtures("apptest_navigation")
+def test_a_page_that_holds_every_row_caps_a_link_above_its_limit_with_a_note():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page("pages/models.py")
+    at.query_params["data"], at.query_params["n"] = "digits_noisy", "30000"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.sidebar.number_input(key="n").value == 20_000
+    infos = " ".join(i.value for i in at.info)
+    assert "The Models view holds every sample in memory, so it takes at most 20,000 samples (asked for 30,000)" \
+        in infos, infos
+    assert at.query_params["n"] in ("20000", ["20000"])

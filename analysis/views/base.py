@@ -258,14 +258,16 @@ class View:
         return AnalysisSpec(self.page, {**spec.params, **changes}), ctx.notes
 
     def _fit_n(self, spec: AnalysisSpec) -> tuple[dict, list[str]]:
-        """More samples than the view takes fall back to its limit, with a note saying why."""
         n = spec.params.get("n")
         if n is None or int(n) <= self.max_n:
             return {}, []
-        return {"n": self.max_n}, [
-            f"The {self.title} view holds every sample in memory, so it takes at most {self.max_n:,} samples "
-            f"(asked for {int(n):,}): showing {self.max_n:,}. Similarity and Projections stream from the "
-            "activation cache and take more."]
+        return {"n": self.max_n}, [self.too_many_samples(int(n))]
+
+    def too_many_samples(self, n: int) -> str:
+        """Why ``n`` samples (more than the view takes) fall back to its limit."""
+        return (f"The {self.title} view holds every sample in memory, so it takes at most {self.max_n:,} samples "
+                f"(asked for {n:,}): showing {self.max_n:,}. Similarity and Projections stream from the "
+                "activation cache and take more.")
 
     def compute(self, spec: AnalysisSpec, progress=None, cancel=None, sections: Sequence[str] | None = None,
                 device=None, store=None):
