@@ -237,3 +237,21 @@ def test_a_page_that_holds_every_row_caps_a_link_above_its_limit_with_a_note():
     assert "The Models view holds every sample in memory, so it takes at most 20,000 samples (asked for 30,000)" \
         in infos, infos
     assert at.query_params["n"] in ("20000", ["20000"])
+
+
+def test_streamed_estimates_count_the_cache_and_a_low_ceiling_still_refuses():
+    from analysis.jobs.limits import Limits
+
+    view = views.get("similarity")
+    spec = AnalysisSpec("similarity", {"data": "digits_noisy", "n": 100_000})
+    plan = view.plan(spec, ["matrices"])
+    (name, cost), = plan.parts
+    # both models written to the cache (2 x 100,000 rows) and the two passes: tens of seconds, and
+    # the memory of the cross-products (1,556 features: ~18 MB) and a window, not of 100,000 rows
+    assert 20 < cost.seconds < 600 and cost.bytes < 300 * 2**20
+    in_memory = 8.0 * 100_000 * 1556  # what holding the activations alone would take
+    assert cost.bytes < in_memory / 2
+    with pytest.raises(UserInputError, match="over this server's limit .* not started"):
+        Limits(max_seconds=5.0, memory_bytes=2**40).check(plan.task)
+    rbf = view.plan(AnalysisSpec("similarity", {**spec.params, "measure": "rbf_cka"}), ["matrices"]).parts[0][1]
+    assert rbf.bytes <= 2e9  # the subsample's Gram matrices stay within RepLens's bound
