@@ -165,7 +165,7 @@ def linear_cka(caches_a: Mapping, caches_b: Mapping, debiased: bool = False,
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = np.sqrt(np.outer(self_terms, self_terms))
         values = np.where(denom > 0, hsic / np.where(denom > 0, denom, 1), np.nan)
-    la, lb = len(caches_a), len(caches_b)
+    la = len(caches_a)
 
     def frame(block, rows, cols):
         df = pd.DataFrame(block, index=list(rows), columns=list(cols))

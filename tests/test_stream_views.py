@@ -245,7 +245,7 @@ def test_streamed_estimates_count_the_cache_and_a_low_ceiling_still_refuses():
     view = views.get("similarity")
     spec = AnalysisSpec("similarity", {"data": "digits_noisy", "n": 100_000})
     plan = view.plan(spec, ["matrices"])
-    (name, cost), = plan.parts
+    (_, cost), = plan.parts
     # both models written to the cache (2 x 100,000 rows) and the two passes: tens of seconds, and
     # the memory of the cross-products (1,556 features: ~18 MB) and a window, not of 100,000 rows
     assert 20 < cost.seconds < 600 and cost.bytes < 300 * 2**20

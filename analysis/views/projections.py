@@ -473,7 +473,7 @@ def _walk(ctx, side: str, progress) -> LayerWalk:
     from .streamed import caches
 
     names = list(model.layers)
-    first = lambda f, m: progress(0.1 * f, m)  # noqa: E731
+    first = lambda f, m: progress(0.1 * f, m)
     if shown_rows(ctx) is not None:  # one forward pass for every layer
         caches(ctx, side, names, progress=first)
     else:

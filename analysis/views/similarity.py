@@ -396,8 +396,6 @@ def _cell_acts(ctx, cell_a: str, cell_b: str):
 
 
 def _drill(ctx, progress) -> Drill:
-    import pandas as pd
-
     from .. import projection
     from .. import similarity as sim
 
@@ -463,6 +461,26 @@ def _streamed_drill(ctx, cell_a: str, cell_b: str, progress) -> Drill:
             f"{drawn} and the per-class values use {sub.used:,} (drawn at random, seed {p['seed']}).")
     return Drill(cell_a, cell_b, value, pa.coords[shown], pb.coords[shown], pa.explained, pb.explained, table,
                  (cache_a.shape[1], cache_b.shape[1]), float(seconds), shown, note, len(small))
+
+
+def _drill_cost(ctx) -> Cost:
+    """Negligible in memory; streamed: both cells read three times (PCA's covariance and
+    coordinates, the per-class subsample) and the measure on each class of that subsample."""
+    from .. import similarity as sim
+    from .streamed import read_seconds
+
+    if not streams(ctx):
+        return Cost(0.05, 0)
+    n = len(ctx.ds)
+    cell_a, cell_b = _cell(ctx, ctx.stored("matrices")) if ctx.stored("matrices") is not None else \
+        (layers(ctx, "a")[-1], layers(ctx, "b")[-1])
+    da = _dims(ctx, "a")[layers(ctx, "a").index(cell_a)]
+    db = _dims(ctx, "b")[layers(ctx, "b").index(cell_b)]
+    k = rows_that_fit(n, [da], [db], ctx.p["measure"])
+    classes = max(len(np.unique(ctx.ds.labels)), 1) if ctx.ds.labels is not None else 0
+    per_class = classes * sim.estimate_seconds(k // max(classes, 1), [da], [db], ctx.p["measure"]) if classes else 0.0
+    seconds = 0.5 + read_seconds(n, [da, db], 3) + per_class
+    return Cost(seconds, int(8.0 * (da * da + db * db) + 8.0 * k * (da + db) * 3))
 
 
 def _statistics(ctx, progress) -> Statistics:
@@ -548,7 +566,7 @@ def _streamed_compare(ctx, chosen: list[str], progress) -> dict:
     ca, cb = _stream_inputs(ctx, lambda f, m: progress(0.2 * f, m))
     out, notes = {}, {}
     for i, name in enumerate(chosen):
-        sub = lambda f, msg, i=i: progress(0.2 + 0.8 * (i + f) / len(chosen), f"{name}: {msg}")
+        sub = lambda f, msg, i=i, name=name: progress(0.2 + 0.8 * (i + f) / len(chosen), f"{name}: {msg}")
         maps, notes[name], _ = streamed_maps(ctx, name, dict(sim.MEASURES[name].params), None, ca, cb, sub,
                                              self_maps=False)
         out[name] = maps[0]
@@ -585,7 +603,8 @@ MATRIX_AROUND = ("Use fewer samples or layers, or linear CKA with a minibatch si
 SECTIONS = (
     Section("matrices", _matrices, MATRIX_READS, "abd", _matrix_cost, title="the layer-by-layer maps",
             ways_around=MATRIX_AROUND, variant=lambda ctx: ctx.p["measure"]),
-    Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", title="the drill-down", keyed=_keyed_cell),
+    Section("drill", _drill, MATRIX_READS + ("cell_a", "cell_b"), "abd", _drill_cost, title="the drill-down",
+            keyed=_keyed_cell, variant=lambda ctx: "streamed" if streams(ctx) else ""),
     Section("statistics", _statistics, MATRIX_READS + ("cell_a", "cell_b"), "abd", _statistics_cost, keyed=_keyed_cell,
             wanted=lambda ctx: bool(ctx.p["stats"]), title="bootstrap, permutation test and stability",
             ways_around="Use fewer samples.", variant=lambda ctx: ctx.p["measure"]),

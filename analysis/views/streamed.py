@@ -5,7 +5,6 @@ it reads would not fit in the memory this server can give one computation (``ana
 Below that it keeps its in-memory path (and its numbers) unchanged."""
 from __future__ import annotations
 
-
 # Seconds per row per model to run it and write every layer to the activation cache, measured on a
 # 2-core machine (zoo MLPs on digits_noisy: 25,000 rows in ~5 s, 100,000 in ~40 s, both models),
 # and per row per feature to read the cache back once.
