@@ -120,10 +120,16 @@ SIDEBAR: tuple[Param, ...] = (
     Param("a", "str", "zoo:mlp-s0", help="model A reference (zoo:…, hf:…, upload:…)"),
     Param("b", "str", "zoo:mlp-s1", help="model B reference"),
     Param("data", "str", "digits", help="dataset name or upload:<id>"),
-    Param("n", "int", 500, lo=10, hi=20000, help="number of samples"),
+    Param("n", "int", 500, lo=10, hi=1_000_000, help="number of samples"),
     Param("seed", "int", 0, lo=0, hi=2**31 - 1, help="seed of the subsample"),
     Param("split", "str", "test", choices=_splits, help="digits split"),
 )
+
+# Samples a view that holds every row in memory takes; a view that streams from the activation
+# cache declares its own MAX_N (up to the sidebar's bound, 1,000,000: digits_noisy has 100,000 rows,
+# an hfds: set may have millions, and a million rows of a few wide layers is already tens of GB of
+# cache on disk). analysis.views.base.View.resolve lowers a larger n to the view's limit, with a note.
+IN_MEMORY_N = 20_000
 
 # Page parameters, by the page's URL path. Keys are the pages' widget keys (bound to the URL).
 PAGES: dict[str, tuple[Param, ...]] = {

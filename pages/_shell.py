@@ -161,8 +161,12 @@ def sidebar() -> Selection:
         st.session_state["data"] = pending
     sb.selectbox("Dataset", opts, index=opts.index(DEFAULT_DATA), key="data", bind="query-params")
     c1, c2 = sb.columns(2)
-    c1.number_input("Samples", min_value=10, max_value=20000, value=DEFAULT_N, step=50, key="n",
-                    bind="query-params", help="Rows drawn from the dataset (all rows if fewer are available).")
+    limit = _samples_limit()
+    c1.number_input("Samples", min_value=10, max_value=limit, value=DEFAULT_N, step=50, key="n",
+                    bind="query-params",
+                    help=f"Rows drawn from the dataset (all rows if fewer are available): up to {limit:,} on this "
+                         f"page. Pages that hold every sample in memory take {spec_mod.IN_MEMORY_N:,}; Similarity "
+                         f"and Projections stream from the on-disk activation cache and take more.")
     c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULT_SEED, step=1, key="seed",
                     bind="query-params", help="Seed of the subsample: the same seed gives the same rows.")
     sb.selectbox("Split", list(data_mod.SPLITS), index=0, key="split", bind="query-params",
@@ -173,6 +177,29 @@ def sidebar() -> Selection:
     _reference_panel()
     return Selection(st.session_state["a"], st.session_state["b"], st.session_state["data"],
                      int(st.session_state["n"]), int(st.session_state["seed"]), st.session_state["split"])
+
+
+def _samples_limit() -> int:
+    """The most samples the current page takes. A larger count (a link, or a streaming page's
+    count carried to one that holds every row in memory) falls back to it here, before the
+    Samples input exists (it cannot change after), and the page says why (``prepare``)."""
+    from analysis import views
+    from pages._widgets import apply_fixes
+
+    page = st.session_state.get("_page", "models")
+    view = views.get(page) if views.has(page) else None
+    limit = view.max_n if view is not None else spec_mod.IN_MEMORY_N
+    raw = st.session_state.get("n", st.query_params.get("n"))
+    try:
+        asked = int(float(raw))
+    except (TypeError, ValueError, OverflowError):
+        return limit
+    bound = next(p.hi for p in spec_mod.SIDEBAR if p.key == "n")
+    if limit < asked <= bound:  # beyond the bound the link is refused as malformed (_link_problems)
+        apply_fixes({"n": limit})
+        note = view.too_many_samples(asked) if view is not None else f"At most {limit:,} samples here: showing {limit:,}."
+        st.session_state["_samples_note"] = (page, note)
+    return limit
 
 
 def _drop_non_finite_numbers() -> None:
@@ -380,6 +407,11 @@ def prepare(page: str, pair: bool = True):
         halt()
     changes = {k: v for k, v in spec.params.items() if v != before.params.get(k)}
     apply_fixes(changes)
+    capped = st.session_state.get("_samples_note")
+    if capped and (capped[0] != page or int(ctx.p["n"]) != view.max_n):  # another page, or the user chose again
+        st.session_state.pop("_samples_note", None)
+    elif capped:
+        notes = [capped[1], *notes]
     for note in _kept_notes(page, ctx, notes, changes):
         st.info(md(note), icon=":material/info:")
     if pair:

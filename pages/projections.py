@@ -74,7 +74,12 @@ if colours.note:
 if st.session_state.get(SELECTED_FOR) != ds.sha256:  # other rows: an old selection means nothing
     st.session_state[SELECTED], st.session_state[SELECTED_FOR] = [], ds.sha256
 selected = st.session_state[SELECTED]
-hover = figs.hover_texts(ds)
+rows = pv.rows_of(result)  # streamed: the drawn subsample; None: every row
+hover = figs.hover_texts(ds, rows)
+for note in dict.fromkeys(e.note for e in (result.projection_a, result.projection_b) if e.note):
+    st.caption(md(note))
+if result.agreement is not None and result.agreement.note:
+    st.caption(md(result.agreement.note))
 events = []
 for col, draw, key in zip(st.columns(2), (figs.view_a, figs.view_b), ("view_a", "view_b")):
     with col:
@@ -110,7 +115,7 @@ if selected:
         st.rerun()
     shown = selected[:24]
     if ds.kind == "image":
-        st.image([figures.pixel_tile(ds.render(i)["image"]) for i in shown],
+        st.image([figures.pixel_tile(ds.render(i if rows is None else int(rows[i]))["image"]) for i in shown],
                  caption=[md(hover[i]) for i in shown], width=72)  # captions read markdown
     else:
         table = {"sample": [hover[i] for i in shown]}

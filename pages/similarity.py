@@ -43,6 +43,8 @@ if not ready:
     halt()
 for note in result.matrices.warnings:
     st.warning(md(note))
+if result.matrices.note:  # the streamed path: which estimator, how many rows
+    st.info(md(result.matrices.note), icon=":material/database:")
 v1, v2 = st.columns([1, 2])
 widget(P["values"], container=v1, kind="radio")
 widget(P["stretch"], container=v2, help=f"On: the colours span the values shown, so near-identical models still "
@@ -90,7 +92,8 @@ if ready:
         st.warning("This cell is undefined (a constant layer): no statistics to show.")
     else:
         seconds = max(d.stats_seconds, 1.0)
-        widget(P["stats"], label=f"Bootstrap CI, permutation test and stability (about {seconds:.0f} s)",
+        on = f"on {d.stats_rows:,} of the {len(ctx.ds):,} samples, " if d.stats_rows else ""
+        widget(P["stats"], label=f"Bootstrap CI, permutation test and stability ({on}about {seconds:.0f} s)",
                default=seconds <= STATS_AUTO_S)
         k1, k2, k3, k4 = st.columns(4)
         k1.metric(m.label, f"{d.value:.4f}")
@@ -112,6 +115,10 @@ if ready:
             st.warning(f"n = {n} samples <= dimensions ({pa}, {pb}): {m.label} reads ~1 for any pair of "
                        "representations here.")
         show_figure(figs.drill_scatter(drill, ctx.ds), "drill_scatter")
+        if d.note:
+            st.caption(md(d.note))
+        if got and stats.statistics is not None and stats.statistics.note:
+            st.caption(md(stats.statistics.note))
         g1, g2 = st.columns(2)
         with g1:
             st.markdown("**Estimator stability**: the value on random subsets of growing size")
@@ -135,7 +142,10 @@ spec = current_spec()
 if spec.params["compare_on"] and spec.params["compare"]:
     comp, ready = run_sections(view, spec, ["compare"], auto_s=float("inf"))  # the toggle was the go-ahead
     if ready:
-        cols = st.columns(min(len(comp.compare), 2), gap="large")  # two per row: layer names stay readable
-        for i, (name, df) in enumerate(comp.compare.items()):
+        maps = view.module.compared(comp)
+        for name, note in view.module.compare_notes(comp).items():
+            st.caption(md(f"{sim.MEASURES[name].label}: {note}"))
+        cols = st.columns(min(len(maps), 2), gap="large")  # two per row: layer names stay readable
+        for i, (name, df) in enumerate(maps.items()):
             with cols[i % len(cols)]:
                 show_figure(figs.compare_map(df, name, spec.params), f"compare_{name}")

@@ -94,7 +94,7 @@ def test_link_command_runs_full_and_short_links(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["similarity", "--measure", "nope"], "must be one of"),
-    (["similarity", "--n", "5"], "between 10 and 20000"),
+    (["similarity", "--n", "5"], "between 10 and 1000000"),
     (["similarity", "--layers-a", "no.such.layer", "--n", "50"], "'no.such.layer' is not a layer of zoo:mlp-s0"),
     (["projections", "--model-a", "zoo:does-not-exist"], "zoo"),
     (["link", "http://h/similarity?a=0123456789abcdef"], "not in this store"),

@@ -56,7 +56,7 @@ FORGED = [
     ("models", {"a": "0123456789abcdef"}, "not stored on this server"),
     ("similarity", {"a": "ffffffffffffffff"}, "not stored on this server"),
     # out-of-range and malformed numbers, unknown choices, unknown parameters
-    ("models", {"n": "999999999"}, "'n' must lie between 10 and 20000"),
+    ("models", {"n": "999999999"}, "'n' must lie between 10 and 1000000"),
     ("models", {"n": "-5", "seed": "-1"}, "'seed' must lie between 0 and"),
     ("models", {"n": "1e400"}, "'n' must be a finite number"),  # crashed the app: int(inf) in the widget
     ("models", {"seed": "-inf", "n": "nan"}, "'seed' must be a finite number"),

@@ -74,8 +74,10 @@ def self_maps(result, p) -> tuple[object, object]:
 
 def drill_scatter(result, ds) -> object:
     d = result.drill
-    hover = [ds.hover_text(i) for i in range(len(ds))]
-    return paired_scatter(d.coords_a, d.coords_b, ds.labels, hover,
+    rows = np.arange(len(ds)) if d.rows is None else np.asarray(d.rows)
+    hover = [ds.hover_text(int(i)) for i in rows]
+    labels = None if ds.labels is None else np.asarray(ds.labels)[rows]
+    return paired_scatter(d.coords_a, d.coords_b, labels, hover,
                           f"A · {d.cell_a} (PCA, {100 * d.explained_a[:2].sum():.0f}% of variance)",
                           f"B · {d.cell_b} (PCA, {100 * d.explained_b[:2].sum():.0f}% of variance)", ds.label_names)
 
@@ -114,7 +116,9 @@ def all_figures(result, spec, ctx) -> dict:
         out["drill_stability"] = stability(result, p)
     if result.calibration is not None:
         out["heatmap_AB_calibrated"] = calibrated_heatmap(result, p)
-    for name, df in (result.compare or {}).items():
+    from ..views.similarity import compared
+
+    for name, df in compared(result).items():
         out[f"compare_{name}"] = compare_map(df, name, spec.params)
     return out
 

@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from ..jobs import Cost, Task, fmt_seconds
-from ..spec import SIDEBAR, AnalysisSpec, Param
+from ..spec import IN_MEMORY_N, SIDEBAR, AnalysisSpec, Param
 
 ALWAYS = staticmethod(lambda ctx: True)
 
@@ -215,6 +215,8 @@ class View:
         self.sections: tuple[Section, ...] = tuple(module.SECTIONS)
         self.version: int = getattr(module, "VERSION", 1)
         self.result_type = getattr(module, "Result", None)
+        # samples the view takes: views that hold every row in memory keep the in-memory cap
+        self.max_n: int = int(getattr(module, "MAX_N", IN_MEMORY_N))
 
     def param(self, key: str) -> Param | None:
         return next((p for p in self.params if p.key == key), None)
@@ -248,8 +250,9 @@ class View:
         plus one note per replaced value (never an empty view). Parameters with a ``domain`` are
         checked here (layers of A or B, classes of the data); a view's own ``resolve(ctx)`` adds
         what only it knows."""
-        ctx = self.context(spec, store=store)
-        changes = {}
+        changes, capped = self._fit_n(spec)
+        ctx = self.context(AnalysisSpec(self.page, {**spec.params, **changes}) if changes else spec, store=store)
+        ctx.notes += capped
         for p in self.params:
             if p.domain and spec.params.get(p.key) is not None:
                 changes.update(_fit_domain(ctx, p, spec.params[p.key]))
@@ -260,6 +263,18 @@ class View:
         if not changes:
             return spec, ctx.notes
         return AnalysisSpec(self.page, {**spec.params, **changes}), ctx.notes
+
+    def _fit_n(self, spec: AnalysisSpec) -> tuple[dict, list[str]]:
+        n = spec.params.get("n")
+        if n is None or int(n) <= self.max_n:
+            return {}, []
+        return {"n": self.max_n}, [self.too_many_samples(int(n))]
+
+    def too_many_samples(self, n: int) -> str:
+        """Why ``n`` samples (more than the view takes) fall back to its limit."""
+        return (f"The {self.title} view holds every sample in memory, so it takes at most {self.max_n:,} samples "
+                f"(asked for {n:,}): showing {self.max_n:,}. Similarity and Projections stream from the "
+                "activation cache and take more.")
 
     def compute(self, spec: AnalysisSpec, progress=None, cancel=None, sections: Sequence[str] | None = None,
                 device=None, store=None):

@@ -2,6 +2,11 @@
 A point by point; how many nearest neighbours the two layers share per sample; the models'
 predictions to colour by; and, on demand, one model's walk through its layers.
 
+Above :data:`analysis.streaming.IN_MEMORY_LIMIT` samples (or when a layer would not fit in
+memory) the view streams: layers go to the on-disk activation cache, PCA is fitted there on every
+row (incrementally), and UMAP, t-SNE and the neighbourhood agreement run on a seeded subsample of
+that many rows; the views draw those rows (``rows``) and each result's ``note`` says so.
+
 Each layer's projection is stored under the parameters its method takes (changing UMAP's
 neighbours does not recompute a PCA), so the walk through the layers reuses the main views'
 projections and the other way round. Uploaded coordinates replace A's projection: the parsed array
@@ -21,6 +26,7 @@ from ..spec import Param
 from .base import Section
 
 PAGE, TITLE, VERSION = "projections", "Projections", 1
+MAX_N = 1_000_000  # samples: the view streams above analysis.streaming.IN_MEMORY_LIMIT (see streams())
 COLOUR_BY = ("label", "prediction of A", "prediction of B", "A correct", "B correct", "neighbourhood agreement")
 AGREEMENT_K = 10
 COORDS_KIND = "coords"  # uploads of precomputed coordinates (the parsed array, as .npy)
@@ -64,6 +70,8 @@ class Embedding:
     method: str  # pca, umap, tsne or precomputed
     axis_titles: list
     explained: np.ndarray | None = None  # PCA: fraction of variance per axis
+    rows: np.ndarray | None = None  # the rows of the data the points are (None: every row, in order)
+    note: str = ""  # what the streamed path fitted and drew
 
 
 @dataclass
@@ -81,6 +89,7 @@ class Agreement:
     per_sample: np.ndarray  # fraction of the k nearest neighbours the two layers share
     k: int
     chance: float  # the expected fraction for unrelated layers, k / (n - 1)
+    note: str = ""  # the subsample it was computed on when the view streams
 
 
 @dataclass
@@ -96,6 +105,7 @@ class LayerWalk:
     ref: str
     layers: list
     coords: dict  # layer -> (n, dims), each rotated onto the previous layer's
+    rows: np.ndarray | None = None  # the rows of the data the points are (None: every row)
 
 
 @dataclass
@@ -195,10 +205,40 @@ def resolve(ctx) -> dict:
     return changes
 
 
+# ------------------------------------------------------------------ streaming
+def streams(ctx) -> bool:
+    """Whether the layers are read from the on-disk activation cache (many samples, or layers that
+    would not fit in memory) rather than held in memory."""
+    from ..activations import pooled_dims
+    from .streamed import streams as over
+
+    dims = pooled_dims(ctx.model_a, ctx.ds, [layer(ctx, "a")]) + pooled_dims(ctx.model_b, ctx.ds, [layer(ctx, "b")])
+    return over(len(ctx.ds), dims)
+
+
+def shown_rows(ctx) -> np.ndarray | None:
+    """The rows the views draw when streaming (a seeded subsample; None: every row)."""
+    from ..streaming import subsample_rows
+    from .streamed import limit
+
+    return subsample_rows(len(ctx.ds), limit(), int(ctx.p["seed"])) if streams(ctx) else None
+
+
+def rows_of(result) -> np.ndarray | None:
+    """The dataset rows of the points in ``result``'s views (None: every row, in order)."""
+    e = result.projection_a or result.projection_b
+    return None if e is None else e.rows
+
+
 # ------------------------------------------------------------------ projections
 def _acts(ctx, side: str, layers: list[str], progress=None) -> dict:
+    """The layers in memory, or, when the view streams, the shown rows read from the cache."""
     from ..activations import extract
+    from .streamed import caches
 
+    rows = shown_rows(ctx)
+    if rows is not None:
+        return {k: c.take(rows) for k, c in caches(ctx, side, layers, progress=progress).items()}
     model = ctx.model_a if side == "a" else ctx.model_b
     return extract(model, ctx.ds, layers, device=ctx.device, progress=progress)
 
@@ -216,6 +256,8 @@ def embedding(ctx, side: str, name: str, progress) -> Embedding:
     from ..projection import project
 
     def compute():
+        if shown_rows(ctx) is not None:
+            return _streamed_embedding(ctx, side, name, progress)
         x = _acts(ctx, side, [name])[name]
         pr = project(x, ctx.p["method"], dims_of(ctx), ctx.p["seed"], use_cache=False, progress=progress,
                      **method_params(ctx.p))
@@ -224,14 +266,36 @@ def embedding(ctx, side: str, name: str, progress) -> Embedding:
     return ctx.store.cached(*_embedding_parts(ctx, side, name), compute)
 
 
+def _streamed_embedding(ctx, side: str, name: str, progress) -> Embedding:
+    """PCA of every row from the cache (drawn for the shown rows), or UMAP / t-SNE of the shown rows."""
+    from .. import projection, streaming
+    from .streamed import caches
+
+    n, rows, p, dims = len(ctx.ds), shown_rows(ctx), ctx.p, dims_of(ctx)
+    cache = caches(ctx, side, [name], progress=lambda f, m: progress(0.3 * f, m))[name]
+    drawn = f"the views draw {len(rows):,} of them" if len(rows) < n else "the views draw all of them"
+    if p["method"] == "pca":
+        pc = streaming.incremental_pca(cache, dims, lambda f, m: progress(0.3 + 0.7 * f, m))
+        pr = projection.Projection(pc.coords[rows], "pca", {}, pc.explained)
+        note = f"PCA fitted incrementally on all {n:,} samples (from the activation cache); {drawn}" + \
+            (f" (drawn at random, seed {p['seed']})." if len(rows) < n else ".")
+    else:
+        pr = projection.project(cache.take(rows), p["method"], dims, p["seed"], use_cache=False,
+                                progress=lambda f, m: progress(0.3 + 0.7 * f, m), **method_params(p))
+        note = (f"{pr.method.upper() if pr.method == 'umap' else 't-SNE'} holds every sample in memory, so it used "
+                f"{len(rows):,} of the {n:,} samples (drawn at random, seed {p['seed']}).")
+    return Embedding(name, pr.coords, pr.method, pr.axis_titles(), pr.explained, rows, note)
+
+
 def _projection_a(ctx, progress) -> Embedding:
     ctx.check_pair()
     if ctx.p["coords"]:
         coords = load_coordinates(ctx.p["coords"], ctx.store)
         if len(coords) != len(ctx.ds):
             raise UserInputError(f"The uploaded coordinates have {len(coords)} rows but the data has {len(ctx.ds)}.")
-        return Embedding("uploaded coordinates", coords, "precomputed",
-                         [f"dim {i + 1}" for i in range(coords.shape[1])])
+        rows = shown_rows(ctx)
+        return Embedding("uploaded coordinates", coords if rows is None else coords[rows], "precomputed",
+                         [f"dim {i + 1}" for i in range(coords.shape[1])], rows=rows)
     return embedding(ctx, "a", layer(ctx, "a"), progress)
 
 
@@ -244,7 +308,9 @@ def _alignment(ctx, progress) -> Aligned:
     from ..projection import align
 
     al = align(ctx.value("projection_a").coords, ctx.value("projection_b").coords)
-    return Aligned(np.asarray(ctx.ds.indices), al.aligned, al.residual, al.scale)
+    rows = shown_rows(ctx)
+    indices = np.asarray(ctx.ds.indices)
+    return Aligned(indices if rows is None else indices[rows], al.aligned, al.residual, al.scale)
 
 
 def forward_seconds(ctx, side: str, layers: list[str]) -> float:
@@ -269,12 +335,35 @@ def embedding_cost(ctx, side: str, name: str, start: bool = True, forward: bool 
     model = ctx.model_a if side == "a" else ctx.model_b
     n, d = len(ctx.ds), pooled_dims(model, ctx.ds, [name])[0]
     p, dims = ctx.p, dims_of(ctx)
+    rows = shown_rows(ctx)
+    if rows is not None:
+        return _streamed_embedding_cost(ctx, side, name, n, d, len(rows), start, forward)
     seconds = projection.estimate_seconds(n, d, p["method"], dims, **method_params(p))
     if start:
         seconds += projection.start_seconds(p["method"], n)
     if forward:
         seconds += forward_seconds(ctx, side, [name])
     return Cost(seconds, projection.estimate_bytes(n, d, p["method"], dims))
+
+
+def _streamed_embedding_cost(ctx, side: str, name: str, n: int, d: int, shown: int, start: bool,
+                             forward: bool) -> Cost:
+    """Writing the layer to the cache; then PCA: two reads of every row (the covariance, the
+    coordinates); UMAP / t-SNE: one read for the subsample and the method on it."""
+    from .. import projection
+    from ..streaming import EXACT_WIDTH, GEMM_FLOPS_PER_SECOND
+    from .streamed import read_seconds, write_seconds
+
+    p, dims = ctx.p, dims_of(ctx)
+    seconds = write_seconds(ctx, side, [name]) if forward else 0.0
+    if p["method"] == "pca":
+        flops = n * d * d + 2.0 * n * d * dims
+        return Cost(seconds + read_seconds(n, [d], 2) + flops / GEMM_FLOPS_PER_SECOND,
+                    int(8.0 * d * d * (1 if d <= EXACT_WIDTH else 0) + 16.0 * 8192 * d + 8.0 * n * dims))
+    seconds += read_seconds(n, [d]) + projection.estimate_seconds(shown, d, p["method"], dims, **method_params(p))
+    if start:
+        seconds += projection.start_seconds(p["method"], shown)
+    return Cost(seconds, projection.estimate_bytes(shown, d, p["method"], dims))
 
 
 def _projection_a_cost(ctx) -> Cost:
@@ -289,28 +378,40 @@ def _projection_b_cost(ctx) -> Cost:
 
 # ------------------------------------------------------------------ neighbourhood agreement
 def _agreement(ctx, progress) -> Agreement:
-    from ..projection import knn_agreement
+    from .. import projection, streaming
 
-    n = len(ctx.ds)
-    k = min(AGREEMENT_K, n - 1)
     xa = _acts(ctx, "a", [layer(ctx, "a")])[layer(ctx, "a")]
     xb = _acts(ctx, "b", [layer(ctx, "b")])[layer(ctx, "b")]
+    n = len(xa)
+    k = min(AGREEMENT_K, n - 1)
     progress(0.3, f"the {k} nearest neighbours of each sample in both layers")
-    return Agreement(knn_agreement(xa, xb, k=k), k, k / (n - 1))
+    note = "" if n == len(ctx.ds) else (
+        f"The neighbourhood agreement compares every pair of samples, so it used {n:,} of the {len(ctx.ds):,} "
+        f"samples (the ones drawn, seed {ctx.p['seed']}): neighbours are found among those.")
+    # streamed: the neighbour search in row blocks (memory ~ n, not n x n)
+    agreement = projection.knn_agreement(xa, xb, k=k) if not note else streaming.knn_agreement(xa, xb, k)
+    return Agreement(agreement, k, k / (n - 1), note)
 
 
 def _agreement_cost(ctx) -> Cost:
     from .. import projection
     from ..activations import pooled_dims
 
-    n = len(ctx.ds)
+    rows = shown_rows(ctx)
+    n = len(ctx.ds) if rows is None else len(rows)
     da = pooled_dims(ctx.model_a, ctx.ds, [layer(ctx, "a")])[0]
     db = pooled_dims(ctx.model_b, ctx.ds, [layer(ctx, "b")])[0]
-    seconds = projection.knn_agreement_seconds(n, da, db)
+    if rows is None:
+        seconds, memory = projection.knn_agreement_seconds(n, da, db), projection.knn_agreement_bytes(n)
+    else:  # the blocked search (streaming.knn_agreement): products at BLAS speed, memory ~ n
+        from ..streaming import GEMM_FLOPS_PER_SECOND
+
+        seconds = 0.5 + 2.0 * n * n * (da + db) / GEMM_FLOPS_PER_SECOND
+        memory = 8 * n * (da + db + 4 * AGREEMENT_K) + 2**30
     for side in ("a", "b"):  # a projection still to compute extracts the layer first
         if ctx.stored(f"projection_{side}") is not None or (side == "a" and ctx.p["coords"]):
             seconds += forward_seconds(ctx, side, [layer(ctx, side)])
-    return Cost(seconds, projection.knn_agreement_bytes(n))
+    return Cost(seconds, memory)
 
 
 # ------------------------------------------------------------------ colours
@@ -340,7 +441,10 @@ def _wants_predictions(side: str):
 def colouring(result: Result, ds, colour: str) -> Colouring:
     """What to colour the samples by, from the finished sections; falls back to the labels (with a
     note) when the asked-for colouring does not exist for these models or data."""
+    rows = rows_of(result)
     labels, names = ds.labels, ds.label_names
+    if labels is not None and rows is not None:
+        labels = np.asarray(labels)[rows]
     if colour == "label":
         return Colouring(labels, "category", names)
     if colour == "neighbourhood agreement":
@@ -353,11 +457,12 @@ def colouring(result: Result, ds, colour: str) -> Colouring:
         why = f" ({pred.explanation})" if pred is not None else ""
         return Colouring(labels, "category", names,
                          f"{side.upper()} makes no class predictions{why}; colouring by label.")
+    predictions = pred.predictions if rows is None else np.asarray(pred.predictions)[rows]
     if colour.startswith("prediction"):
-        return Colouring(pred.predictions, "category", names)
+        return Colouring(predictions, "category", names)
     if labels is None:
         return Colouring(None, "category", None, "Correctness needs labels, and this dataset has none.")
-    return Colouring((pred.predictions == labels).astype(int), "category", ["wrong", "correct"])
+    return Colouring((predictions == labels).astype(int), "category", ["wrong", "correct"])
 
 
 # ------------------------------------------------------------------ through the layers
@@ -365,8 +470,14 @@ def _walk(ctx, side: str, progress) -> LayerWalk:
     from ..projection import align
 
     model = ctx.model_a if side == "a" else ctx.model_b
+    from .streamed import caches
+
     names = list(model.layers)
-    _acts(ctx, side, names, progress=lambda f, m: progress(0.1 * f, m))  # one forward pass for every layer
+    first = lambda f, m: progress(0.1 * f, m)
+    if shown_rows(ctx) is not None:  # one forward pass for every layer
+        caches(ctx, side, names, progress=first)
+    else:
+        _acts(ctx, side, names, progress=first)
     out, previous = {}, None
     for i, name in enumerate(names):
         sub = lambda f, m, i=i, name=name: progress(0.1 + 0.9 * (i + f) / len(names), f"{name}: {m}")
@@ -376,7 +487,7 @@ def _walk(ctx, side: str, progress) -> LayerWalk:
         out[name] = coords
         previous = coords
         progress(0.1 + 0.9 * (i + 1) / len(names), f"{ctx.p['method'].upper()} of {name}")
-    return LayerWalk(side.upper(), model.ref, names, out)
+    return LayerWalk(side.upper(), model.ref, names, out, shown_rows(ctx))
 
 
 def _walk_cost(ctx, side: str) -> Cost:
@@ -385,7 +496,13 @@ def _walk_cost(ctx, side: str) -> Cost:
     model = ctx.model_a if side == "a" else ctx.model_b
     costs = [embedding_cost(ctx, side, name, start=False, forward=False) for name in model.layers]
     total = sum(costs, Cost())
-    start = projection.start_seconds(ctx.p["method"], len(ctx.ds)) if any(c.seconds > 0.02 for c in costs) else 0.0
+    rows = shown_rows(ctx)
+    shown = len(ctx.ds) if rows is None else len(rows)
+    start = projection.start_seconds(ctx.p["method"], shown) if any(c.seconds > 0.02 for c in costs) else 0.0
+    if rows is not None:  # streamed: the layers are written to the activation cache first
+        from .streamed import write_seconds
+
+        return Cost(total.seconds + start + write_seconds(ctx, side, list(model.layers)), total.bytes)
     return Cost(total.seconds + start + forward_seconds(ctx, side, list(model.layers)), total.bytes)
 
 
