@@ -2,10 +2,13 @@
 
 A computation estimates its peak memory first and calls :func:`check_fits`; when the estimate is
 over what the machine has free, it is refused before it starts, with the estimate and the ways
-around it, instead of swapping the server to a halt or being killed half-way.
+around it, instead of swapping the server to a halt or being killed half-way. Loops over many
+batches call :func:`release_freed_memory` so that what they freed does not stay resident.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 from .errors import UserInputError
@@ -76,3 +79,30 @@ def check_fits(estimate: float, what: str, ways_around: str, available: int | No
             f"{fmt_bytes(free)} free (at most {fmt_bytes(usable)} for one computation), so it was not "
             f"started. {ways_around}"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (musl, macOS, Windows have none)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the symbols already loaded: libc's, where it has one
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap memory back to the operating system (glibc; elsewhere nothing).
+
+    A forward pass allocates and frees hundreds of MB of temporaries whose sizes change with each
+    batch's padded length. glibc raises its mmap threshold after the first large free, so these
+    come from the heap, where freed blocks of ever-different sizes stay resident instead of being
+    returned: a pass over many batches ends up hundreds of MB above what it holds (measured on a
+    4-block GPT-2: 160 MB in use, 170 to 450 MB more resident and free, at random). Trimming once
+    per batch keeps the resident size at one batch's working set, for about 5 % more CPU time;
+    a fixed mmap threshold does the same for about 30 % (every large tensor is then page-faulted
+    afresh)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
