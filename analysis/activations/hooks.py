@@ -59,6 +59,7 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
         shared = pooled.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr()
         state["out"][name] = pooled.clone() if shared else pooled
         state["rules"][name] = rule
+        release_freed_memory()  # the layers before this one freed their temporaries: within a batch too
 
     def hook_for(name):
         def hook(module, inputs, out):  # returns None, so the module's output is untouched
