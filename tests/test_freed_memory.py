@@ -67,7 +67,7 @@ def test_release_is_harmless_without_glibc(monkeypatch):
         resources._malloc_trim.cache_clear()
 
 
-def test_every_batch_of_a_pass_releases_what_it_freed(monkeypatch):
+def test_every_layer_and_batch_of_a_pass_releases_what_it_freed(monkeypatch):
     from analysis import data, models
     from analysis.activations import hooks
 
@@ -75,5 +75,7 @@ def test_every_batch_of_a_pass_releases_what_it_freed(monkeypatch):
     monkeypatch.setattr(hooks, "release_freed_memory", lambda: calls.append(1))
     model = models.load("zoo:mlp-s2")
     ds = data.load("digits").subset(slice(0, 70))
-    steps = list(hooks.iter_batches(model, ds, model.layers[:1], "mean", 32))
-    assert len(steps) == 3 and len(calls) == 3
+    layers = model.layers[:2]
+    steps = list(hooks.iter_batches(model, ds, layers, "mean", 32))
+    # after every hooked layer (within the batch) and once the batch's activations are copied out
+    assert len(steps) == 3 and len(calls) == 3 * (len(layers) + 1)
