@@ -2,10 +2,13 @@
 
 A computation estimates its peak memory first and calls :func:`check_fits`; when the estimate is
 over what the machine has free, it is refused before it starts, with the estimate and the ways
-around it, instead of swapping the server to a halt or being killed half-way.
+around it, instead of swapping the server to a halt or being killed half-way. Loops over many
+batches call :func:`release_freed_memory` so that what they freed does not stay resident.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 from .errors import UserInputError
@@ -76,3 +79,49 @@ def check_fits(estimate: float, what: str, ways_around: str, available: int | No
             f"{fmt_bytes(free)} free (at most {fmt_bytes(usable)} for one computation), so it was not "
             f"started. {ways_around}"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (musl, macOS, Windows have none)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the symbols already loaded: libc's, where it has one
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+RELEASE_SLACK = 64 << 20  # resident bytes gained since the last release that make the next one worth its cost
+_resident_after_release = [0]  # the heap is the process's, so this record is too
+
+
+def release_freed_memory(slack: int = RELEASE_SLACK) -> None:
+    """Give the pages of freed heap memory back to the operating system (glibc; elsewhere nothing),
+    once the resident size has grown by ``slack`` bytes since the last time.
+
+    A forward pass allocates and frees hundreds of MB of temporaries whose sizes change with each
+    batch's padded length. glibc raises its mmap threshold after the first large free, so these
+    come from the heap, where freed blocks of ever-different sizes stay resident instead of being
+    returned: a pass over many batches ends up hundreds of MB above what it holds (measured on a
+    4-block GPT-2 over 12,000 texts: 160 to 173 MB in use throughout, 1,037 MB more resident and
+    free at the peak). Called once per batch, this keeps the resident size within ``slack`` of one
+    batch's working set. Released pages are faulted in again when reused, so it only releases when
+    that much has gathered; a fixed mmap threshold would bound memory too, for about 30 % more CPU
+    time (every large tensor page-faulted afresh)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    rss = _rss_bytes()
+    if rss is not None and rss - _resident_after_release[0] < slack:
+        return
+    trim(0)
+    _resident_after_release[0] = _rss_bytes() or 0

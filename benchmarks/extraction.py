@@ -27,6 +27,16 @@ that many times per n, in rotated order; the table shows the best rows/s and the
     python benchmarks/extraction.py                        # defaults: about 6 minutes on 2 idle cores
     python benchmarks/extraction.py --models gpt2 --n 10000 50000 200000
     python benchmarks/extraction.py --models minilm --n 10000 20000 --repeats 3
+    python benchmarks/extraction.py --models gpt2 --n 10000 --methods baseline extract_chunked
+
+Run it on an otherwise idle machine and note ``uptime``'s load average beside the numbers: rows/s
+of both sides fall with other load, and not by the same factor. Memory is less sensitive, but the
+baseline's growth is partly heap fragmentation (freed temporaries glibc keeps resident), which
+varies from run to run by a hundred MB or more; RepLens releases them per layer
+(:func:`analysis.resources.release_freed_memory`), so its growth stays near one batch's working
+set. TransformerLens and nnsight are reported as installed or not; install them into a separate
+virtual environment that keeps this torch (``python -m venv --system-site-packages``) and run the
+script with that environment's python.
 
 Texts: synthetic sentences of 3 to 30 words drawn from the shipped text set's vocabulary (seeded).
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserInputError
+from ..resources import release_freed_memory
 from .pooling import AUTO_FLATTEN_MAX, TOKENS, check, first_tensor, pool, token_counts
 
 
@@ -58,6 +59,7 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
         shared = pooled.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr()
         state["out"][name] = pooled.clone() if shared else pooled
         state["rules"][name] = rule
+        release_freed_memory()  # the layers before this one freed their temporaries: within a batch too
 
     def hook_for(name):
         def hook(module, inputs, out):  # returns None, so the module's output is untouched
@@ -85,6 +87,9 @@ def iter_batches(model, ds, layers, pooling: str = "mean", batch_size: int = 128
                 if progress:
                     progress(batch.rows.stop / n, f"{model.name}: {batch.rows.stop}/{n} samples")
                 acts = {name: t.cpu().numpy().astype(np.float32, copy=False) for name, t in state["out"].items()}
+                # the batch's temporaries are freed now; without this their pages stay resident and
+                # a long pass grows by hundreds of MB (see release_freed_memory)
+                release_freed_memory()
                 yield Step(batch.rows, acts, dict(state["rules"]), state["counts"])
         finally:
             for h in handles:
