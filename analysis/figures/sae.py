@@ -134,8 +134,9 @@ def frontier(rows: list[dict], on_show: dict | None = None, title: str = ""):
         fig.add_trace(go.Scatter(x=[shown[0]["metrics"]["l0"]], y=[y(shown[0])], mode="markers", name="on show",
                                  hoverinfo="skip", marker=dict(size=18, symbol="circle-open", color="black",
                                                               line=dict(width=2))))
-    fig.update_xaxes(title="L0 (mean active latents, log)", type="log")
-    fig.update_yaxes(title="unexplained variance (1 − FVE, log)", type="log")
+    # decades only: plotly's minor 2s and 5s crowd a plot this small
+    fig.update_xaxes(title="L0 (mean active latents, log)", type="log", dtick=1)
+    fig.update_yaxes(title="unexplained variance (1 − FVE, log)", type="log", dtick=1)
     tail = f"<br>{title}" if title else ""
     return _layout(fig, 360, f"Sparsity vs reconstruction of every SAE trained on this layer{tail}", legend=True)
 
