@@ -150,7 +150,17 @@ def test_a_killed_worker_is_reported_as_failed_with_a_retry(pool):
     assert again is not job and again.wait(60) and again.state == jobs.DONE
 
 
-def test_estimates_learn_from_the_runs_on_this_machine():
+@pytest.fixture()
+def steady_machine(monkeypatch):
+    """The speed probe pinned (its measurement is a timing), settable by the test."""
+    from analysis.jobs import estimates
+
+    speed = {"now": 100.0}
+    monkeypatch.setattr(estimates, "machine_speed", lambda: speed["now"])
+    return speed
+
+
+def test_estimates_learn_from_the_runs_on_this_machine(steady_machine):
     from analysis.jobs import estimates
 
     kind = "test:learn"
@@ -164,7 +174,7 @@ def test_estimates_learn_from_the_runs_on_this_machine():
     assert estimates.correction(kind) <= 8.0  # one odd run cannot make an estimate absurd
 
 
-def test_estimates_learn_from_runs_estimated_long_that_came_back_fast():
+def test_estimates_learn_from_runs_estimated_long_that_came_back_fast(steady_machine):
     from analysis.jobs import estimates
 
     kind = "test:overestimated"
@@ -172,3 +182,36 @@ def test_estimates_learn_from_runs_estimated_long_that_came_back_fast():
         estimates.record(kind, 4.0, actual)
     assert estimates.correction(kind) == pytest.approx(0.125)  # 0.075, bounded below at 1/8
     assert estimates.corrected(kind, 4.0) == pytest.approx(0.5)
+
+
+def test_a_lesson_learned_under_load_carries_over_to_a_quiet_machine(steady_machine):
+    """Runs recorded while the machine ran at half its speed took twice the estimate; once it runs
+    at full speed again, the same estimate needs no correction."""
+    from analysis.jobs import estimates
+
+    kind = "test:load"
+    steady_machine["now"] = 50.0
+    for actual in (2.0, 2.1, 1.9):
+        estimates.record(kind, 1.0, actual)
+    assert estimates.correction(kind) == pytest.approx(2.0)
+    steady_machine["now"] = 100.0
+    assert estimates.correction(kind) == pytest.approx(1.0)
+    steady_machine["now"] = 25.0  # busier still than when it learned
+    assert estimates.correction(kind) == pytest.approx(4.0)
+
+
+def test_a_kind_that_never_ran_starts_from_what_every_kind_taught(steady_machine):
+    from analysis.jobs import estimates
+
+    assert estimates.correction("test:never-ran") == 1.0  # no history at all
+    for kind, actual in (("test:x", 0.3), ("test:y", 0.25), ("test:z", 0.35)):
+        estimates.record(kind, 1.0, actual)
+    assert estimates.correction("test:never-ran") == pytest.approx(0.3)
+    assert estimates.correction("test:x") == pytest.approx(0.3)
+
+
+def test_the_speed_probe_is_short_and_positive():
+    from analysis.jobs import estimates
+
+    assert estimates.machine_speed() > 0
+    assert estimates.machine_speed() == estimates.machine_speed()  # cached between probes
