@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # Every test has its own empty store, and numba's cache would follow it (analysis.numba_cache):
 # keep UMAP's compiled code in one folder for all test runs instead, as a server keeps it in its store.
+# estimates are the cost models' own numbers: the speed probe (a timing) is pinned to the reference
+os.environ.setdefault("REPLENS_MACHINE_SPEED", "17000")
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "replens-test-numba"))
 # AppTest runs the app in this process: its jobs run inline (finished when submitted). Browser
 # tests start a real server, which uses the process pool (tests/browser.py sets that explicitly).

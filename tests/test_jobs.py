@@ -155,7 +155,7 @@ def steady_machine(monkeypatch):
     """The speed probe pinned (its measurement is a timing), settable by the test."""
     from analysis.jobs import estimates
 
-    speed = {"now": 100.0}
+    speed = {"now": estimates.REFERENCE_SPEED}
     monkeypatch.setattr(estimates, "machine_speed", lambda: speed["now"])
     return speed
 
@@ -190,13 +190,14 @@ def test_a_lesson_learned_under_load_carries_over_to_a_quiet_machine(steady_mach
     from analysis.jobs import estimates
 
     kind = "test:load"
-    steady_machine["now"] = 50.0
+    full = steady_machine["now"]
+    steady_machine["now"] = full / 2
     for actual in (2.0, 2.1, 1.9):
         estimates.record(kind, 1.0, actual)
     assert estimates.correction(kind) == pytest.approx(2.0)
-    steady_machine["now"] = 100.0
+    steady_machine["now"] = full
     assert estimates.correction(kind) == pytest.approx(1.0)
-    steady_machine["now"] = 25.0  # busier still than when it learned
+    steady_machine["now"] = full / 4  # busier still than when it learned
     assert estimates.correction(kind) == pytest.approx(4.0)
 
 
@@ -210,8 +211,21 @@ def test_a_kind_that_never_ran_starts_from_what_every_kind_taught(steady_machine
     assert estimates.correction("test:x") == pytest.approx(0.3)
 
 
-def test_the_speed_probe_is_short_and_positive():
+def test_the_speed_probe_is_positive_cached_and_pinned_by_the_environment(monkeypatch):
     from analysis.jobs import estimates
 
+    assert float(os.environ["REPLENS_MACHINE_SPEED"]) == estimates.REFERENCE_SPEED  # conftest's pin
+    monkeypatch.delenv("REPLENS_MACHINE_SPEED")
     assert estimates.machine_speed() > 0
     assert estimates.machine_speed() == estimates.machine_speed()  # cached between probes
+
+
+def test_before_any_run_an_estimate_follows_the_probe(monkeypatch):
+    """A machine (or a moment) half as fast as the one the constants were measured on doubles the
+    estimate; twice as fast halves it; the factor stays within [1/8, 8]."""
+    from analysis.jobs import estimates
+
+    ref = estimates.REFERENCE_SPEED
+    for speed, factor in ((ref, 1.0), (ref / 2, 2.0), (ref * 2, 0.5), (ref * 100, 1 / 8)):
+        monkeypatch.setenv("REPLENS_MACHINE_SPEED", str(speed))
+        assert estimates.corrected("test:fresh", 10.0) == pytest.approx(10.0 * factor)
