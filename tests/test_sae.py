@@ -336,6 +336,27 @@ def test_sparse_step_gradients_equal_autograd(kind, n_dead):
     assert np.array_equal(active.numpy(), (f > 0).any(0).numpy()) and int(l0) == int((f > 0).sum())
 
 
+def test_weight_normalised_decoder_gradient_equals_autograd():
+    """The TopK trainer steps v with u = v / ||v||: its gradient to v is autograd's through the
+    normalisation, and with ||v|| = 0.1 it is 10x the plain tangent gradient of a unit row."""
+    from analysis.sae.training import tangent_grad
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    v = (torch.randn(7, 5, generator=gen, dtype=torch.float64) * 0.3).requires_grad_()
+    u = v / v.norm(dim=1, keepdim=True)
+    (u * target).sum().pow(2).backward()  # any smooth loss of the unit rows
+    with torch.no_grad():
+        norm = v.norm(dim=1, keepdim=True)
+        unit = v / norm
+        grad_u = 2 * (unit * target).sum() * target
+        np.testing.assert_allclose(tangent_grad(unit, grad_u.clone(), norm).numpy(), v.grad.numpy(), rtol=1e-12)
+        tangent = tangent_grad(unit, grad_u.clone())
+        assert float((tangent * unit).sum(1).abs().max()) < 1e-12  # tangent to the unit sphere
+        np.testing.assert_allclose(tangent_grad(unit, grad_u.clone(), torch.full_like(norm, 0.1)).numpy(),
+                                   10 * tangent.numpy(), rtol=1e-12)
+
+
 def write_cache(x, chunk_rows=512):
     """The rows ``x`` as a real on-disk activation cache in this test's store."""
     from analysis.activations import write_chunk

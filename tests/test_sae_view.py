@@ -36,7 +36,9 @@ def test_the_old_default_link_gives_the_numbers_the_old_cli_wrote(tmp_path):
     """Recorded by `python -m analysis sae` before the refactor (x86-64, torch 2.13 CPU; SAE training
     runs in float32 on one thread here, so another CPU may differ in the last bits). The default
     expansion changed since (auto: 1x on these 500 inputs, where 4x left 58% of the latents dead), so
-    the old link, which names 4x, is what must still give these numbers."""
+    the old link, which names 4x, is what must still give these numbers. Re-recorded (same link) when
+    the TopK trainer changed on purpose: weight-normalised decoder from norm 0.1, encoder at 0.3 x
+    the decoder's transpose, AuxK coefficient 1 (analysis/sae/training.py says why)."""
     from analysis.store import Store
 
     golden = json.loads((GOLDEN / "summary.json").read_text())["numbers"]

@@ -16,7 +16,10 @@ plus ``threshold`` (m) for JumpReLU and BatchTopK.
 Kinds (``SparseAutoencoder.kind``):
 
 - ``topk`` (Gao et al. 2024): f = ReLU(TopK(z)), z = (x - b_dec) W_enc + b_enc; unit-norm decoder rows;
-  AuxK loss (top-k_aux dead latents reconstruct the residual, coefficient 1/32) revives dead latents.
+  AuxK loss (top-k_aux dead latents reconstruct the residual, ``training.AUX_COEF``) revives dead
+  latents. TopK and BatchTopK train their unit decoder rows through weight normalisation (u = v /
+  ||v||, ||v|| from 0.1, as SAELens does) with the encoder starting at 0.3 x the decoder's transpose
+  (``training.DECODER_INIT_NORM``, ``ENCODER_INIT_SCALE``): early steps turn the directions faster.
 - ``batchtopk`` (Bussmann et al. 2024): the top n*k pre-activations across a batch of n during
   training; at inference one global threshold, the smallest kept activation when the whole
   training set (up to 8192 rows) is one batch, so the mean L0 there is k. Saved for SAELens as
