@@ -8,6 +8,10 @@ from .model import SAEState, SparseAutoencoder
 from .training import normalise_params, train_sae
 
 KIND = "sae"  # the store's kind for trained SAEs (listed by trained_list)
+# Bumped whenever training changes what a run with the same parameters produces, so a store never
+# hands back an SAE the current trainer would not have made (2: the sparse TopK step, the
+# weight-normalised decoder, encoder at 0.3 x the decoder's transpose, AuxK coefficient 1).
+TRAINER = 2
 
 
 def _parts(model, data, layer: str, pooling: str, params: dict) -> dict:
@@ -15,7 +19,8 @@ def _parts(model, data, layer: str, pooling: str, params: dict) -> dict:
 
 
 def _parts_of(model_sha: str, data_sha: str, layer: str, pooling: str, params: dict) -> dict:
-    return {"model": model_sha, "data": data_sha, "layer": layer, "pooling": pooling, "params": params}
+    return {"model": model_sha, "data": data_sha, "layer": layer, "pooling": pooling, "params": params,
+            "trainer": TRAINER}
 
 
 def store_key(model_sha: str, data_sha: str, layer: str, pooling: str, params: dict) -> str:

@@ -20,7 +20,7 @@ from ..jobs import Cost
 from ..spec import Param
 from .base import Section
 
-PAGE, TITLE, VERSION = "sae", "SAE features", 1
+PAGE, TITLE, VERSION = "sae", "SAE features", 2  # 2: the trainer of analysis.sae.trained.TRAINER 2
 SIDES = ("a", "b")
 EXPANSIONS = ("auto", "1", "2", "4", "8", "16", "32")
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
