@@ -387,7 +387,10 @@ def _map_cost(side: str, method: str):
         m = latents(ctx, side)
         if method == "pca":
             return Cost(0.05 + 1e-5 * m, 8 * m * width(ctx, side))
-        return Cost(15.0 + 2.5e-3 * m, 200 * m * 15)  # the first UMAP in a worker compiles (~15 s of CPU)
+        from ..projection import estimate_seconds, start_seconds
+
+        # importing UMAP in the worker, compiling it only when the store's numba cache lacks it
+        return Cost(start_seconds("umap", m) + estimate_seconds(m, width(ctx, side), "umap"), 200 * m * 15)
     return cost
 
 
