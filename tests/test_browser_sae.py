@@ -142,6 +142,8 @@ def test_a_long_training_shows_its_estimate_then_its_curve_live_and_stops_on_can
 def test_the_default_view_has_no_toolbar_over_a_title_and_no_metric_cut_short(browser, server):
     base_url, proc = server
     context, page = _open(browser, base_url + "/sae", proc, height=1400)
+    # a busy machine's estimates (or a store without UMAP's compiled code) may hold sections back
+    B.start_every_section(page, RENDER_MS, names=("Compute", "Train (A)", "Train (B) and match"))
     page.wait_for_selector("text=Match quality", timeout=RENDER_MS)
     B.wait_rendered(page, RENDER_MS, settle_ms=1000)
     for chart in page.locator('[data-testid="stPlotlyChart"]').all():  # draw every lazily shown chart
