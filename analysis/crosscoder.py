@@ -63,8 +63,8 @@ CLASSES = (A_ONLY, SHARED, B_ONLY, BETWEEN, DEAD)
 EXCLUSIVE_AT = 0.1  # r <= 0.1: A-only; r >= 0.9: B-only
 SHARED_WITHIN = 0.2  # |r - 0.5| <= 0.2: shared
 AUX_COEF = 1 / 32
-FLOPS_PER_SECOND = 5e9  # this 2-core machine's CPU, shared with other work, for the estimate
-STEP_OVERHEAD_S = 1e-2  # per step: two encoders, two decoders, top-k, the norm projection, AuxK
+FLOPS_PER_SECOND = 1.5e10  # this 2-core machine at the reference load (analysis.jobs.estimates), fused Adam
+STEP_OVERHEAD_S = 4e-3  # per step: two encoders, two decoders, top-k, the norm projection, AuxK
 
 
 class Crosscoder(nn.Module):
