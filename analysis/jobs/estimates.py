@@ -112,9 +112,10 @@ def correction(kind: str) -> float:
     faster the machine was then than now (the probe's ratio); a kind that has not run yet takes the
     median over the recent runs of every kind; with fewer than PRIOR_RUNS of those, the probe's
     ratio to the machine the constants were measured on. Bounded to [1/8, 8]."""
-    runs = _runs(kind) or _runs(ALL)
+    own = _runs(kind)
+    runs = own or _runs(ALL)
     now = machine_speed()
-    if len(runs) < (1 if _runs(kind) else PRIOR_RUNS):
+    if len(runs) < (1 if own else PRIOR_RUNS):
         return min(max(REFERENCE_SPEED / now, 1 / BOUND), BOUND)
     ratios = [r["actual"] / r["estimate"] * (r.get("speed") or now) / now for r in runs]
     return min(max(statistics.median(ratios), 1 / BOUND), BOUND)
